@@ -1,0 +1,100 @@
+"""gecko_actors: an actor-model runtime for multi-agent LLM systems on Ray."""
+
+from gecko_actors._version import __version__
+from gecko_actors.core.agent import AgentBuilder, LocalAgent
+from gecko_actors.core.calculator import CalculatorLimits, calculator
+from gecko_actors.core.engine import MAX_TURNS_REACHED, AgentStream, Hooks, ReActEngine
+from gecko_actors.core.events import Event, EventBus
+from gecko_actors.core.litellm_model import LiteLLMModel
+from gecko_actors.core.media import MediaResource
+from gecko_actors.core.memory import TokenMemory
+from gecko_actors.core.messages import AgentOutput, ContentBlock, Message, ToolCall, Usage
+from gecko_actors.core.models import ChatModel, ModelResponse
+from gecko_actors.core.prompt import PromptTemplate
+from gecko_actors.core.scripted import ScriptedModel
+from gecko_actors.core.sessions import InMemorySessionStore, SessionStore
+from gecko_actors.core.toolbox import ToolBox, ToolStats
+from gecko_actors.core.tools import Tool, ToolContext, ToolResult, tool
+from gecko_actors.exceptions import (
+    CalculatorError,
+    CheckpointError,
+    ConfigurationError,
+    GeckoError,
+    ModelError,
+    ModelTimeoutError,
+    RunError,
+    ScriptExhaustedError,
+    StorageError,
+    StructuredOutputError,
+    TemplateError,
+    ToolArgumentsError,
+    ToolError,
+    ToolNotFoundError,
+    ToolTimeoutError,
+    UserError,
+    WorkflowError,
+)
+from gecko_actors.logging import configure_logging, get_logger
+from gecko_actors.settings import Settings, load_settings
+
+__all__ = [
+    "__version__",
+    # agents
+    "AgentBuilder",
+    "AgentStream",
+    "Hooks",
+    "LocalAgent",
+    "MAX_TURNS_REACHED",
+    "ReActEngine",
+    # models
+    "ChatModel",
+    "LiteLLMModel",
+    "ModelResponse",
+    "ScriptedModel",
+    # messages
+    "AgentOutput",
+    "ContentBlock",
+    "MediaResource",
+    "Message",
+    "ToolCall",
+    "Usage",
+    # tools
+    "CalculatorLimits",
+    "Tool",
+    "ToolBox",
+    "ToolContext",
+    "ToolResult",
+    "ToolStats",
+    "calculator",
+    "tool",
+    # memory and prompts
+    "InMemorySessionStore",
+    "PromptTemplate",
+    "SessionStore",
+    "TokenMemory",
+    # events, settings, logging
+    "Event",
+    "EventBus",
+    "Settings",
+    "configure_logging",
+    "get_logger",
+    "load_settings",
+    # exceptions
+    "CalculatorError",
+    "CheckpointError",
+    "ConfigurationError",
+    "GeckoError",
+    "ModelError",
+    "ModelTimeoutError",
+    "RunError",
+    "ScriptExhaustedError",
+    "StorageError",
+    "StructuredOutputError",
+    "TemplateError",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolTimeoutError",
+    "UserError",
+    "WorkflowError",
+]

@@ -1,0 +1,446 @@
+"""The ReAct engine: model → tools → model, until an answer or ``max_turns``.
+
+One engine serves many concurrent runs: all run state is local to the run. Runs on the same
+session are serialised (their histories would interleave); other sessions run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from gecko_actors.core.events import Event, EventBus
+from gecko_actors.core.memory import TokenMemory
+from gecko_actors.core.messages import (
+    AgentOutput,
+    Message,
+    MessageInput,
+    ToolCall,
+    Usage,
+    to_messages,
+)
+from gecko_actors.core.models import ChatModel, ModelResponse, supports
+from gecko_actors.core.prompt import DEFAULT_SYSTEM_TEMPLATE, PromptTemplate
+from gecko_actors.core.sessions import SessionStore, to_records
+from gecko_actors.core.structured import OUTPUT_TOOL, ParseFailure, output_tool_schema, parse_reply
+from gecko_actors.core.toolbox import ToolBox
+from gecko_actors.core.tools import ToolContext, ToolResult
+from gecko_actors.exceptions import StructuredOutputError, UserError
+from gecko_actors.logging import get_logger
+
+MAX_TURNS_REACHED = "Max iterations reached."
+_log = get_logger("gecko_actors.engine")
+
+
+@dataclass
+class Hooks:
+    """Callbacks around a run (sync or async). A failing hook is logged and ignored.
+
+    - ``on_turn_start(turn, messages)``: before each model call.
+    - ``on_turn_end(turn, assistant_message)``: after each model call.
+    - ``on_tool_execute(call, result)``: after each tool call.
+    """
+
+    on_turn_start: Callable[[int, list[Message]], Any] | None = None
+    on_turn_end: Callable[[int, Message], Any] | None = None
+    on_tool_execute: Callable[[ToolCall, ToolResult], Any] | None = None
+
+
+@dataclass
+class _Run:
+    """The state of one run."""
+
+    run_id: str
+    session_id: str | None
+    messages: list[Message]
+    new: list[Message]
+    response_model: type[BaseModel] | None
+    tool_context: ToolContext
+    usage: Usage = field(default_factory=Usage)
+    calls: list[ToolCall] = field(default_factory=list)
+    parse_failures: int = 0
+    force_output: bool = False
+    output: AgentOutput | None = None
+
+    def add(self, message: Message) -> None:
+        self.messages.append(message)
+        self.new.append(message)
+
+
+class ReActEngine:
+    """Runs the ReAct loop for one agent configuration.
+
+    Args:
+        model: any :class:`ChatModel`.
+        toolbox: the tools the model may call.
+        system_prompt: instructions (plain text), or a :class:`PromptTemplate` rendered with
+            ``instructions``, ``tools`` and ``prompt_vars``.
+        memory: token counting and the context budget (default: ``GECKO_MAX_CONTEXT_TOKENS``).
+        session_store: where conversations are loaded from and appended to.
+        max_turns: model calls allowed before the run stops with ``"Max iterations reached."``.
+        max_retries: extra attempts when a structured answer does not parse.
+        hooks, event_bus: observers of the run.
+        name: the agent's name, in logs, events and tool contexts.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        toolbox: ToolBox | None = None,
+        *,
+        system_prompt: str | PromptTemplate | None = None,
+        prompt_vars: dict[str, Any] | None = None,
+        memory: TokenMemory | None = None,
+        session_store: SessionStore | None = None,
+        max_turns: int = 5,
+        max_retries: int = 2,
+        hooks: Hooks | None = None,
+        event_bus: EventBus | None = None,
+        name: str = "agent",
+    ) -> None:
+        if not callable(getattr(model, "complete", None)):
+            raise UserError(
+                f"{model!r} is not a chat model: it has no complete() method",
+                hint="use LiteLLMModel, ScriptedModel or a ChatModel implementation",
+            )
+        if max_turns < 1 or max_retries < 0:
+            raise UserError(
+                "max_turns must be >= 1 and max_retries >= 0",
+                hint=f"got max_turns={max_turns}, max_retries={max_retries}",
+            )
+        self.model = model
+        self.toolbox = toolbox or ToolBox()
+        self.template = (
+            system_prompt
+            if isinstance(system_prompt, PromptTemplate)
+            else PromptTemplate(DEFAULT_SYSTEM_TEMPLATE)
+        )
+        self.instructions = system_prompt if isinstance(system_prompt, str) else ""
+        self.prompt_vars = dict(prompt_vars or {})
+        self.memory = memory or TokenMemory()
+        self.session_store = session_store
+        self.max_turns = max_turns
+        self.max_retries = max_retries
+        self.hooks = hooks or Hooks()
+        self.event_bus = event_bus
+        self.name = name
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # --- public -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        run_id: str | None = None,
+        tool_context: ToolContext | None = None,
+    ) -> AgentOutput:
+        """Run to the final answer. With ``response_model`` the answer is parsed into it
+        (``output.structured``)."""
+        output = None
+        async for item in self._run(
+            input, session_id, response_model, run_id, tool_context, streaming=False
+        ):
+            if isinstance(item, AgentOutput):
+                output = item
+        assert output is not None
+        return output
+
+    def stream(
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        run_id: str | None = None,
+        tool_context: ToolContext | None = None,
+    ) -> AgentStream:
+        """Run, yielding the answer's text chunks as they arrive; tools are executed between
+        turns. The :class:`AgentStream`'s ``output`` holds the full result at the end."""
+        return AgentStream(self._run(input, session_id, None, run_id, tool_context, streaming=True))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def _run(self, input, session_id, response_model, run_id, tool_context, *, streaming):
+        new_input = to_messages(input)
+        run_id = run_id or uuid.uuid4().hex
+        log = _log.bind(agent=self.name, run_id=run_id, session=session_id)
+        async with self._session_lock(session_id):
+            run = await self._start(new_input, session_id, response_model, run_id, tool_context)
+            await self._emit("run_started", run, input=new_input[-1].text[:200])
+            try:
+                async for chunk in self._turns(run, streaming):
+                    yield chunk
+                await self._save(run, new_input)
+            except Exception as exc:
+                await self._emit("run_failed", run, error=f"{type(exc).__name__}: {exc}")
+                log.warning("agent run failed", error=type(exc).__name__)
+                raise
+            assert run.output is not None
+            await self._emit(
+                "run_finished",
+                run,
+                finish_reason=run.output.finish_reason,
+                total_tokens=run.usage.total_tokens,
+            )
+            log.info(
+                "agent run finished",
+                turns=run.usage.requests,
+                tokens=run.usage.total_tokens,
+                finish_reason=run.output.finish_reason,
+            )
+            yield run.output
+
+    async def _turns(self, run: _Run, streaming: bool) -> AsyncIterator[str]:
+        limit = self.max_turns + (self.max_retries if run.response_model else 0)
+        for turn in range(1, limit + 1):
+            await _call_hook(self.hooks.on_turn_start, turn, list(run.messages))
+            await self._emit("turn_started", run, turn=turn)
+            response = None
+            async for item in self._call_model(run, streaming):
+                if isinstance(item, ModelResponse):
+                    response = item
+                else:
+                    yield item
+            assert response is not None
+            run.usage += response.usage
+            run.add(response.message)
+            await _call_hook(self.hooks.on_turn_end, turn, response.message)
+            if await self._handle(run, response.message):
+                return
+        run.output = self._output(run, MAX_TURNS_REACHED, finish_reason="max_turns")
+
+    async def _handle(self, run: _Run, message: Message) -> bool:
+        """Act on an assistant message; True when the run has its final answer."""
+        if run.response_model is not None:
+            done = await self._handle_structured(run, message)
+            if done is not None:
+                return done
+        if not message.tool_calls:
+            run.output = self._output(run, message.text)
+            return True
+        await self._execute_tools(run, message.tool_calls)
+        return False
+
+    async def _handle_structured(self, run: _Run, message: Message) -> bool | None:
+        """True: parsed. False: error fed back, go on. None: ordinary tool calls to run."""
+        assert run.response_model is not None
+        output_calls = [c for c in message.tool_calls if c.name == OUTPUT_TOOL]
+        if message.tool_calls and not output_calls:
+            return None
+        try:
+            parsed = parse_reply(message, run.response_model)
+        except ParseFailure as exc:
+            run.parse_failures += 1
+            if run.parse_failures > self.max_retries:
+                raise StructuredOutputError(
+                    f"agent {self.name!r} could not produce a valid "
+                    f"{run.response_model.__name__} after {run.parse_failures} attempts: {exc}",
+                    hint="simplify the response_model, improve the prompt or raise max_retries",
+                    agent=self.name,
+                    run_id=run.run_id,
+                ) from None
+            self._feed_back_parse_error(run, message, str(exc))
+            return False
+        self._close_calls(run, message.tool_calls, "Final result accepted.")
+        run.output = self._output(run, parsed.model_dump_json(), structured=parsed)
+        return True
+
+    def _feed_back_parse_error(self, run: _Run, message: Message, error: str) -> None:
+        run.force_output = True
+        fix = (
+            f"Call {OUTPUT_TOOL!r} again with corrected arguments."
+            if self._offers_tools()
+            else "Reply with only a JSON object that matches the schema."
+        )
+        text = f"Error: your answer could not be parsed: {error}. {fix}"
+        if message.tool_calls:
+            self._close_calls(run, message.tool_calls, text)
+        else:
+            run.add(Message.user(text))
+
+    def _close_calls(self, run: _Run, calls: list[ToolCall], text: str) -> None:
+        # Every tool call needs a result message, or providers reject the next request.
+        for call in calls:
+            run.add(Message.tool_result(call.id, text, call.name))
+
+    async def _execute_tools(self, run: _Run, calls: list[ToolCall]) -> None:
+        run.calls.extend(calls)
+        for call in calls:
+            await self._emit("tool_started", run, tool=call.name, tool_call_id=call.id)
+        results = await self.toolbox.execute_many(calls, run.tool_context)
+        for call, result in zip(calls, results, strict=True):
+            await _call_hook(self.hooks.on_tool_execute, call, result)
+            await self._emit(
+                "tool_finished",
+                run,
+                tool=call.name,
+                tool_call_id=call.id,
+                is_error=result.is_error,
+                duration=result.duration,
+            )
+            run.add(Message.tool_result(call.id, result.content, call.name))
+
+    # --- model calls --------------------------------------------------------------------
+
+    def _offers_tools(self) -> bool:
+        return supports(self.model, "tools")
+
+    def _model_options(self, run: _Run) -> dict[str, Any]:
+        if not self._offers_tools():
+            json_mode = {"type": "json_object"} if run.response_model else None
+            return {"tools": None, "tool_choice": None, "response_format": json_mode}
+        tools = self.toolbox.schemas()
+        if run.response_model is None:
+            return {
+                "tools": tools or None,
+                "tool_choice": "auto" if tools else None,
+                "response_format": None,
+            }
+        forced = run.force_output or not tools
+        choice: Any = {"type": "function", "function": {"name": OUTPUT_TOOL}} if forced else "auto"
+        return {
+            "tools": [*tools, output_tool_schema(run.response_model)],
+            "tool_choice": choice,
+            "response_format": None,
+        }
+
+    async def _call_model(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
+        options = self._model_options(run)
+        if streaming and supports(self.model, "stream"):
+            async for item in self.model.stream(run.messages, **options):
+                yield item
+            return
+        response = await self.model.complete(run.messages, **options)
+        if streaming and response.message.text:
+            yield response.message.text
+        yield response
+
+    # --- context, saving, events --------------------------------------------------------
+
+    async def _start(self, new_input, session_id, response_model, run_id, tool_context) -> _Run:
+        system_inputs = [m for m in new_input if m.role == "system"]
+        user_inputs = [m for m in new_input if m.role != "system"]
+        system = self._system_message(system_inputs, response_model)
+        records = (
+            await self.session_store.load(session_id) if (self.session_store and session_id) else []
+        )
+        fixed = ([system] if system else []) + user_inputs
+        budget = self.memory.max_tokens - self.memory.total(fixed)
+        history = (
+            [m for m in self.memory.get_history(records, max(budget, 1)) if m.role != "system"]
+            if budget > 0
+            else []
+        )
+        context = tool_context or ToolContext()
+        if context.agent is None or context.session_id is None or context.run_id is None:
+            context = ToolContext(
+                agent=context.agent or self.name,
+                session_id=context.session_id or session_id,
+                run_id=context.run_id or run_id,
+                idempotency_key=context.idempotency_key,
+                attempt=context.attempt,
+            )
+        messages = ([system] if system else []) + history + user_inputs
+        return _Run(
+            run_id=run_id,
+            session_id=session_id,
+            messages=messages,
+            new=[],
+            response_model=response_model,
+            tool_context=context,
+        )
+
+    def _system_message(self, system_inputs: list[Message], response_model) -> Message | None:
+        text = self.template.render(
+            **{"instructions": self.instructions, "tools": self.toolbox.tools(), **self.prompt_vars}
+        )
+        parts = [m.text for m in system_inputs] + ([text] if text.strip() else [])
+        if response_model is not None and not self._offers_tools():
+            schema = output_tool_schema(response_model)["function"]["parameters"]
+            parts.append(f"Answer with only a JSON object matching this JSON schema: {schema}")
+        return Message.system("\n\n".join(parts)) if parts else None
+
+    async def _save(self, run: _Run, new_input: list[Message]) -> None:
+        if self.session_store is None or run.session_id is None:
+            return
+        stored = [m for m in new_input if m.role != "system"] + run.new
+        await self.session_store.append(run.session_id, to_records(stored))
+
+    def _output(
+        self, run: _Run, content: str, *, structured: Any = None, finish_reason: str = "stop"
+    ) -> AgentOutput:
+        return AgentOutput(
+            content=content,
+            tool_calls=list(run.calls),
+            usage=run.usage,
+            structured=structured,
+            messages=list(run.new),
+            finish_reason=finish_reason,
+        )  # type: ignore[arg-type]
+
+    async def _emit(self, event_type: str, run: _Run, **data: Any) -> None:
+        if self.event_bus is not None:
+            await self.event_bus.publish(
+                Event(
+                    event_type,
+                    {"agent": self.name, "run_id": run.run_id, "session": run.session_id, **data},
+                )
+            )
+
+    def _session_lock(self, session_id: str | None) -> asyncio.Lock:
+        if session_id is None:
+            return asyncio.Lock()  # nothing shared: each anonymous run gets its own
+        lock = self._session_locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._session_locks[session_id] = lock
+        return lock
+
+
+class AgentStream:
+    """An async iterator of text chunks; ``output`` is the :class:`AgentOutput` once it ends."""
+
+    def __init__(self, source: AsyncIterator[str | AgentOutput]) -> None:
+        self._source = source
+        self.output: AgentOutput | None = None
+
+    def __aiter__(self) -> AgentStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            item = await self._source.__anext__()
+            if isinstance(item, AgentOutput):
+                self.output = item
+                continue
+            return item
+
+    async def text(self) -> str:
+        """Consume the stream and return the whole answer."""
+        return "".join([chunk async for chunk in self])
+
+
+async def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:
+    if hook is None:
+        return
+    try:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        _log.warning(
+            "hook failed; ignored",
+            hook=getattr(hook, "__name__", repr(hook)),
+            error=f"{type(exc).__name__}: {exc}",
+        )

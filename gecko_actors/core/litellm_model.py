@@ -1,0 +1,350 @@
+"""LiteLLMModel: any LiteLLM provider behind the :class:`~gecko_actors.core.models.ChatModel`
+protocol.
+
+Every setting travels with each call; litellm's module globals (``litellm.api_base``,
+``litellm.api_key``, ...) are never touched, so two models never see each other's
+configuration. litellm is imported lazily, after the offline environment is prepared.
+
+Retries are ours, not litellm's: litellm is called with ``num_retries=0`` and ``max_retries=0``
+and this module retries rate limits (honouring ``Retry-After``), 5xx answers, timeouts and
+connection errors with exponential back-off. That keeps the number of attempts exact and
+observable, and it is the same policy the cluster-wide gateway applies later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from pydantic import SecretStr
+
+from gecko_actors._redact import register_secret
+from gecko_actors.core.messages import Message, Usage
+from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
+from gecko_actors.exceptions import ConfigurationError, ModelError, ModelTimeoutError, UserError
+from gecko_actors.logging import get_logger
+from gecko_actors.settings import load_settings, prepare_offline_environment
+
+_RESERVED = {
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "stream",
+    "api_key",
+    "api_base",
+    "num_retries",
+    "max_retries",
+    "timeout",
+    "response_format",
+}
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
+_MAX_RETRY_AFTER = 60.0
+_log = get_logger("gecko_actors.model")
+
+
+def _litellm() -> Any:
+    prepare_offline_environment()
+    import litellm
+
+    return litellm
+
+
+class LiteLLMModel:
+    """A chat model served by any LiteLLM provider (``"openai/gpt-4o-mini"``, ...).
+
+    Args:
+        model: the LiteLLM model name, with its provider prefix.
+        api_base: an OpenAI-compatible base URL (a proxy, vLLM, a local server).
+        api_key: the key, as a ``SecretStr`` or str; kept secret, never logged or repr'd.
+            When omitted, ``api_key_env`` is read at call time, then litellm's own provider
+            variables (``OPENAI_API_KEY``, ...).
+        api_key_env: the name of an environment variable holding the key. Prefer this on a
+            cluster: the name travels, the key is read inside the process that calls.
+        temperature, max_tokens: sampling settings (``None``: the provider default).
+        timeout: seconds for one attempt.
+        num_retries: retries after the first attempt, for rate limits, 5xx, timeouts and
+            connection errors.
+        **extra: other litellm completion arguments (``top_p``, ``seed``, ``extra_headers``...).
+    """
+
+    supports_tools = True
+    supports_stream = True
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        api_base: str | None = None,
+        api_key: str | SecretStr | None = None,
+        api_key_env: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: float | None = None,
+        num_retries: int | None = None,
+        retry_backoff: float = 0.5,
+        **extra: Any,
+    ) -> None:
+        settings = load_settings()
+        clash = sorted(_RESERVED & extra.keys())
+        if clash:
+            raise UserError(
+                f"LiteLLMModel does not take {clash} as extra arguments",
+                hint="use the named parameters of LiteLLMModel instead",
+            )
+        self.model = model or settings.default_model
+        self.api_base = api_base if api_base is not None else settings.api_base
+        if api_key is None and api_key_env is None:
+            api_key = settings.api_key
+        self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
+        if self._api_key is not None:
+            register_secret(self._api_key.get_secret_value())
+        self.api_key_env = api_key_env
+        self.temperature = temperature if temperature is not None else settings.temperature
+        self.max_tokens = max_tokens if max_tokens is not None else settings.max_tokens
+        self.timeout = timeout if timeout is not None else settings.model_timeout
+        self.num_retries = num_retries if num_retries is not None else settings.model_retries
+        self.retry_backoff = retry_backoff
+        self.extra = extra
+
+    def __repr__(self) -> str:
+        key = "***" if self._api_key is not None else None
+        return (
+            f"LiteLLMModel(model={self.model!r}, api_base={self.api_base!r}, api_key={key}, "
+            f"timeout={self.timeout}, num_retries={self.num_retries})"
+        )
+
+    # --- configuration ------------------------------------------------------------------
+
+    def _resolve_key(self) -> str | None:
+        if self._api_key is not None:
+            return self._api_key.get_secret_value()
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigurationError(
+                    f"environment variable {self.api_key_env!r} is not set",
+                    hint=f"export {self.api_key_env}=<your key> where the model is called",
+                    model=self.model,
+                )
+            register_secret(value)
+            return value
+        return None
+
+    def validate_environment(self) -> None:
+        """Raise :class:`ConfigurationError` naming the variable when the key is missing."""
+        if self._api_key is not None or self.api_base:
+            return
+        if self.api_key_env:
+            self._resolve_key()
+            return
+        missing = _litellm().validate_environment(model=self.model).get("missing_keys") or []
+        if missing:
+            raise ConfigurationError(
+                f"model {self.model!r} needs {', '.join(missing)} in the environment",
+                hint=f"export {missing[0]}=<your key>, or pass api_key= / api_key_env=",
+                model=self.model,
+            )
+
+    def _request(self, messages, tools, tool_choice, response_format) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.to_openai() for m in messages],
+            "timeout": self.timeout,
+            "num_retries": 0,
+            "max_retries": 0,
+            **self.extra,
+        }
+        optional = {
+            "api_base": self.api_base,
+            "api_key": self._resolve_key(),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "response_format": response_format,
+            "tool_choice": tool_choice if tools else None,
+            "tools": list(tools) if tools else None,
+        }
+        request.update({k: v for k, v in optional.items() if v is not None})
+        return request
+
+    # --- the protocol -------------------------------------------------------------------
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoice | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ModelResponse:
+        request = self._request(messages, tools, tool_choice, response_format)
+        litellm = _litellm()
+        for attempt in range(self.num_retries + 1):
+            try:
+                raw = await asyncio.wait_for(litellm.acompletion(**request), self.timeout + 1.0)
+                return self._to_response(raw)
+            except Exception as exc:
+                await self._before_retry(exc, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoice | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ModelResponse]:
+        request = self._request(messages, tools, tool_choice, response_format)
+        request.update(stream=True, stream_options={"include_usage": True})
+        litellm = _litellm()
+        for attempt in range(self.num_retries + 1):
+            chunks: list[Any] = []
+            try:
+                async for chunk in self._chunks(litellm, request):
+                    chunks.append(chunk)
+                    text = _delta_text(chunk)
+                    if text:
+                        yield text
+                break
+            except Exception as exc:
+                if chunks:  # text already went out: a retry would repeat it
+                    raise self._wrap(exc, attempt) from None
+                await self._before_retry(exc, attempt)
+        yield self._to_response(litellm.stream_chunk_builder(chunks, messages=request["messages"]))
+
+    async def _chunks(self, litellm: Any, request: dict[str, Any]) -> AsyncIterator[Any]:
+        stream = await asyncio.wait_for(litellm.acompletion(**request), self.timeout + 1.0)
+        iterator = stream.__aiter__()
+        while True:
+            try:
+                yield await asyncio.wait_for(iterator.__anext__(), self.timeout)
+            except StopAsyncIteration:
+                return
+
+    # --- errors and retries -------------------------------------------------------------
+
+    async def _before_retry(self, exc: Exception, attempt: int) -> None:
+        """Sleep before the next attempt, or raise the wrapped error if there is none."""
+        if attempt >= self.num_retries or not _retryable(exc):
+            raise self._wrap(exc, attempt) from None
+        delay = _retry_after(exc)
+        if delay is None:
+            delay = self.retry_backoff * (2**attempt) * (0.5 + random.random())
+        _log.warning(
+            "model call failed, retrying",
+            model=self.model,
+            attempt=attempt + 1,
+            error=type(exc).__name__,
+            retry_in=round(delay, 3),
+        )
+        await asyncio.sleep(delay)
+
+    def _wrap(self, exc: Exception, attempt: int) -> ModelError:
+        if isinstance(exc, ModelError | ConfigurationError):
+            return exc  # type: ignore[return-value]
+        status = getattr(exc, "status_code", None)
+        context = {"model": self.model, "attempts": attempt + 1, "status_code": status}
+        name = type(exc).__name__
+        if isinstance(exc, asyncio.TimeoutError) or "Timeout" in name:
+            return ModelTimeoutError(
+                f"model {self.model!r} did not answer within {self.timeout}s "
+                f"({attempt + 1} attempt(s))",
+                hint="raise timeout= or num_retries=, or check the provider's status",
+                **context,
+            )
+        return ModelError(
+            f"model {self.model!r} failed after {attempt + 1} attempt(s): {name}: {exc}",
+            hint=_hint_for(status),
+            **context,
+        )
+
+    def _to_response(self, raw: Any) -> ModelResponse:
+        choice = raw.choices[0]
+        message = Message.from_openai(_message_dict(choice.message))
+        return ModelResponse(
+            message=message,
+            usage=self._usage(raw),
+            finish_reason=choice.finish_reason,
+            model=getattr(raw, "model", None),
+        )
+
+    def _usage(self, raw: Any) -> Usage:
+        usage = getattr(raw, "usage", None)
+        if usage is None:
+            return Usage(requests=1)
+        cost = None
+        try:
+            cost = _litellm().completion_cost(completion_response=raw, model=self.model)
+        except Exception:  # unknown price (local or fake models): cost stays unknown
+            cost = None
+        return Usage(
+            requests=1,
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0,
+            total_tokens=usage.total_tokens or 0,
+            cost=cost or None,
+        )
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    data = message.model_dump() if hasattr(message, "model_dump") else dict(message)
+    data["role"] = data.get("role") or "assistant"
+    return data
+
+
+def _delta_text(chunk: Any) -> str:
+    if not getattr(chunk, "choices", None):
+        return ""
+    return getattr(chunk.choices[0].delta, "content", None) or ""
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, asyncio.TimeoutError):
+        return True
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status in _RETRYABLE_STATUS
+    name = type(exc).__name__
+    return any(
+        word in name
+        for word in ("Timeout", "Connection", "RateLimit", "ServiceUnavailable", "InternalServer")
+    )
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``retry-after``)."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, _MAX_RETRY_AFTER)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    except (TypeError, ValueError):
+        return None
+
+
+def _hint_for(status: int | None) -> str:
+    if status in (401, 403):
+        return "check the API key: pass api_key=/api_key_env= or export the provider's variable"
+    if status == 404:
+        return "check the model name and api_base"
+    if status == 400:
+        return "the provider rejected the request: check the model's supported parameters"
+    return "retry later or raise num_retries; check the provider's status"

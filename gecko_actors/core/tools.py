@@ -1,0 +1,289 @@
+"""Tools: typed Python functions the model may call.
+
+``@tool`` reads a function's signature and docstring into a JSON schema and a pydantic model;
+arguments are validated before the call, and a validation error or an exception inside the tool
+comes back as an error :class:`ToolResult` (the model sees it and can re-plan) rather than
+crashing the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import to_jsonable_python
+
+from gecko_actors.exceptions import UserError
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Facts about the current call, injected into a tool parameter annotated ``ToolContext``.
+
+    ``idempotency_key`` stays the same across retries of the same logical step, so a tool with
+    side effects can de-duplicate them.
+    """
+
+    agent: str | None = None
+    session_id: str | None = None
+    run_id: str | None = None
+    tool_call_id: str | None = None
+    idempotency_key: str | None = None
+    attempt: int = 1
+
+
+class ToolResult(BaseModel):
+    """What a tool returned (as text for the model), or the error it hit."""
+
+    content: str
+    is_error: bool = False
+    tool: str = ""
+    tool_call_id: str | None = None
+    duration: float = 0.0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False)
+
+
+class Tool:
+    """A callable the model can use: a name, a description, a JSON schema and a function.
+
+    Build one with :func:`tool` or ``Tool(fn)``; pass ``args_model`` to impose your own schema.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        args_model: type[BaseModel] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise UserError(
+                f"tool name {self.name!r} is invalid", hint="use 1-64 letters, digits, '_' or '-'"
+            )
+        summary, derived_model, self.context_param = _describe_function(fn, self.name)
+        self.description = description or summary or self.name
+        self._custom_args_model = args_model
+        self.args_model = args_model or derived_model
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __reduce__(self):
+        # The derived args model is a dynamic class that cannot be pickled by reference;
+        # rebuild it from the function on the other side (Ray ships tools to actors).
+        return (
+            _restore_tool,
+            (self.fn, self.name, self.description, self._custom_args_model, self.timeout),
+        )
+
+    def __repr__(self) -> str:
+        return f"Tool(name={self.name!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the underlying function directly (handy in tests)."""
+        return self.fn(*args, **kwargs)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments."""
+        schema = self.args_model.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    async def execute(
+        self, arguments: dict[str, Any], context: ToolContext | None = None
+    ) -> ToolResult:
+        """Validate ``arguments`` and run the tool. Invalid arguments and exceptions raised by
+        the tool become an error result; nothing here raises."""
+        start = time.perf_counter()
+        try:
+            kwargs = self.validate(arguments)
+        except ValidationError as exc:
+            return self._error(
+                f"invalid arguments for tool {self.name!r}: {_validation_text(exc)}", start, context
+            )
+        if self.context_param:
+            kwargs[self.context_param] = context or ToolContext()
+        try:
+            value = await self._invoke(kwargs)
+        except Exception as exc:
+            return self._error(
+                f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", start, context
+            )
+        return ToolResult(
+            content=_to_text(value),
+            tool=self.name,
+            tool_call_id=context.tool_call_id if context else None,
+            duration=time.perf_counter() - start,
+        )
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        validated = self.args_model.model_validate(arguments)
+        return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+    async def _invoke(self, kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return await self.fn(**kwargs)
+        # Sync tools run in a worker thread so that they never block the event loop.
+        result = await asyncio.to_thread(self.fn, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    def _error(self, text: str, start: float, context: ToolContext | None) -> ToolResult:
+        return ToolResult(
+            content=text,
+            is_error=True,
+            tool=self.name,
+            tool_call_id=context.tool_call_id if context else None,
+            duration=time.perf_counter() - start,
+        )
+
+
+def _validation_text(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# --- @tool ---------------------------------------------------------------------------------
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a typed sync or async function into a :class:`Tool`.
+
+    The schema comes from the signature (types, defaults) and the docstring (the summary
+    becomes the description; ``Args:`` / ``:param x:`` entries describe the parameters). A
+    parameter annotated :class:`ToolContext` is injected and hidden from the model.
+
+    Example:
+        >>> @tool
+        ... def add(a: int, b: int = 1) -> int:
+        ...     '''Add two numbers.
+        ...
+        ...     Args:
+        ...         a: the first number.
+        ...         b: the second number.
+        ...     '''
+        ...     return a + b
+    """
+
+    def build(func: Callable[..., Any]) -> Tool:
+        return Tool(func, name=name, description=description, timeout=timeout)
+
+    return build(fn) if fn is not None else build
+
+
+def _restore_tool(fn, name, description, args_model, timeout) -> Tool:
+    return Tool(fn, name=name, description=description, args_model=args_model, timeout=timeout)
+
+
+def _describe_function(
+    fn: Callable[..., Any], tool_name: str
+) -> tuple[str, type[BaseModel], str | None]:
+    """The docstring summary, an arguments model, and the name of a ToolContext parameter."""
+    summary, param_docs = parse_docstring(inspect.getdoc(fn) or "")
+    hints = get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    context_param = None
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise UserError(
+                f"tool {tool_name!r} takes *{param.name}; tools need named parameters",
+                hint="list every argument as a named, typed parameter",
+            )
+        annotation = hints.get(param.name, Any)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, Field(default, description=param_docs.get(param.name)))
+    model_name = "".join(part.title() for part in re.split(r"[_-]", tool_name)) + "Args"
+    args_model = create_model(model_name, __config__=ConfigDict(extra="forbid"), **fields)
+    return summary, args_model, context_param
+
+
+_SECTION = re.compile(
+    r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Example|Examples"
+    r"|Note|Notes):\s*$"
+)
+_GOOGLE_PARAM = re.compile(r"^(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+_SPHINX_PARAM = re.compile(r"^:param\s+(?:[^:]+\s+)?(\w+):\s*(.*)$")
+
+
+def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Split a Google- or Sphinx-style docstring into its description and parameter docs."""
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    section = None
+    current = None
+    for raw in doc.splitlines():
+        line = raw.strip()
+        header = _SECTION.match(line)
+        if header:
+            section, current = header.group(1), None
+            continue
+        sphinx = _SPHINX_PARAM.match(line)
+        if sphinx:
+            current = sphinx.group(1)
+            params[current] = sphinx.group(2)
+            section = "sphinx"
+        elif section in ("Args", "Arguments", "Parameters") and line:
+            google = _GOOGLE_PARAM.match(line) if not raw.startswith(" " * 8) else None
+            if google:
+                current = google.group(1).lstrip("*")
+                params[current] = google.group(3)
+            elif current:
+                params[current] = f"{params[current]} {line}".strip()
+        elif section == "sphinx" and line.startswith(":"):
+            current = None
+        elif section is None:
+            summary.append(line)
+        elif section == "sphinx" and current and line:
+            params[current] = f"{params[current]} {line}".strip()
+    return "\n".join(summary).strip(), params

@@ -1,0 +1,189 @@
+"""Every exception gecko_actors raises.
+
+Two families, as in pydantic-ai: :class:`UserError` is the developer's mistake (bad input,
+misuse, missing configuration) and is raised before anything runs; :class:`RunError` is a run
+that failed (a model, a tool, a workflow, a checkpoint).
+
+Each exception carries structured context (ids such as ``agent``, ``tool``, ``run_id``) as
+attributes and in :meth:`GeckoError.to_dict`, has a message that says how to fix the problem,
+and survives pickling with all its fields — on Ray every exception crosses a process boundary.
+Exception text passes through the same redaction as the logs, so a secret never leaks through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gecko_actors._redact import redact
+
+
+def _rebuild(cls: type[GeckoError], message: str, hint: str | None, context: dict[str, Any]):
+    err = cls.__new__(cls)
+    GeckoError.__init__(err, message, hint=hint, **context)
+    return err
+
+
+class GeckoError(Exception):
+    """Base class of every gecko_actors error.
+
+    Args:
+        message: what went wrong, quoting identifiers with ``!r``.
+        hint: how to fix it (the variable to set, the extra to install, ...).
+        **context: structured ids (``agent=``, ``tool=``, ``run_id=``, ...), also set as attributes.
+    """
+
+    error_code = "gecko_error"
+
+    def __init__(self, message: str, *, hint: str | None = None, **context: Any) -> None:
+        self.message = message
+        self.hint = hint
+        self.context = context
+        for key, value in context.items():
+            if not hasattr(type(self), key):
+                setattr(self, key, value)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.hint:
+            text = f"{text} Hint: {self.hint}"
+        return redact(text)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.hint, dict(self.context)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description: type, code, message, hint and context."""
+        return {
+            "type": type(self).__name__,
+            "error_code": self.error_code,
+            "message": redact(self.message),
+            "hint": self.hint,
+            "context": {k: redact(str(v)) for k, v in self.context.items()},
+        }
+
+
+# --- the developer's mistakes -------------------------------------------------------------
+
+
+class UserError(GeckoError):
+    """Misuse of the API or bad input; fix the calling code."""
+
+    error_code = "user_error"
+
+
+class ConfigurationError(UserError):
+    """A setting, environment variable or optional dependency is missing or invalid."""
+
+    error_code = "configuration_error"
+
+
+class TemplateError(UserError):
+    """A prompt template is invalid or was rendered without a variable it needs."""
+
+    error_code = "template_error"
+
+
+# --- failed runs ----------------------------------------------------------------------------
+
+
+class RunError(GeckoError):
+    """A run failed while executing."""
+
+    error_code = "run_error"
+
+
+class ModelError(RunError):
+    """A model call failed (after the configured retries)."""
+
+    error_code = "model_error"
+
+
+class ModelTimeoutError(ModelError):
+    """A model call took longer than its timeout."""
+
+    error_code = "model_timeout"
+
+
+class ScriptExhaustedError(ModelError):
+    """A :class:`~gecko_actors.ScriptedModel` was called more times than it has replies."""
+
+    error_code = "script_exhausted"
+
+
+class StructuredOutputError(RunError):
+    """The model's answer could not be parsed into the requested ``response_model``."""
+
+    error_code = "structured_output_error"
+
+
+class ToolError(RunError):
+    """A tool failed."""
+
+    error_code = "tool_error"
+
+
+class ToolNotFoundError(ToolError):
+    """A tool was requested that is not registered."""
+
+    error_code = "tool_not_found"
+
+
+class ToolTimeoutError(ToolError):
+    """A tool did not finish within its timeout."""
+
+    error_code = "tool_timeout"
+
+
+class ToolArgumentsError(ToolError):
+    """A tool was called with arguments that are not valid JSON or do not match its schema."""
+
+    error_code = "tool_arguments"
+
+
+class CalculatorError(ToolError):
+    """The calculator refused or could not evaluate an expression."""
+
+    error_code = "calculator_error"
+
+
+class StorageError(RunError):
+    """A session or vector store failed."""
+
+    error_code = "storage_error"
+
+
+class WorkflowError(RunError):
+    """A workflow run failed; ``run_id`` and ``node`` say where."""
+
+    error_code = "workflow_error"
+
+
+class CheckpointError(RunError):
+    """A checkpoint could not be written or read; ``uri`` names the object."""
+
+    error_code = "checkpoint_error"
+
+
+__all__ = [
+    "CalculatorError",
+    "CheckpointError",
+    "ConfigurationError",
+    "GeckoError",
+    "ModelError",
+    "ModelTimeoutError",
+    "RunError",
+    "ScriptExhaustedError",
+    "StorageError",
+    "StructuredOutputError",
+    "TemplateError",
+    "ToolArgumentsError",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolTimeoutError",
+    "UserError",
+    "WorkflowError",
+]

@@ -1,0 +1,84 @@
+"""Settings read from ``GECKO_*`` environment variables (and an optional ``.env`` file).
+
+:func:`load_settings` builds a fresh object on every call: nothing is cached at module level,
+so one model's configuration never leaks into another's, and a test that changes the
+environment sees the change.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gecko_actors.exceptions import ConfigurationError
+
+
+class Settings(BaseSettings):
+    """Project-wide defaults; every field maps to ``GECKO_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GECKO_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    default_model: str = "openai/gpt-4o-mini"
+    api_key: SecretStr | None = None
+    api_base: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    model_timeout: float = Field(default=60.0, gt=0)
+    model_retries: int = Field(default=2, ge=0)
+    max_turns: int = Field(default=5, gt=0)
+    max_context_tokens: int = Field(default=4000, gt=0)
+    tool_timeout: float = Field(default=30.0, gt=0)
+    tool_max_concurrency: int = Field(default=5, gt=0)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    storage_url: str = "memory://"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    secrets: list[SecretStr] = Field(default_factory=list)
+    """Extra values to mask in logs and exception text (``GECKO_SECRETS='["a","b"]'``)."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings now; invalid values are a :class:`ConfigurationError` naming them."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        names = ", ".join(f"GECKO_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors())
+        raise ConfigurationError(
+            f"invalid gecko_actors settings: {names}",
+            hint=f"fix these environment variables: {exc.errors(include_url=False)}",
+        ) from None
+
+
+def prepare_offline_environment() -> None:
+    """Make litellm and tiktoken work without a network, without importing litellm.
+
+    litellm downloads its price map at import unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set,
+    and tiktoken downloads its encodings at first use unless ``TIKTOKEN_CACHE_DIR`` points at a
+    folder holding them; litellm ships one (``litellm_core_utils/tokenizers``). A value the user
+    set is kept.
+    """
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return
+    folder = _litellm_tokenizers_dir()
+    if folder is not None:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(folder)
+
+
+def _litellm_tokenizers_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    return folder if folder.is_dir() else None
