@@ -9,13 +9,18 @@ leaks through a third-party error message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 
 MASK = "***"
 _MIN_SECRET_LEN = 6
-_SECRET_ENV_NAME = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# TOKEN only as a whole word: GITHUB_TOKEN is a secret, GECKO_MAX_TOKENS and TIKTOKEN_CACHE_DIR
+# are not (masking their values would hide ordinary numbers and paths everywhere).
+_SECRET_ENV_NAME = re.compile(
+    r"(API_?KEY|(?<![A-Z])TOKEN(?![A-Z])|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I
+)
 _PATTERNS = (
     # OpenAI / Anthropic / many providers' key shapes.
     re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}"),
@@ -35,8 +40,16 @@ _env_scanned = False
 def register_secret(value: str | None) -> None:
     """Mask ``value`` wherever it appears in logs or exception text from now on."""
     if value and len(value) >= _MIN_SECRET_LEN:
+        # Rendered log lines escape the value: JSON (quotes, backslashes, non-ASCII) and the
+        # console renderer's repr(); mask those forms too.
+        forms = {
+            value,
+            json.dumps(value)[1:-1],
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            repr(value)[1:-1],
+        }
         with _lock:
-            _secrets.add(value)
+            _secrets.update(forms)
 
 
 def _scan_environment() -> None:

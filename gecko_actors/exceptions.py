@@ -61,7 +61,7 @@ class GeckoError(Exception):
             "type": type(self).__name__,
             "error_code": self.error_code,
             "message": redact(self.message),
-            "hint": self.hint,
+            "hint": redact(self.hint) if self.hint else self.hint,
             "context": {k: redact(str(v)) for k, v in self.context.items()},
         }
 

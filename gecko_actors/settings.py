@@ -8,11 +8,12 @@ environment sees the change.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gecko_actors.exceptions import ConfigurationError
 
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     tool_max_concurrency: int = Field(default=5, gt=0)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     storage_url: str = "memory://"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)
     """Extra values to mask in logs and exception text (``GECKO_SECRETS='["a","b"]'``)."""
@@ -50,8 +51,19 @@ def load_settings(**overrides: object) -> Settings:
     """Read the settings now; invalid values are a :class:`ConfigurationError` naming them."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A value that is not valid JSON for a list setting (GECKO_SECRETS) fails before
+        # validation, with a pydantic-settings error naming the field.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"GECKO_{field[1].upper()}" if field else "a GECKO_* variable"
+        raise ConfigurationError(
+            f"invalid gecko_actors settings: {name} could not be parsed ({exc})",
+            hint="list settings take a JSON array, e.g. GECKO_SECRETS='[\"a\", \"b\"]'",
+        ) from None
     except ValidationError as exc:
-        names = ", ".join(f"GECKO_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors())
+        # loc[0] is the field; deeper parts are list indexes, not part of the variable's name.
+        fields = dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+        names = ", ".join(f"GECKO_{field.upper()}" for field in fields)
         raise ConfigurationError(
             f"invalid gecko_actors settings: {names}",
             hint=f"fix these environment variables: {exc.errors(include_url=False)}",

@@ -52,6 +52,9 @@ def _litellm() -> Any:
     prepare_offline_environment()
     import litellm
 
+    # The one global we set: litellm otherwise prints "Give Feedback / Get Help" banners to
+    # stdout on every exception, into the user's program output. It carries no configuration.
+    litellm.suppress_debug_info = True
     return litellm
 
 

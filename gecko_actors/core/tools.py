@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +91,13 @@ class Tool:
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __reduce__(self):
+        # A module-level ``@tool`` replaces its function in the module, so the function cannot
+        # be pickled by reference (plain pickle refuses it); pickle the tool by reference then.
+        # ``__main__`` is excluded: another process (a Ray worker) has a different one.
+        module = getattr(self.fn, "__module__", None)
+        qualname = getattr(self.fn, "__qualname__", None)
+        if module and qualname and module != "__main__" and _lookup(module, qualname) is self:
+            return (_import_tool, (module, qualname))
         # The derived args model is a dynamic class that cannot be pickled by reference;
         # rebuild it from the function on the other side (Ray ships tools to actors).
         return (
@@ -217,6 +226,19 @@ def tool(
         return Tool(func, name=name, description=description, timeout=timeout)
 
     return build(fn) if fn is not None else build
+
+
+def _lookup(module: str, qualname: str) -> Any:
+    """The object at ``module.qualname`` if the module is imported, else ``None``."""
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _import_tool(module: str, qualname: str) -> Tool:
+    importlib.import_module(module)
+    return _lookup(module, qualname)
 
 
 def _restore_tool(fn, name, description, args_model, timeout) -> Tool:
