@@ -94,10 +94,27 @@ def _install(logger: logging.Logger, handler: logging.Handler, level: str) -> No
     logger.propagate = False
 
 
-def get_logger(name: str = "gecko_actors", **context: Any) -> structlog.stdlib.BoundLogger:
-    """A structlog logger under the ``gecko_actors`` namespace, bound to ``context``."""
-    if not _configured:
-        configure_logging()
+class _LazyLogger:
+    """A logger that configures logging the first time it is used, not when it is created:
+    modules create their loggers at import, and importing gecko_actors must not touch the
+    process's logging."""
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._name = name
+        self._context = context
+
+    def __getattr__(self, attr: str) -> Any:
+        if not _configured:
+            configure_logging()
+        return getattr(structlog.get_logger(self._name).bind(**self._context), attr)
+
+
+def get_logger(name: str = "gecko_actors", **context: Any) -> Any:
+    """A structlog logger under the ``gecko_actors`` namespace, bound to ``context``.
+
+    Logging is configured (from ``GECKO_LOG_LEVEL`` / ``GECKO_LOG_FORMAT``) at the first log
+    call unless :func:`configure_logging` was called before.
+    """
     if not name.startswith("gecko_actors"):
         name = f"gecko_actors.{name}"
-    return structlog.get_logger(name).bind(**context)
+    return _LazyLogger(name, context)

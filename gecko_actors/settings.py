@@ -58,7 +58,7 @@ def load_settings(**overrides: object) -> Settings:
         name = f"GECKO_{field[1].upper()}" if field else "a GECKO_* variable"
         raise ConfigurationError(
             f"invalid gecko_actors settings: {name} could not be parsed ({exc})",
-            hint="list settings take a JSON array, e.g. GECKO_SECRETS='[\"a\", \"b\"]'",
+            hint='list settings take a JSON array, e.g. GECKO_SECRETS=\'["a", "b"]\'',
         ) from None
     except ValidationError as exc:
         # loc[0] is the field; deeper parts are list indexes, not part of the variable's name.

@@ -62,9 +62,16 @@ class EventBus:
         handlers saw it, or ``None`` if a middleware blocked it."""
         current: Event | None = event
         for middleware in self._middlewares:
-            current = await _call(middleware, current, "middleware")
-            if current is None:
+            changed = await _call(middleware, current, "middleware")
+            if changed is None:
                 return None
+            if not isinstance(changed, Event):
+                _log.warning(
+                    "event middleware returned neither an Event nor None; ignored",
+                    middleware=getattr(middleware, "__name__", repr(middleware)),
+                )
+                continue
+            current = changed
         handlers = self._handlers.get(current.type, []) + self._handlers.get("*", [])
         work = asyncio.gather(*(_call(h, current, "handler") for h in handlers))
         if wait:
@@ -86,7 +93,10 @@ async def _call(fn: Callable[[Event], Any], event: Event, kind: str) -> Any:
         result = fn(event)
         return await result if inspect.isawaitable(result) else result
     except Exception as exc:
+        # Not ``event=``: structlog's first positional parameter is already called ``event``.
         _log.warning(
-            f"event {kind} failed; ignored", event=event.type, error=f"{type(exc).__name__}: {exc}"
+            f"event {kind} failed; ignored",
+            event_type=event.type,
+            error=f"{type(exc).__name__}: {exc}",
         )
         return event if kind == "middleware" else None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import mimetypes
 import re
 from pathlib import Path
 from typing import Literal
@@ -23,7 +22,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
+    (b"BM", "image/bmp"),  # weak on its own; providers reject a non-image anyway
 )
 
 
@@ -62,15 +61,14 @@ class MediaResource(BaseModel):
         return cls(url=url, detail=detail)
 
 
-def sniff_mime(data: bytes, filename: str | None = None) -> str | None:
-    """Detect an image MIME type from magic bytes, falling back to the file extension."""
+def sniff_mime(data: bytes) -> str | None:
+    """The image MIME type that ``data`` starts with, from magic bytes; ``None`` if not a
+    supported image. File names are not trusted: a text file named ``x.png`` is not an image."""
     for magic, mime in _MAGIC:
         if data.startswith(magic):
             return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    if filename:
-        return mimetypes.guess_type(filename)[0]
     return None
 
 
@@ -109,6 +107,11 @@ def _from_data_url(url: str, max_bytes: int, detail: str | None) -> MediaResourc
     except binascii.Error as exc:
         raise UserError(f"image data URL holds invalid base64: {exc}") from None
     _check_size(len(raw), max_bytes, "data URL")
+    if sniff_mime(raw) is None:
+        raise UserError(
+            f"image data URL ({match['mime']}) does not hold a PNG, JPEG, GIF, WEBP or BMP image",
+            hint="encode one of the supported image formats",
+        )
     return MediaResource(data=match["data"], mime_type=match["mime"], detail=detail)
 
 
@@ -125,8 +128,8 @@ def _from_file(path: Path, max_bytes: int, detail: str | None) -> MediaResource:
 
 def _from_bytes(raw: bytes, filename: str | None, max_bytes: int, detail: str | None):
     _check_size(len(raw), max_bytes, repr(filename) if filename else "image bytes")
-    mime = sniff_mime(raw, filename)
-    if not mime or not mime.startswith("image/"):
+    mime = sniff_mime(raw)
+    if mime is None:
         raise UserError(
             f"cannot tell the image type of {filename or 'the given bytes'!r}",
             hint="use PNG, JPEG, GIF, WEBP or BMP data",

@@ -156,7 +156,7 @@ class ToolBox:
         """Run one tool. Raises :class:`ToolNotFoundError` and :class:`ToolTimeoutError`; bad
         arguments and exceptions inside the tool come back as an error result."""
         found = self.get(name)
-        limit = timeout or found.timeout or self.timeout
+        limit = next(t for t in (timeout, found.timeout, self.timeout) if t is not None)
         stats = self._stats.setdefault(name, ToolStats())
         start = time.perf_counter()
         try:

@@ -9,12 +9,14 @@ crashing the run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import inspect
 import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +79,7 @@ class Tool:
         timeout: float | None = None,
     ) -> None:
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = fn.__name__ if name is None else name
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
             raise UserError(
                 f"tool name {self.name!r} is invalid", hint="use 1-64 letters, digits, '_' or '-'"
@@ -163,8 +165,7 @@ class Tool:
     async def _invoke(self, kwargs: dict[str, Any]) -> Any:
         if self.is_async:
             return await self.fn(**kwargs)
-        # Sync tools run in a worker thread so that they never block the event loop.
-        result = await asyncio.to_thread(self.fn, **kwargs)
+        result = await _in_daemon_thread(self.fn, kwargs)
         return await result if inspect.isawaitable(result) else result
 
     def _error(self, text: str, start: float, context: ToolContext | None) -> ToolResult:
@@ -175,6 +176,31 @@ class Tool:
             tool_call_id=context.tool_call_id if context else None,
             duration=time.perf_counter() - start,
         )
+
+
+async def _in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run a sync tool in its own daemon thread, so it never blocks the event loop.
+
+    Not the loop's default executor: ``asyncio.run`` waits for that executor's threads at
+    shutdown, so one hung tool (abandoned at its timeout) would hang the whole program.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def work() -> None:
+        try:
+            value, ok = fn(**kwargs), True
+        except BaseException as exc:
+            value, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=work, name=f"tool-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return await future
 
 
 def _validation_text(exc: ValidationError) -> str:
@@ -260,7 +286,7 @@ def _describe_function(
                 hint="list every argument as a named, typed parameter",
             )
         annotation = hints.get(param.name, Any)
-        if annotation is ToolContext:
+        if annotation is ToolContext or annotation == ToolContext | None:
             context_param = param.name
             continue
         default = ... if param.default is param.empty else param.default
