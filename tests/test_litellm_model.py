@@ -252,3 +252,17 @@ class _Err(Exception):
 )
 def test_retry_after_parsing(headers, expected) -> None:
     assert _retry_after(_Err(_Headers(headers))) == expected
+
+
+def test_zhipu_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BIGMODEL_API_KEY", raising=False)
+    model = LiteLLMModel.zhipu("glm-4-plus", temperature=0.1)
+    assert (model.model, model.api_key_env, model.temperature) == (
+        "bigmodel/glm-4-plus",
+        "BIGMODEL_API_KEY",
+        0.1,
+    )
+    with pytest.raises(ConfigurationError, match="BIGMODEL_API_KEY"):
+        model.validate_environment()
+    monkeypatch.setenv("BIGMODEL_API_KEY", "zhipu-test-key")
+    model.validate_environment()

@@ -122,6 +122,14 @@ class LiteLLMModel:
             f"timeout={self.timeout}, num_retries={self.num_retries})"
         )
 
+    @classmethod
+    def zhipu(cls, model: str = "glm-4-flash", **kwargs: Any) -> LiteLLMModel:
+        """A Zhipu GLM model (open.bigmodel.cn), streaming included; the key comes from
+        ``BIGMODEL_API_KEY`` unless ``api_key=`` or ``api_key_env=`` says otherwise."""
+        if "api_key" not in kwargs:
+            kwargs.setdefault("api_key_env", "BIGMODEL_API_KEY")
+        return cls(f"bigmodel/{model}", **kwargs)
+
     # --- configuration ------------------------------------------------------------------
 
     def _resolve_key(self) -> str | None:

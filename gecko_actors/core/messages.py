@@ -82,26 +82,22 @@ class ToolCall(_Packable):
 
     def parse_arguments(self) -> dict[str, Any]:
         """The arguments as a dict; malformed JSON is a :class:`ToolArgumentsError`."""
-        text = self.arguments.strip() or "{}"
         try:
-            value = json.loads(text)
+            value = json.loads(self.arguments.strip() or "{}")
         except json.JSONDecodeError as exc:
-            raise ToolArgumentsError(
-                f"arguments for tool {self.name!r} are not valid JSON ({exc.msg} at "
-                f"position {exc.pos}): {self.arguments[:200]!r}",
-                hint="call the tool again with a JSON object of arguments",
-                tool=self.name,
-                tool_call_id=self.id,
-            ) from None
-        if not isinstance(value, dict):
-            raise ToolArgumentsError(
-                f"arguments for tool {self.name!r} must be a JSON object, "
-                f"got {type(value).__name__}",
-                hint="call the tool again with a JSON object of arguments",
-                tool=self.name,
-                tool_call_id=self.id,
+            problem = (
+                f"are not valid JSON ({exc.msg} at position {exc.pos}): {self.arguments[:200]!r}"
             )
-        return value
+        else:
+            if isinstance(value, dict):
+                return value
+            problem = f"must be a JSON object, got {type(value).__name__}"
+        raise ToolArgumentsError(
+            f"arguments for tool {self.name!r} {problem}",
+            hint="call the tool again with a JSON object of arguments",
+            tool=self.name,
+            tool_call_id=self.id,
+        )
 
     def to_openai(self) -> dict[str, Any]:
         return {
