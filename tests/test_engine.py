@@ -481,3 +481,11 @@ async def test_scripted_model_reply_kinds() -> None:
         await ScriptedModel([7]).complete([])  # type: ignore[list-item]
     with pytest.raises(UserError, match="assistant message"):
         await ScriptedModel([Message.user("u")]).complete([])
+
+
+async def test_a_retried_run_never_duplicates_its_exchange() -> None:
+    store = InMemorySessionStore()
+    agent = LocalAgent(ScriptedModel(["first", "retry"]), session_store=store)
+    await agent.arun("hello", session_id="s", run_id="run-7")
+    await agent.arun("hello", session_id="s", run_id="run-7")  # e.g. Ray retried the call
+    assert [r["content"] for r in await store.load("s")] == ["hello", "first"]

@@ -375,7 +375,8 @@ class ReActEngine:
         if self.session_store is None or run.session_id is None:
             return
         stored = [m for m in new_input if m.role != "system"] + run.new
-        await self.session_store.append(run.session_id, to_records(stored))
+        # Keyed by run id: a run retried after a crash never stores its exchange twice.
+        await self.session_store.append(run.session_id, to_records(stored), key=run.run_id)
 
     def _output(
         self, run: _Run, content: str, *, structured: Any = None, finish_reason: str = "stop"

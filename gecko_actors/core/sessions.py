@@ -27,8 +27,12 @@ class SessionStore(Protocol):
         """All records of a session, oldest first (empty if unknown)."""
         ...
 
-    async def append(self, session_id: str, records: Sequence[Record]) -> None:
-        """Add records at the end of a session."""
+    async def append(
+        self, session_id: str, records: Sequence[Record], *, key: str | None = None
+    ) -> bool:
+        """Add records at the end of a session. With ``key`` (a run id) the append is
+        idempotent: a second append with the same key is ignored, so a retried run never
+        duplicates its exchange. Returns whether the records were added."""
         ...
 
     async def replace(self, session_id: str, records: Sequence[Record]) -> None:
@@ -54,25 +58,34 @@ class InMemorySessionStore:
 
     def __init__(self) -> None:
         self._sessions: dict[str, list[Record]] = {}
+        self._keys: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"InMemorySessionStore(sessions={len(self._sessions)})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_sessions": self._sessions}
+        return {"_sessions": self._sessions, "_keys": self._keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._sessions = state["_sessions"]
+        self._keys = state.get("_keys", set())
         self._lock = threading.Lock()
 
     async def load(self, session_id: str) -> list[Record]:
         with self._lock:
             return copy.deepcopy(self._sessions.get(session_id, []))
 
-    async def append(self, session_id: str, records: Sequence[Record]) -> None:
+    async def append(
+        self, session_id: str, records: Sequence[Record], *, key: str | None = None
+    ) -> bool:
         with self._lock:
+            if key is not None:
+                if (session_id, key) in self._keys:
+                    return False
+                self._keys.add((session_id, key))
             self._sessions.setdefault(session_id, []).extend(copy.deepcopy(list(records)))
+            return True
 
     async def replace(self, session_id: str, records: Sequence[Record]) -> None:
         with self._lock:
@@ -81,6 +94,7 @@ class InMemorySessionStore:
     async def delete(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
+            self._keys = {k for k in self._keys if k[0] != session_id}
 
     async def list_sessions(self) -> list[str]:
         with self._lock:
