@@ -26,6 +26,7 @@ from gecko_actors.exceptions import (
     ScriptExhaustedError,
     StorageError,
     StructuredOutputError,
+    TeamError,
     TemplateError,
     ToolArgumentsError,
     ToolError,
@@ -37,8 +38,39 @@ from gecko_actors.exceptions import (
 from gecko_actors.logging import configure_logging, get_logger
 from gecko_actors.settings import Settings, load_settings
 
+# The Ray layer is imported on first use, so that `import gecko_actors` (and the core) stays
+# Ray-free and fast: a plain asyncio program or test never pays for importing Ray.
+_LAZY = {
+    "Agent": "gecko_actors.agent",
+    "ModelGateway": "gecko_actors.gateway",
+    "RemoteToolBox": "gecko_actors.toolboxes",
+    "Team": "gecko_actors.team",
+    "TeamResult": "gecko_actors.team",
+    "init": "gecko_actors.runtime",
+    "shutdown": "gecko_actors.runtime",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gecko_actors' has no attribute {name!r}")
+
 __all__ = [
     "__version__",
+    # runtime
+    "init",
+    "shutdown",
+    # actors
+    "Agent",
+    "ModelGateway",
+    "RemoteToolBox",
+    "Team",
+    "TeamResult",
     # agents
     "AgentBuilder",
     "AgentStream",
@@ -89,6 +121,7 @@ __all__ = [
     "RunError",
     "ScriptExhaustedError",
     "StorageError",
+    "TeamError",
     "StructuredOutputError",
     "TemplateError",
     "ToolArgumentsError",

@@ -150,6 +150,12 @@ class CalculatorError(ToolError):
     error_code = "calculator_error"
 
 
+class TeamError(RunError):
+    """Team members failed and the caller asked to raise; ``result`` keeps every success."""
+
+    error_code = "team_error"
+
+
 class StorageError(RunError):
     """A session or vector store failed."""
 
@@ -179,6 +185,7 @@ __all__ = [
     "ScriptExhaustedError",
     "StorageError",
     "StructuredOutputError",
+    "TeamError",
     "TemplateError",
     "ToolArgumentsError",
     "ToolError",

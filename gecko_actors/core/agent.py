@@ -31,8 +31,8 @@ def as_toolbox(
     tools: ToolsInput, *, timeout: float | None = None, max_concurrency: int | None = None
 ) -> ToolBox:
     """A ToolBox from a ToolBox, a list of tools/functions, or nothing."""
-    if isinstance(tools, ToolBox):
-        return tools
+    if isinstance(tools, ToolBox) or hasattr(tools, "execute_many"):
+        return tools  # type: ignore[return-value]  # a ToolBox, or a proxy to toolbox actors
     settings = load_settings()
     return ToolBox(
         tools or (),

@@ -11,6 +11,7 @@ import inspect
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,11 @@ from gecko_actors.exceptions import StructuredOutputError, UserError
 from gecko_actors.logging import get_logger
 
 MAX_TURNS_REACHED = "Max iterations reached."
+current_run: ContextVar[dict[str, str | None] | None] = ContextVar(
+    "gecko_current_run", default=None
+)
+"""The agent, run id and session of the run in progress, for code below the engine (a model
+proxy that accounts usage per run, a log processor) without widening its interfaces."""
 _log = get_logger("gecko_actors.engine")
 
 
@@ -175,6 +181,7 @@ class ReActEngine:
         new_input = to_messages(input)
         run_id = run_id or uuid.uuid4().hex
         log = _log.bind(agent=self.name, run_id=run_id, session=session_id)
+        current_run.set({"agent": self.name, "run_id": run_id, "session": session_id})
         async with self._session_lock(session_id):
             run = await self._start(new_input, session_id, response_model, run_id, tool_context)
             await self._emit("run_started", run, input=new_input[-1].text[:200])

@@ -14,10 +14,11 @@ observable, and it is the same policy the cluster-wide gateway applies later.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -114,6 +115,9 @@ class LiteLLMModel:
         self.num_retries = num_retries if num_retries is not None else settings.model_retries
         self.retry_backoff = retry_backoff
         self.extra = extra
+        self.on_rate_limited: Callable[[float], Any] | None = None
+        """Called with the seconds the provider asked to wait after a 429 (the gateway uses it
+        to pause every replica, not just this call)."""
 
     def __repr__(self) -> str:
         key = "***" if self._api_key is not None else None
@@ -129,6 +133,26 @@ class LiteLLMModel:
         if "api_key" not in kwargs:
             kwargs.setdefault("api_key_env", "BIGMODEL_API_KEY")
         return cls(f"bigmodel/{model}", **kwargs)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments, without any key value: enough to rebuild this model in
+        another process (which reads its key from ``api_key_env`` or the provider's variable)."""
+        return {
+            "model": self.model,
+            "api_base": self.api_base,
+            "api_key_env": self.api_key_env,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout,
+            "num_retries": self.num_retries,
+            "retry_backoff": self.retry_backoff,
+            **self.extra,
+        }
+
+    @property
+    def holds_key_value(self) -> bool:
+        """Whether an API key value (not a variable name) was given to this model."""
+        return self._api_key is not None
 
     # --- configuration ------------------------------------------------------------------
 
@@ -149,10 +173,10 @@ class LiteLLMModel:
 
     def validate_environment(self) -> None:
         """Raise :class:`ConfigurationError` naming the variable when the key is missing."""
-        if self._api_key is not None or self.api_base:
-            return
         if self.api_key_env:
             self._resolve_key()
+            return
+        if self._api_key is not None or self.api_base:
             return
         missing = _litellm().validate_environment(model=self.model).get("missing_keys") or []
         if missing:
@@ -242,6 +266,10 @@ class LiteLLMModel:
 
     async def _before_retry(self, exc: Exception, attempt: int) -> None:
         """Sleep before the next attempt, or raise the wrapped error if there is none."""
+        if getattr(exc, "status_code", None) == 429 and self.on_rate_limited is not None:
+            result = self.on_rate_limited(_retry_after(exc) or self.retry_backoff)
+            if inspect.isawaitable(result):
+                await result
         if attempt >= self.num_retries or not _retryable(exc):
             raise self._wrap(exc, attempt) from None
         delay = _retry_after(exc)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from gecko_actors.exceptions import UserError
 
@@ -56,11 +56,12 @@ class ToolResult(BaseModel):
 
 
 def _to_text(value: Any) -> str:
+    """A tool's return value as text for the model: str as-is, None as "", else JSON."""
     if isinstance(value, str):
         return value
     if value is None:
         return ""
-    return json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False)
+    return json.dumps(to_jsonable_python(value), ensure_ascii=False)
 
 
 class Tool:
@@ -151,8 +152,17 @@ class Tool:
             return self._error(
                 f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", start, context
             )
+        try:
+            content = _to_text(value)
+        except (TypeError, ValueError, PydanticSerializationError):
+            return self._error(
+                f"tool {self.name!r} returned a {type(value).__name__}, which cannot be sent "
+                "to the model as JSON; return str, numbers, lists, dicts or pydantic objects",
+                start,
+                context,
+            )
         return ToolResult(
-            content=_to_text(value),
+            content=content,
             tool=self.name,
             tool_call_id=context.tool_call_id if context else None,
             duration=time.perf_counter() - start,

@@ -1,0 +1,203 @@
+"""ModelGateway actors: the one place litellm runs.
+
+Agents never import litellm (it costs ~160 MB and ~2 s per process). Their model calls go to a
+small pool of async gateway replicas per model configuration; every replica asks one limiter
+actor for a start time before each request, so requests- and tokens-per-minute limits hold
+across the whole cluster, and a 429's Retry-After pauses every replica, not one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import ray
+
+from gecko_actors import metrics
+from gecko_actors.core.engine import current_run
+from gecko_actors.core.messages import Message, Usage
+from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
+from gecko_actors.core.ratelimit import RateLimits, SlidingWindowLimiter, estimate_tokens
+from gecko_actors.exceptions import ModelError
+from gecko_actors.logging import get_logger
+
+_RUNS_KEPT = 10_000  # per-run usage is kept for the most recent runs only
+_log = get_logger("gecko_actors.gateway")
+
+
+class LimiterActor:
+    """Owns the cluster-wide sliding window for one model configuration."""
+
+    def __init__(self, limits: RateLimits) -> None:
+        self._limiter = SlidingWindowLimiter(limits)
+
+    def reserve(self, tokens: int) -> tuple[int, float]:
+        reservation = self._limiter.reserve(tokens)
+        return reservation.id, reservation.delay
+
+    def settle(self, reservation_id: int, tokens: int) -> None:
+        self._limiter.settle(reservation_id, tokens)
+
+    def pause(self, seconds: float) -> None:
+        self._limiter.pause(seconds)
+
+    def stats(self) -> dict[str, float]:
+        return self._limiter.stats()
+
+
+class GatewayActor:
+    """One replica: a LiteLLMModel, usage accounting, and the limiter's permission per call."""
+
+    def __init__(self, config: dict[str, Any], limiter: Any | None) -> None:
+        from gecko_actors.core.litellm_model import LiteLLMModel, _litellm
+
+        self.model = LiteLLMModel(**config)
+        self.model.on_rate_limited = self._pause_everyone
+        self.limiter = limiter
+        self.by_agent: dict[str, Usage] = {}
+        self.by_run: OrderedDict[str, Usage] = OrderedDict()
+        _litellm()  # import now, not during the first user request
+
+    def check(self) -> bool:
+        """Raise ConfigurationError (naming the variable) if the key is missing here."""
+        self.model.validate_environment()
+        return True
+
+    async def complete(
+        self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
+    ) -> ModelResponse:
+        reservation = await self._acquire(messages)
+        start = time.perf_counter()
+        try:
+            response = await self.model.complete(messages, **options)
+        except ModelError:
+            self._record(caller, Usage(), start, "error", reservation)
+            raise
+        self._record(caller, response.usage, start, "ok", reservation)
+        return response
+
+    async def stream(
+        self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
+    ) -> AsyncIterator[str | ModelResponse]:
+        reservation = await self._acquire(messages)
+        start = time.perf_counter()
+        usage, status = Usage(), "error"
+        try:
+            async for item in self.model.stream(messages, **options):
+                if isinstance(item, ModelResponse):
+                    usage, status = item.usage, "ok"
+                yield item
+        finally:
+            self._record(caller, usage, start, status, reservation)
+
+    def usage(self, agent: str | None = None, run_id: str | None = None) -> Usage:
+        if run_id is not None:
+            return self.by_run.get(run_id, Usage())
+        if agent is not None:
+            return self.by_agent.get(agent, Usage())
+        return sum(self.by_agent.values(), Usage())
+
+    # --- internals ----------------------------------------------------------------------
+
+    async def _acquire(self, messages: list[Message]) -> int | None:
+        if self.limiter is None:
+            return None
+        tokens = estimate_tokens(messages, self.model.max_tokens)
+        reservation_id, delay = await self.limiter.reserve.remote(tokens)
+        if delay > 0:
+            metrics.ratelimit_wait(self.model.model, delay)
+            await asyncio.sleep(delay)
+        return reservation_id
+
+    async def _pause_everyone(self, seconds: float) -> None:
+        if self.limiter is not None:
+            await self.limiter.pause.remote(seconds)
+
+    def _record(
+        self,
+        caller: dict[str, Any],
+        usage: Usage,
+        start: float,
+        status: str,
+        reservation: int | None,
+    ) -> None:
+        agent = caller.get("agent") or "-"
+        self.by_agent[agent] = self.by_agent.get(agent, Usage()) + usage
+        run_id = caller.get("run_id")
+        if run_id:
+            self.by_run[run_id] = self.by_run.get(run_id, Usage()) + usage
+            self.by_run.move_to_end(run_id)
+            while len(self.by_run) > _RUNS_KEPT:
+                self.by_run.popitem(last=False)
+        if reservation is not None and self.limiter is not None and usage.total_tokens:
+            self.limiter.settle.remote(reservation, usage.total_tokens)
+        metrics.llm_request(
+            self.model.model,
+            agent,
+            status,
+            time.perf_counter() - start,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        )
+
+
+class GatewayModel:
+    """The :class:`~gecko_actors.core.models.ChatModel` agents hold: it forwards each call to
+    a gateway replica (round robin) and never imports litellm. Picklable: it carries actor
+    names, and resolves handles in whatever process it lands in."""
+
+    supports_tools = True
+    supports_stream = True
+
+    def __init__(self, label: str, replica_names: Sequence[str], namespace: str) -> None:
+        self.label = label
+        self.replica_names = list(replica_names)
+        self.namespace = namespace
+        self._handles: list[Any] | None = None
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"GatewayModel({self.label!r}, replicas={len(self.replica_names)})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": None}
+
+    def _replica(self) -> Any:
+        if self._handles is None:
+            self._handles = [ray.get_actor(n, namespace=self.namespace) for n in self.replica_names]
+        self._next = (self._next + 1) % len(self._handles)
+        return self._handles[self._next]
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoice | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> ModelResponse:
+        options = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        return await self._replica().complete.remote(list(messages), options, _caller())
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSchema] | None = None,
+        tool_choice: ToolChoice | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ModelResponse]:
+        options = {"tools": tools, "tool_choice": tool_choice, "response_format": response_format}
+        replica = self._replica()
+        refs = replica.stream.options(num_returns="streaming").remote(
+            list(messages), options, _caller()
+        )
+        async for ref in refs:
+            yield await ref
+
+
+def _caller() -> dict[str, Any]:
+    return dict(current_run.get() or {})

@@ -1,0 +1,242 @@
+"""``Agent``: the typed handle to a named agent actor (``agent/<name>``)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import ray
+from pydantic import BaseModel
+
+from gecko_actors._actors.agent import AgentActor, AgentSpec
+from gecko_actors._actors.common import check_name, create, known, lookup
+from gecko_actors.core.memory import TokenMemory
+from gecko_actors.core.messages import AgentOutput, MessageInput
+from gecko_actors.core.prompt import PromptTemplate
+from gecko_actors.core.sessions import SessionStore
+from gecko_actors.core.toolbox import ToolBox
+from gecko_actors.core.tools import Tool, ToolContext
+from gecko_actors.exceptions import UserError
+from gecko_actors.gateway import resolve_model
+from gecko_actors.toolboxes import RemoteToolBox
+
+ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
+
+
+class Agent:
+    """A handle to an agent actor; it hides ``.remote()`` and can be passed anywhere (other
+    actors, tasks, drivers).
+
+    Create one with :meth:`spawn`, attach to an existing one with :meth:`get`.
+
+    Example:
+        >>> agent = Agent.spawn("researcher", model=LiteLLMModel("openai/gpt-4o-mini"),
+        ...                     tools=[calculator], system_prompt="Be precise.")
+        >>> agent.run("What is 2**10?").content
+    """
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r})"
+
+    def __reduce__(self):
+        return (Agent, (self.name, self._handle))
+
+    # --- creating and finding -----------------------------------------------------------
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        *,
+        model: Any,
+        tools: ToolsArg = None,
+        system_prompt: str | PromptTemplate | None = None,
+        prompt_vars: dict[str, Any] | None = None,
+        memory: TokenMemory | int | None = None,
+        session_store: SessionStore | None = None,
+        max_turns: int | None = None,
+        max_retries: int = 2,
+        tools_in_process: bool = False,
+        get_if_exists: bool = False,
+        detached: bool = True,
+        **actor_options: Any,
+    ) -> Agent:
+        """Create the agent actor ``agent/<name>``.
+
+        Args:
+            name: unique in the namespace; letters, digits, ``_ . : -``.
+            model: a ``LiteLLMModel`` (served by a gateway), a ``ModelGateway``, or an
+                in-process model such as ``ScriptedModel``.
+            tools: a ``RemoteToolBox``, or tools / a ``ToolBox`` to serve from a new toolbox
+                actor ``toolbox/<name>`` (or inside the agent with ``tools_in_process=True``).
+            memory: a ``TokenMemory`` or a token budget for the context.
+            session_store: where conversations persist (default: in the agent's process).
+            detached: outlive the driver that spawned it (``kill()`` removes it).
+            get_if_exists: attach to a live agent of that name instead of failing.
+            **actor_options: Ray actor options (``num_cpus``, ``resources``, ``max_restarts``,
+                ``max_task_retries``, ``scheduling_strategy``, ...).
+        """
+        actor_name = check_name("agent", name)
+        if get_if_exists and (existing := lookup(actor_name)) is not None:
+            return cls(name, existing)
+        if lookup(actor_name) is not None:
+            raise UserError(
+                f"an agent named {name!r} already exists",
+                hint="pick another name, use Agent.get(name), or get_if_exists=True",
+                agent=name,
+            )
+        engine_options: dict[str, Any] = {"max_retries": max_retries}
+        if max_turns is not None:
+            engine_options["max_turns"] = max_turns
+        spec = AgentSpec(
+            name=name,
+            model=resolve_model(model),
+            tools=_place_tools(name, tools, tools_in_process),
+            system_prompt=system_prompt,
+            prompt_vars=dict(prompt_vars or {}),
+            memory=TokenMemory(memory) if isinstance(memory, int) else memory,
+            session_store=session_store,
+            engine_options=engine_options,
+        )
+        handle = create(
+            ray.remote(AgentActor),
+            actor_name,
+            (spec,),
+            get_if_exists=get_if_exists,
+            detached=detached,
+            **actor_options,
+        )
+        return cls(name, handle)
+
+    @classmethod
+    def get(cls, name: str) -> Agent:
+        """Attach to a live agent (from any driver); an unknown name lists the known ones."""
+        handle = lookup(check_name("agent", name))
+        if handle is None:
+            raise UserError(
+                f"no agent named {name!r}; known agents: {known('agent')}",
+                hint="spawn it with Agent.spawn(name, model=...)",
+                agent=name,
+            )
+        return cls(name, handle)
+
+    @staticmethod
+    def list() -> list[str]:
+        """Names of the live agents in the namespace."""
+        return known("agent")
+
+    # --- running ------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        input: MessageInput,
+        session_id: str | None,
+        response_model: type[BaseModel] | None,
+        run_id: str | None,
+        tool_context: ToolContext | None,
+    ) -> Any:
+        # The run id is fixed here, so a run Ray retries after a crash keeps it (and is
+        # stored once).
+        return self._handle.run.remote(
+            input, session_id, response_model, run_id or uuid.uuid4().hex, tool_context
+        )
+
+    def run(
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        run_id: str | None = None,
+        tool_context: ToolContext | None = None,
+        timeout: float | None = None,
+    ) -> AgentOutput:
+        """Run to the final answer (blocking)."""
+        ref = self._submit(input, session_id, response_model, run_id, tool_context)
+        return ray.get(ref, timeout=timeout)
+
+    async def arun(
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        response_model: type[BaseModel] | None = None,
+        run_id: str | None = None,
+        tool_context: ToolContext | None = None,
+    ) -> AgentOutput:
+        """Run to the final answer (awaitable)."""
+        return await self._submit(input, session_id, response_model, run_id, tool_context)
+
+    def submit(self, input: MessageInput, **kwargs: Any) -> Any:
+        """Start a run and return its Ray ObjectRef (for ``ray.wait`` and friends)."""
+        return self._submit(
+            input,
+            kwargs.get("session_id"),
+            kwargs.get("response_model"),
+            kwargs.get("run_id"),
+            kwargs.get("tool_context"),
+        )
+
+    def stream(
+        self, input: MessageInput, *, session_id: str | None = None, run_id: str | None = None
+    ) -> Iterator[str]:
+        """Yield the answer's text chunks as the actor produces them (blocking iterator)."""
+        for ref in self._stream_refs(input, session_id, run_id):
+            item = ray.get(ref)
+            if isinstance(item, str):
+                yield item
+
+    async def astream(
+        self, input: MessageInput, *, session_id: str | None = None, run_id: str | None = None
+    ) -> AsyncIterator[str]:
+        """Async variant of :meth:`stream`."""
+        async for ref in self._stream_refs(input, session_id, run_id):
+            item = await ref
+            if isinstance(item, str):
+                yield item
+
+    def _stream_refs(self, input: MessageInput, session_id: str | None, run_id: str | None):
+        return self._handle.stream.options(num_returns="streaming").remote(
+            input, session_id, run_id or uuid.uuid4().hex
+        )
+
+    # --- management ---------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Name, process id, node id, model and tools of the live actor."""
+        return ray.get(self._handle.info.remote())
+
+    def kill(self, *, no_restart: bool = True) -> None:
+        """Stop the actor (``no_restart=False`` simulates a crash: Ray restarts it)."""
+        ray.kill(self._handle, no_restart=no_restart)
+
+    @property
+    def actor(self) -> Any:
+        """The underlying Ray actor handle, for advanced use."""
+        return self._handle
+
+
+def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> Any:
+    if tools is None or isinstance(tools, RemoteToolBox):
+        return tools
+    if in_process:
+        return tools if isinstance(tools, ToolBox) else ToolBox(tools)
+    return RemoteToolBox.spawn(agent, tools, get_if_exists=True)
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine from sync code (helper for handles that offer both forms)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise UserError(
+        "this blocking call was made inside a running event loop",
+        hint="use the async variant (arun, amap) in async code",
+    )

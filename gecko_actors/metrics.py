@@ -1,0 +1,84 @@
+"""Metrics through Ray's own channel (``ray.util.metrics``).
+
+They appear on every node's metrics endpoint as ``ray_gecko_*`` and in the dashboard's
+Grafana. Metric objects are created lazily, once per process, the first time they are used;
+outside a Ray worker or a connected driver every call is a no-op.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120]
+_WAIT_BUCKETS = [0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60]
+
+
+@cache
+def _metric(kind: str, name: str, description: str, tags: tuple[str, ...]) -> Any:
+    from ray.util import metrics
+
+    if kind == "counter":
+        return metrics.Counter(name, description=description, tag_keys=tags)
+    buckets = _WAIT_BUCKETS if "wait" in name else _LATENCY_BUCKETS
+    return metrics.Histogram(name, description=description, boundaries=buckets, tag_keys=tags)
+
+
+def _enabled() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def llm_request(
+    model: str, agent: str, status: str, latency: float, prompt_tokens: int, completion_tokens: int
+) -> None:
+    if not _enabled():
+        return
+    tags = {"model": model, "agent": agent, "status": status}
+    _metric(
+        "counter",
+        "gecko_llm_requests_total",
+        "LLM requests by model, agent and status",
+        ("model", "agent", "status"),
+    ).inc(1, tags)
+    tokens = _metric(
+        "counter",
+        "gecko_llm_tokens_total",
+        "LLM tokens by model, agent and kind",
+        ("model", "agent", "kind"),
+    )
+    if prompt_tokens:
+        tokens.inc(prompt_tokens, {"model": model, "agent": agent, "kind": "prompt"})
+    if completion_tokens:
+        tokens.inc(completion_tokens, {"model": model, "agent": agent, "kind": "completion"})
+    _metric("histogram", "gecko_llm_latency_seconds", "LLM request latency", ("model",)).observe(
+        latency, {"model": model}
+    )
+
+
+def ratelimit_wait(model: str, seconds: float) -> None:
+    if _enabled():
+        _metric(
+            "histogram",
+            "gecko_llm_ratelimit_wait_seconds",
+            "Time LLM requests waited for the cluster-wide rate limit",
+            ("model",),
+        ).observe(seconds, {"model": model})
+
+
+def tool_call(tool: str, status: str) -> None:
+    if _enabled():
+        _metric(
+            "counter", "gecko_tool_calls_total", "Tool calls by tool and status", ("tool", "status")
+        ).inc(1, {"tool": tool, "status": status})
+
+
+def agent_run(agent: str, status: str) -> None:
+    if _enabled():
+        _metric(
+            "counter",
+            "gecko_agent_runs_total",
+            "Agent runs by agent and status",
+            ("agent", "status"),
+        ).inc(1, {"agent": agent, "status": status})

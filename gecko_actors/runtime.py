@@ -1,0 +1,115 @@
+"""Connecting to Ray: a local instance by default, or a running cluster.
+
+``init()`` is idempotent: calling it again (from user code, a handle, a CLI command) reuses the
+connection. It only ever puts non-secret variables into the job's runtime_env; API keys stay in
+the environment of the processes that need them (decision 7 of the design).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from gecko_actors.exceptions import UserError
+from gecko_actors.logging import get_logger
+from gecko_actors.settings import prepare_offline_environment
+
+DEFAULT_NAMESPACE = "gecko"
+# Every worker needs these before it imports litellm or tiktoken; none of them is a secret.
+WORKER_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+_SECRET_NAME = re.compile(r"(API_?KEY|(?<![A-Z])TOKEN(?![A-Z])|SECRET|PASSWORD|CREDENTIAL)", re.I)
+_log = get_logger("gecko_actors.runtime")
+_dashboard_url: str | None = None
+
+
+def init(
+    address: str | None = None,
+    *,
+    namespace: str = DEFAULT_NAMESPACE,
+    num_cpus: int | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    include_dashboard: bool | None = None,
+    **ray_kwargs: Any,
+) -> dict[str, Any]:
+    """Connect to Ray, starting a local instance when there is nowhere to connect to.
+
+    Args:
+        address: ``"auto"``, ``"ray://host:10001"`` or a GCS address to join a cluster; ``None``
+            uses ``RAY_ADDRESS`` if set, else starts Ray in this process (the embedded default).
+        namespace: the Ray namespace for every gecko_actors actor (names like ``agent/<name>``).
+        num_cpus: CPUs of a local instance.
+        runtime_env: merged with the variables workers need (never secrets).
+        include_dashboard: start the dashboard of a local instance (``ray list actors`` and
+            ``ray.util.state`` need it); Ray's default when ``None``.
+        **ray_kwargs: passed to ``ray.init``.
+
+    Returns:
+        Facts about the connection: address, namespace, dashboard URL, whether it was new.
+    """
+    import ray
+
+    prepare_offline_environment()
+    if ray.is_initialized():
+        current = ray.get_runtime_context().namespace
+        if current != namespace:
+            raise UserError(
+                f"Ray is already connected in namespace {current!r}, not {namespace!r}",
+                hint="call gecko_actors.shutdown() first, or use the same namespace",
+            )
+        return _describe(ray, None, new=False)
+    env = dict(runtime_env or {})
+    user_vars = dict(env.get("env_vars") or {})
+    for name in user_vars:
+        if _SECRET_NAME.search(name):
+            _log.warning(
+                "a secret-looking variable is in runtime_env: Ray stores runtime_envs "
+                "in its job table; prefer the nodes' environment",
+                variable=name,
+            )
+    env["env_vars"] = {**WORKER_ENV, **user_vars}
+    options: dict[str, Any] = {"namespace": namespace, "runtime_env": env, **ray_kwargs}
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        options["address"] = target
+    else:
+        options.setdefault("num_cpus", num_cpus)
+        if include_dashboard is not None:
+            options["include_dashboard"] = include_dashboard
+    return _describe(ray, ray.init(**options), new=True)
+
+
+def _describe(ray: Any, context: Any, *, new: bool) -> dict[str, Any]:
+    global _dashboard_url
+    if context is not None:
+        _dashboard_url = getattr(context, "dashboard_url", None) or None
+    runtime = ray.get_runtime_context()
+    return {
+        "address": runtime.gcs_address,
+        "namespace": runtime.namespace,
+        "dashboard_url": _dashboard_url,
+        "new": new,
+    }
+
+
+def ensure_initialized() -> None:
+    """Connect with the defaults unless already connected (handles call this)."""
+    import ray
+
+    if not ray.is_initialized():
+        init()
+
+
+def shutdown() -> None:
+    """Disconnect from Ray (and stop a local instance this process started)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def namespace() -> str:
+    import ray
+
+    ensure_initialized()
+    return ray.get_runtime_context().namespace

@@ -1,0 +1,212 @@
+"""``Team``: several agent actors working in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ray
+from tqdm import tqdm
+
+from gecko_actors.agent import Agent
+from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
+from gecko_actors.exceptions import TeamError, UserError
+
+Strategy = Literal["all", "first"]
+
+
+@dataclass
+class TeamResult:
+    """One slot per member, in member order: its output, or the error it raised.
+
+    With ``strategy="first"``, ``winner`` is the first acceptable output and the members
+    still running were cancelled (their slots stay empty).
+    """
+
+    members: list[str]
+    outputs: list[AgentOutput | None]
+    errors: list[BaseException | None]
+    winner: AgentOutput | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(e is None for e in self.errors)
+
+    @property
+    def contents(self) -> list[str | None]:
+        return [o.content if o is not None else None for o in self.outputs]
+
+    @property
+    def usage(self) -> Usage:
+        return sum((o.usage for o in self.outputs if o is not None), Usage())
+
+
+@dataclass
+class _MapState:
+    results: list[Any]
+    pending: dict[Any, tuple[int, int]] = field(default_factory=dict)  # ref → (input, member)
+    load: list[int] = field(default_factory=list)
+
+
+class Team:
+    """Agents that work in parallel, each in its own actor.
+
+    Args:
+        members: agent handles (``Agent.spawn`` / ``Agent.get``).
+        name: a label for errors and progress bars.
+
+    Example:
+        >>> team = Team([Agent.get("a"), Agent.get("b")])
+        >>> team.run("Summarise the report").contents
+        >>> team.map([f"Grade answer {i}" for i in range(200)])
+    """
+
+    def __init__(self, members: Sequence[Agent], *, name: str = "team") -> None:
+        members = list(members)
+        if not members:
+            raise UserError("a Team needs at least one member", hint="pass a list of Agent handles")
+        bad = [m for m in members if not isinstance(m, Agent)]
+        if bad:
+            raise UserError(
+                f"team members must be Agent handles, got {bad[0]!r}",
+                hint="create members with Agent.spawn(...) or Agent.get(name)",
+            )
+        self.members = members
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Team({self.name!r}, members={[m.name for m in self.members]})"
+
+    # --- everyone on one input ----------------------------------------------------------
+
+    def run(
+        self,
+        input: MessageInput,
+        *,
+        strategy: Strategy = "all",
+        accept: Callable[[AgentOutput], bool] | None = None,
+        raise_on_error: bool = False,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> TeamResult:
+        """Run every member on ``input`` at once.
+
+        ``strategy="all"`` waits for everyone; ``"first"`` returns as soon as one member's
+        output passes ``accept`` (default: any output) and cancels the others. A failed member
+        leaves its error in its slot; ``raise_on_error=True`` raises :class:`TeamError`
+        (carrying the result) instead.
+        """
+        if strategy not in ("all", "first"):
+            raise UserError(f"unknown team strategy {strategy!r}", hint="use 'all' or 'first'")
+        refs = [m.submit(input, session_id=session_id) for m in self.members]
+        result = TeamResult([m.name for m in self.members], [None] * len(refs), [None] * len(refs))
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            if not done:
+                raise TeamError(
+                    f"team {self.name!r} timed out after {timeout}s",
+                    hint="raise timeout=",
+                    team=self.name,
+                    result=result,
+                )
+            slot = index[done[0]]
+            try:
+                result.outputs[slot] = ray.get(done[0])
+            except Exception as exc:
+                result.errors[slot] = exc
+                continue
+            if strategy == "first" and (accept is None or accept(result.outputs[slot])):
+                result.winner = result.outputs[slot]
+                for ref in pending:
+                    ray.cancel(ref)
+                return result
+        return self._finish(result, strategy, raise_on_error)
+
+    async def arun(self, input: MessageInput, **kwargs: Any) -> TeamResult:
+        """Awaitable :meth:`run`."""
+        return await asyncio.to_thread(self.run, input, **kwargs)
+
+    def _finish(self, result: TeamResult, strategy: Strategy, raise_on_error: bool) -> TeamResult:
+        failed = [(n, e) for n, e in zip(result.members, result.errors, strict=True) if e]
+        if strategy == "first" and result.winner is None:
+            raise TeamError(
+                f"no member of team {self.name!r} gave an acceptable answer",
+                hint="check the members' errors in err.result",
+                team=self.name,
+                result=result,
+            )
+        if failed and raise_on_error:
+            names = ", ".join(n for n, _ in failed)
+            raise TeamError(
+                f"{len(failed)} member(s) of team {self.name!r} failed: {names}; "
+                f"first error: {failed[0][1]}",
+                hint="see err.result for every slot",
+                team=self.name,
+                result=result,
+            )
+        return result
+
+    # --- many inputs over the members ---------------------------------------------------
+
+    def map(
+        self,
+        inputs: Sequence[MessageInput],
+        *,
+        max_in_flight: int | None = None,
+        progress: bool | None = None,
+        raise_on_error: bool = False,
+        session_id: str | None = None,
+    ) -> list[AgentOutput | BaseException]:
+        """Spread ``inputs`` over the members; results (or errors) in input order.
+
+        At most ``max_in_flight`` runs are outstanding (default: 4 per member), each new input
+        going to the least-loaded member. A progress bar shows on a terminal (``progress``
+        forces it on or off).
+        """
+        inputs = list(inputs)
+        limit = max_in_flight or 4 * len(self.members)
+        if limit < 1:
+            raise UserError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        state = _MapState(results=[None] * len(inputs), load=[0] * len(self.members))
+        show = sys.stderr.isatty() if progress is None else progress
+        with tqdm(total=len(inputs), desc=self.name, disable=not show, unit="run") as bar:
+            next_input = 0
+            while next_input < len(inputs) or state.pending:
+                while next_input < len(inputs) and len(state.pending) < limit:
+                    self._dispatch(state, next_input, inputs[next_input], session_id)
+                    next_input += 1
+                done, _ = ray.wait(list(state.pending), num_returns=1)
+                self._collect(state, done[0])
+                bar.update(1)
+        errors = [r for r in state.results if isinstance(r, BaseException)]
+        if errors and raise_on_error:
+            raise TeamError(
+                f"{len(errors)} of {len(inputs)} runs of team {self.name!r} failed; "
+                f"first error: {errors[0]}",
+                team=self.name,
+                result=state.results,
+            )
+        return state.results
+
+    async def amap(self, inputs: Sequence[MessageInput], **kwargs: Any):
+        """Awaitable :meth:`map`."""
+        return await asyncio.to_thread(self.map, inputs, **kwargs)
+
+    def _dispatch(self, state: _MapState, i: int, item: MessageInput, session_id: str | None):
+        member = min(range(len(self.members)), key=state.load.__getitem__)
+        state.load[member] += 1
+        ref = self.members[member].submit(item, session_id=session_id)
+        state.pending[ref] = (i, member)
+
+    def _collect(self, state: _MapState, ref: Any) -> None:
+        i, member = state.pending.pop(ref)
+        state.load[member] -= 1
+        try:
+            state.results[i] = ray.get(ref)
+        except Exception as exc:
+            state.results[i] = exc

@@ -1,0 +1,186 @@
+"""``RemoteToolBox``: tools served by toolbox actors, usable wherever a ToolBox is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from gecko_actors._actors.common import check_name, create, lookup
+from gecko_actors._actors.toolbox import ToolboxActor
+from gecko_actors.core.messages import ToolCall
+from gecko_actors.core.toolbox import ToolBox
+from gecko_actors.core.tools import Tool, ToolContext, ToolResult
+from gecko_actors.exceptions import UserError
+from gecko_actors.runtime import namespace
+
+_TRANSPORT_GRACE = 5.0  # seconds on top of a tool's timeout before the replica counts as stuck
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """What an agent needs to know of a remote tool to describe it to the model."""
+
+    name: str
+    description: str
+
+
+class RemoteToolBox:
+    """Tools running in ``replicas`` toolbox actors named ``toolbox/<name>/<i>``.
+
+    One toolbox may serve many agents. CPU-heavy tools ask for ``num_cpus`` (and GPUs) per
+    replica, so that several replicas run them in parallel processes. A tool that hangs is
+    abandoned at its timeout and its process recycled; a replica that dies mid-call turns the
+    call into an error result for the model — never a hang, never a silent retry of a side
+    effect.
+
+    Example:
+        >>> box = RemoteToolBox.spawn("math", [calculator], replicas=2, num_cpus=1)
+        >>> agent = Agent.spawn("analyst", model=model, tools=box)
+    """
+
+    def __init__(self, name: str, replica_names: list[str], description: dict[str, Any]) -> None:
+        self.name = name
+        self.replica_names = replica_names
+        self._schemas: list[dict[str, Any]] = description["schemas"]
+        self._tools = [ToolInfo(n, d) for n, d in description["tools"]]
+        self.timeout: float = description["timeout"]
+        self._namespace = namespace()
+        self._handles: list[Any] | None = None
+        self._next = 0
+
+    def __repr__(self) -> str:
+        replicas = len(self.replica_names)
+        return f"RemoteToolBox({self.name!r}, tools={self.names()}, replicas={replicas})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": None}
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        tools: ToolBox | Iterable[Tool | Callable[..., Any]],
+        *,
+        replicas: int = 1,
+        num_cpus: float = 0,
+        num_gpus: float = 0,
+        timeout: float = 30.0,
+        max_concurrency: int = 5,
+        get_if_exists: bool = False,
+        **actor_options: Any,
+    ) -> RemoteToolBox:
+        if replicas < 1:
+            raise UserError(f"replicas must be >= 1, got {replicas}")
+        base = check_name("toolbox", name)
+        box = (
+            tools
+            if isinstance(tools, ToolBox)
+            else ToolBox(tools, timeout=timeout, max_concurrency=max_concurrency)
+        )
+        args = (name, box.tools(), box.timeout, box.max_concurrency)
+        names = [f"{base}/{i}" for i in range(replicas)]
+        handles = [
+            create(
+                ray.remote(ToolboxActor),
+                replica,
+                args,
+                get_if_exists=get_if_exists,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_task_retries=0,
+                max_concurrency=1000,
+                **actor_options,
+            )
+            for replica in names
+        ]
+        return cls(name, names, ray.get(handles[0].describe.remote()))
+
+    @classmethod
+    def get(cls, name: str) -> RemoteToolBox:
+        base = check_name("toolbox", name)
+        replicas = [n for n in ray.util.list_named_actors() if n.startswith(f"{base}/")]
+        if not replicas:
+            available = sorted(_toolbox_names())
+            raise UserError(
+                f"no toolbox named {name!r}; known toolboxes: {available}",
+                hint="spawn it with RemoteToolBox.spawn(name, tools)",
+            )
+        replicas.sort(key=lambda n: int(n.rsplit("/", 1)[1]))
+        return cls(name, replicas, ray.get(lookup(replicas[0]).describe.remote()))
+
+    # --- the ToolBox surface the engine uses --------------------------------------------
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return list(self._schemas)
+
+    def tools(self) -> list[ToolInfo]:
+        return list(self._tools)
+
+    def names(self) -> list[str]:
+        return [t.name for t in self._tools]
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    async def execute_many(
+        self, calls: Sequence[ToolCall], context: ToolContext | None = None
+    ) -> list[ToolResult]:
+        return list(await asyncio.gather(*(self.execute_call(c, context) for c in calls)))
+
+    async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
+        replica = self._replica()
+        try:
+            return await asyncio.wait_for(
+                replica.execute_call.remote(call, context), self.timeout + _TRANSPORT_GRACE
+            )
+        except RayActorError as exc:
+            reason = f"its toolbox process died while running it ({type(exc).__name__})"
+        except asyncio.TimeoutError:
+            ray.kill(replica, no_restart=False)  # stuck past its own timeout: restart it
+            reason = f"its toolbox process stopped answering for {self.timeout}s"
+        return ToolResult(
+            content=f"Error: tool {call.name!r} failed: {reason}; it was not retried, "
+            "because it may have had side effects",
+            is_error=True,
+            tool=call.name,
+            tool_call_id=call.id,
+        )
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per-tool statistics summed over the replicas."""
+        merged: dict[str, dict[str, float]] = {}
+        for part in ray.get([h.stats.remote() for h in self._all()]):
+            for tool_name, stats in part.items():
+                into = merged.setdefault(tool_name, dict.fromkeys(stats, 0.0))
+                for key in ("executions", "errors", "timeouts", "total_time"):
+                    into[key] += stats[key]
+        for stats in merged.values():
+            runs = stats["executions"]
+            stats["avg_time"] = stats["total_time"] / runs if runs else 0.0
+            stats["success_rate"] = (runs - stats["errors"]) / runs if runs else 1.0
+        return merged
+
+    def kill(self) -> None:
+        for handle in self._all():
+            ray.kill(handle, no_restart=True)
+
+    def _all(self) -> list[Any]:
+        if self._handles is None:
+            self._handles = [
+                ray.get_actor(n, namespace=self._namespace) for n in self.replica_names
+            ]
+        return self._handles
+
+    def _replica(self) -> Any:
+        handles = self._all()
+        self._next = (self._next + 1) % len(handles)
+        return handles[self._next]
+
+
+def _toolbox_names() -> set[str]:
+    return {n.split("/")[1] for n in ray.util.list_named_actors() if n.startswith("toolbox/")}
