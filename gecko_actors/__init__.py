@@ -42,6 +42,7 @@ from gecko_actors.settings import Settings, load_settings
 # Ray-free and fast: a plain asyncio program or test never pays for importing Ray.
 _LAZY = {
     "Agent": "gecko_actors.agent",
+    "Memory": "gecko_actors.memory",
     "ModelGateway": "gecko_actors.gateway",
     "RemoteToolBox": "gecko_actors.toolboxes",
     "Team": "gecko_actors.team",
@@ -60,6 +61,7 @@ def __getattr__(name: str):
         return value
     raise AttributeError(f"module 'gecko_actors' has no attribute {name!r}")
 
+
 __all__ = [
     "__version__",
     # runtime
@@ -67,6 +69,7 @@ __all__ = [
     "shutdown",
     # actors
     "Agent",
+    "Memory",
     "ModelGateway",
     "RemoteToolBox",
     "Team",

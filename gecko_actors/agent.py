@@ -20,6 +20,7 @@ from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import Tool, ToolContext
 from gecko_actors.exceptions import UserError
 from gecko_actors.gateway import resolve_model
+from gecko_actors.memory import Memory
 from gecko_actors.toolboxes import RemoteToolBox
 
 ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
@@ -58,7 +59,8 @@ class Agent:
         tools: ToolsArg = None,
         system_prompt: str | PromptTemplate | None = None,
         prompt_vars: dict[str, Any] | None = None,
-        memory: TokenMemory | int | None = None,
+        memory: Memory | None = None,
+        context_tokens: TokenMemory | int | None = None,
         session_store: SessionStore | None = None,
         max_turns: int | None = None,
         max_retries: int = 2,
@@ -75,8 +77,11 @@ class Agent:
                 in-process model such as ``ScriptedModel``.
             tools: a ``RemoteToolBox``, or tools / a ``ToolBox`` to serve from a new toolbox
                 actor ``toolbox/<name>`` (or inside the agent with ``tools_in_process=True``).
-            memory: a ``TokenMemory`` or a token budget for the context.
-            session_store: where conversations persist (default: in the agent's process).
+            memory: the :class:`Memory` actor holding the agent's conversations (default:
+                ``memory/default``, stored at ``GECKO_STORAGE_URL``); they survive the agent's
+                restarts.
+            context_tokens: the context's token budget (or a ``TokenMemory``).
+            session_store: an explicit session store instead of a memory actor.
             detached: outlive the driver that spawned it (``kill()`` removes it).
             get_if_exists: attach to a live agent of that name instead of failing.
             **actor_options: Ray actor options (``num_cpus``, ``resources``, ``max_restarts``,
@@ -100,8 +105,10 @@ class Agent:
             tools=_place_tools(name, tools, tools_in_process),
             system_prompt=system_prompt,
             prompt_vars=dict(prompt_vars or {}),
-            memory=TokenMemory(memory) if isinstance(memory, int) else memory,
-            session_store=session_store,
+            memory=TokenMemory(context_tokens)
+            if isinstance(context_tokens, int)
+            else context_tokens,
+            session_store=session_store or (memory or Memory.spawn()).session_store(name),
             engine_options=engine_options,
         )
         handle = create(

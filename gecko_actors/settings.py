@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     tool_timeout: float = Field(default=30.0, gt=0)
     tool_max_concurrency: int = Field(default=5, gt=0)
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    storage_url: str = "memory://"
+    storage_url: str = "sqlite:///gecko_runs/sessions.db"
+    """Where agent actors' conversations persist (``memory://`` keeps them in memory)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)

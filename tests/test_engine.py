@@ -489,3 +489,18 @@ async def test_a_retried_run_never_duplicates_its_exchange() -> None:
     await agent.arun("hello", session_id="s", run_id="run-7")
     await agent.arun("hello", session_id="s", run_id="run-7")  # e.g. Ray retried the call
     assert [r["content"] for r in await store.load("s")] == ["hello", "first"]
+
+
+async def test_short_conversations_never_load_a_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gecko_actors.core.memory as memory_module
+
+    def no_tokenizer(model_name: str):
+        raise AssertionError("tiktoken was loaded for a conversation that surely fits")
+
+    monkeypatch.setattr(memory_module, "_encoding", no_tokenizer)
+    store = InMemorySessionStore()
+    agent = LocalAgent(ScriptedModel(["a", "b"]), session_store=store)
+    await agent.arun("first", session_id="s")
+    out = await agent.arun("second", session_id="s")
+    assert out.content == "b"
+    assert len(await store.load("s")) == 4

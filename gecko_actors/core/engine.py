@@ -343,12 +343,7 @@ class ReActEngine:
             await self.session_store.load(session_id) if (self.session_store and session_id) else []
         )
         fixed = ([system] if system else []) + user_inputs
-        budget = self.memory.max_tokens - self.memory.total(fixed)
-        history = (
-            [m for m in self.memory.get_history(records, max(budget, 1)) if m.role != "system"]
-            if budget > 0
-            else []
-        )
+        history = self._history(records, fixed)
         context = tool_context or ToolContext()
         if context.agent is None or context.session_id is None or context.run_id is None:
             context = ToolContext(
@@ -367,6 +362,16 @@ class ReActEngine:
             response_model=response_model,
             tool_context=context,
         )
+
+    def _history(self, records: list[Any], fixed: list[Message]) -> list[Message]:
+        """The stored conversation that fits next to the system prompt and the input."""
+        if not records:
+            return []
+        stored = [m for m in self.memory.get_history(records, 10**12) if m.role != "system"]
+        if self.memory.fits(fixed + stored):
+            return stored
+        budget = self.memory.max_tokens - self.memory.total(fixed)
+        return self.memory.trim(stored, budget) if budget > 0 else []
 
     def _system_message(self, system_inputs: list[Message], response_model) -> Message | None:
         text = self.template.render(

@@ -166,17 +166,35 @@ class TokenMemory:
         budget = max_tokens or self.max_tokens
         system = [m for m in messages[:1] if m.role == "system"]
         rest = list(messages[len(system) :])
-        remaining = budget - self.total(system)
-        kept: list[Message] = []
-        for message, tokens in zip(reversed(rest), reversed(self.count_many(rest)), strict=True):
-            if tokens > remaining:
-                break
-            kept.append(message)
-            remaining -= tokens
-        kept.reverse()
+        if self.fits(messages, budget):
+            kept = rest  # certainly within budget: no need to encode anything
+        else:
+            kept = self._newest_that_fit(rest, budget - self.total(system))
         while kept and kept[0].role == "tool":
             kept.pop(0)
         return system + kept
+
+    def _newest_that_fit(self, messages: list[Message], budget: int) -> list[Message]:
+        kept: list[Message] = []
+        for message, tokens in zip(
+            reversed(messages), reversed(self.count_many(messages)), strict=True
+        ):
+            if tokens > budget:
+                break
+            kept.append(message)
+            budget -= tokens
+        kept.reverse()
+        return kept
+
+    def fits(self, messages: Sequence[Message], budget: int | None = None) -> bool:
+        """True when ``messages`` surely fit ``budget``, decided without tiktoken.
+
+        A BPE token is at least one byte, so a message's UTF-8 size (plus overhead) bounds its
+        token count from above. Short conversations skip encoding altogether — and an agent
+        process that never needs to trim never loads an encoding (tens of MB).
+        """
+        limit = budget or self.max_tokens
+        return sum(_upper_bound(m) for m in messages) <= limit
 
     def get_history(
         self, raw: Iterable[Message | dict[str, Any]], max_tokens: int | None = None
@@ -199,7 +217,9 @@ class TokenMemory:
     def truncate(self, message: Message, max_tokens: int | None = None) -> Message:
         """Cut a text message down to ``max_tokens`` (default ``max_message_tokens``)."""
         limit = max_tokens or self.max_message_tokens
-        if not isinstance(message.content, str) or self.count(message) <= limit:
+        if not isinstance(message.content, str) or _upper_bound(message) <= limit:
+            return message
+        if self.count(message) <= limit:
             return message
         encoding = _encoding(self.model_name)
         keep = max(limit - MESSAGE_OVERHEAD - 8, 1)
@@ -217,6 +237,12 @@ def _countable_text(message: Message) -> str:
     for call in message.tool_calls:
         parts += [call.name, call.arguments]
     return "\n".join(parts)
+
+
+def _upper_bound(message: Message) -> int:
+    """A count no smaller than the real one: tokens are at least a byte each."""
+    text = _countable_text(message)
+    return len(text.encode("utf-8")) + MESSAGE_OVERHEAD + IMAGE_TOKENS * len(message.images)
 
 
 def _key(message: Message) -> bytes:

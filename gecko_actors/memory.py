@@ -1,0 +1,132 @@
+"""``Memory``: the typed handle to a memory actor (``memory/<name>``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from gecko_actors._actors.common import check_name, create, known, lookup
+from gecko_actors._actors.memory import MemoryActor, RemoteSessionStore
+from gecko_actors.core.embedders import Embedder
+from gecko_actors.core.messages import Message
+from gecko_actors.exceptions import UserError
+from gecko_actors.runtime import namespace
+from gecko_actors.settings import load_settings
+from gecko_actors.stores.sessions import session_store_from_url
+from gecko_actors.stores.vectors import VectorHit
+
+
+def _absolute(url: str) -> str:
+    """Resolve a relative ``sqlite:///`` path here, on the driver: the actor's working
+    directory may differ."""
+    session_store_from_url(url)  # validate now, with a clear error, before any actor exists
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix) :]).resolve())
+    return url
+
+
+class Memory:
+    """Conversations (a session store) and vector recall (LanceDB) in one actor, shared by
+    agents and surviving their restarts.
+
+    Args of :meth:`spawn`:
+        sessions: ``"sqlite:///path.db"`` or ``"memory://"`` (default ``GECKO_STORAGE_URL``).
+        vectors: a LanceDB directory for :meth:`add` / :meth:`search` (optional).
+        embedder: how texts become vectors (default: the offline ``HashEmbedder``; a
+            ``LiteLLMEmbedder`` for real models, keyed by ``api_key_env``).
+
+    Example:
+        >>> memory = Memory.spawn("team", vectors="gecko_runs/vectors")
+        >>> memory.add(["Paris is the capital of France."])
+        >>> agent = Agent.spawn("guide", model=model, memory=memory)
+    """
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"Memory({self.name!r})"
+
+    def __reduce__(self):
+        return (Memory, (self.name, self._handle))
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str = "default",
+        *,
+        sessions: str | None = None,
+        vectors: str | Path | None = None,
+        embedder: Embedder | None = None,
+        get_if_exists: bool = True,
+        **actor_options: Any,
+    ) -> Memory:
+        actor_name = check_name("memory", name)
+        url = _absolute(sessions or load_settings().storage_url)
+        vectors_uri = str(Path(vectors).resolve()) if vectors is not None else None
+        handle = create(
+            ray.remote(MemoryActor),
+            actor_name,
+            (name, url, vectors_uri, embedder),
+            get_if_exists=get_if_exists,
+            max_concurrency=1000,
+            **actor_options,
+        )
+        return cls(name, handle)
+
+    @classmethod
+    def get(cls, name: str) -> Memory:
+        handle = lookup(check_name("memory", name))
+        if handle is None:
+            raise UserError(
+                f"no memory named {name!r}; known: {known('memory')}",
+                hint="spawn it with Memory.spawn(name)",
+            )
+        return cls(name, handle)
+
+    def session_store(self, agent: str) -> RemoteSessionStore:
+        """The session store an agent named ``agent`` uses."""
+        return RemoteSessionStore(f"memory/{self.name}", namespace(), agent)
+
+    def history(self, agent: str, session_id: str) -> list[Message]:
+        """A session's stored messages, oldest first."""
+        records = ray.get(self._handle.load.remote(agent, session_id))
+        return [Message.model_validate(r) for r in records]
+
+    def sessions(self, agent: str) -> list[str]:
+        return ray.get(self._handle.list_sessions.remote(agent))
+
+    def add(
+        self,
+        texts: list[str],
+        metadata: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+    ) -> list[str]:
+        """Store texts for recall (same text, same id: no duplicates); returns their ids."""
+        return ray.get(self._handle.add.remote(list(texts), metadata, ids))
+
+    async def aadd(
+        self,
+        texts: list[str],
+        metadata: list[dict[str, Any]] | None = None,
+        ids: list[str] | None = None,
+    ) -> list[str]:
+        return await self._handle.add.remote(list(texts), metadata, ids)
+
+    def search(
+        self, query: str, k: int = 5, where: dict[str, Any] | None = None
+    ) -> list[VectorHit]:
+        """The ``k`` stored texts most similar to ``query`` (cosine score, higher is closer)."""
+        return ray.get(self._handle.search.remote(query, k, where))
+
+    async def asearch(
+        self, query: str, k: int = 5, where: dict[str, Any] | None = None
+    ) -> list[VectorHit]:
+        return await self._handle.search.remote(query, k, where)
+
+    def kill(self) -> None:
+        ray.kill(self._handle, no_restart=True)

@@ -1,0 +1,91 @@
+"""A two-node cluster loses the node running an agent; the agent comes back on the head with
+its conversation intact. Run in its own process by tests/test_cluster.py (it starts its own
+Ray cluster, which must not meet the test session's local Ray). Prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import ray
+from ray.cluster_utils import Cluster
+
+import gecko_actors as ga
+from gecko_actors import Agent, Memory, ScriptedModel
+
+
+@ray.remote(num_cpus=0)
+class Filler:
+    def ping(self) -> bool:
+        return True
+
+
+def wait_until_dead(node_id: str, limit: float = 60.0) -> None:
+    # Until the GCS declares the node dead, its orphaned workers may still answer calls.
+    deadline = time.monotonic() + limit
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"node {node_id} still alive after {limit}s")
+        time.sleep(0.2)
+
+
+def reply(messages, tools):
+    return f"seen {sum(m.role == 'user' for m in messages)} user messages"
+
+
+def main(workdir: str) -> None:
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"head": 1, "agent_slot": 1},
+            # Notice a dead node in ~1.5 s instead of ~30 s.
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 500,
+                "health_check_failure_threshold": 3,
+            },
+        },
+    )
+    try:
+        ga.init(address=cluster.address)
+        filler = Filler.options(resources={"agent_slot": 0.6}).remote()
+        ray.get(filler.ping.remote())  # the head's slot is now too small for an agent
+        node2 = cluster.add_node(num_cpus=1, resources={"agent_slot": 1})
+        cluster.wait_for_nodes()
+        memory = Memory.spawn(
+            "cluster", sessions=f"sqlite:///{workdir}/sessions.db", resources={"head": 0.01}
+        )
+        agent = Agent.spawn(
+            "traveller", model=ScriptedModel(reply), memory=memory, resources={"agent_slot": 0.5}
+        )
+        before = agent.info()["node_id"]
+        first = [agent.run(text, session_id="s", timeout=60).content for text in ("one", "two")]
+        cluster.remove_node(node2, allow_graceful=False)
+        wait_until_dead(node2.node_id)
+        ray.kill(filler)  # free the head's slot so the agent can come back there
+        after_run = agent.run("three", session_id="s", timeout=120).content
+        after = agent.info()["node_id"]
+        history = [m.text for m in memory.history("traveller", "s")]
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "node2": node2.node_id,
+                    "head": cluster.head_node.node_id,
+                    "before": before,
+                    "after": after,
+                    "first": first,
+                    "after_run": after_run,
+                    "history": history,
+                }
+            )
+        )
+    finally:
+        ga.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,46 @@
+"""Multi-node behaviour on one machine with ``ray.cluster_utils.Cluster``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def run_scenario(name: str, *args: str, timeout: float = 300) -> dict:
+    # A separate process: the scenario starts its own cluster, which must not meet the
+    # session-scoped local Ray other tests share.
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    done = subprocess.run(
+        [sys.executable, str(SCENARIOS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_agent_survives_the_loss_of_its_node(tmp_path: Path) -> None:
+    result = run_scenario("node_loss.py", str(tmp_path))
+    assert result["before"] == result["node2"]
+    assert result["after"] == result["head"]
+    assert result["first"] == ["seen 1 user messages", "seen 2 user messages"]
+    # The restarted agent saw the whole conversation, stored once.
+    assert result["after_run"] == "seen 3 user messages"
+    assert result["history"] == [
+        "one",
+        "seen 1 user messages",
+        "two",
+        "seen 2 user messages",
+        "three",
+        "seen 3 user messages",
+    ]
