@@ -103,6 +103,9 @@ class Agent:
             name=name,
             model=resolve_model(model),
             tools=_place_tools(name, tools, tools_in_process),
+            owns_tools=tools is not None
+            and not tools_in_process
+            and not isinstance(tools, RemoteToolBox),
             system_prompt=system_prompt,
             prompt_vars=dict(prompt_vars or {}),
             memory=TokenMemory(context_tokens)
@@ -220,8 +223,17 @@ class Agent:
         return ray.get(self._handle.info.remote())
 
     def kill(self, *, no_restart: bool = True) -> None:
-        """Stop the actor (``no_restart=False`` simulates a crash: Ray restarts it)."""
+        """Stop the actor, and the toolbox it was given its own tools in (``no_restart=False``
+        simulates a crash instead: Ray restarts the agent, its toolbox stays)."""
+        owned = None
+        if no_restart:
+            try:
+                owned = ray.get(self._handle.info.remote(), timeout=10).get("owned_toolbox")
+            except Exception:  # already dead or unreachable: nothing more to learn
+                owned = None
         ray.kill(self._handle, no_restart=no_restart)
+        if owned:
+            RemoteToolBox.get(owned).kill()
 
     @property
     def actor(self) -> Any:
@@ -234,7 +246,8 @@ def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> Any:
         return tools
     if in_process:
         return tools if isinstance(tools, ToolBox) else ToolBox(tools)
-    return RemoteToolBox.spawn(agent, tools, get_if_exists=True)
+    # The agent's own toolbox: a name clash is an error, never someone else's tools.
+    return RemoteToolBox.spawn(agent, tools)
 
 
 def run_sync(coro: Any) -> Any:

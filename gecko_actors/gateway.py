@@ -73,11 +73,11 @@ class ModelGateway:
         ensure_initialized()
         label = gateway_label(model)
         limits = RateLimits(requests_per_minute, tokens_per_minute, window_seconds)
-        limiter_name = None
+        limiter_name = f"gateway/{label}/limiter"
         limiter = None
         if requests_per_minute or tokens_per_minute:
-            limiter_name = f"gateway/{label}/limiter"
             limiter = create(ray.remote(LimiterActor), limiter_name, (limits,), get_if_exists=True)
+            ray.get(limiter.configure.remote(limits))  # the latest spawn sets the model's limits
         names = [f"gateway/{label}/{i}" for i in range(replicas)]
         handles = [
             create(
@@ -91,11 +91,14 @@ class ModelGateway:
         ]
         try:
             ray.get([h.check.remote() for h in handles])
+            if limiter is not None:  # replicas that already ran without limits get them now
+                ray.get([h.set_limiter.remote(limiter) for h in handles])
         except Exception:
-            for handle in handles:
-                ray.kill(handle, no_restart=True)
+            for handle in [*handles, limiter]:
+                if handle is not None:
+                    ray.kill(handle, no_restart=True)
             raise
-        return cls(label, names, limiter_name)
+        return cls(label, names, limiter_name if lookup(limiter_name) else None)
 
     def as_model(self) -> GatewayModel:
         """The ChatModel agents use to call through this gateway."""

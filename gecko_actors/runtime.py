@@ -73,6 +73,8 @@ def init(
     if target:
         options["address"] = target
     else:
+        # "local": never attach by accident to a cluster someone started on this machine.
+        options["address"] = "local"
         options.setdefault("num_cpus", num_cpus)
         if include_dashboard is not None:
             options["include_dashboard"] = include_dashboard

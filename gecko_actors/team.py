@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -105,9 +106,13 @@ class Team:
         result = TeamResult([m.name for m in self.members], [None] * len(refs), [None] * len(refs))
         index = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
             if not done:
+                for ref in pending:
+                    ray.cancel(ref)
                 raise TeamError(
                     f"team {self.name!r} timed out after {timeout}s",
                     hint="raise timeout=",
@@ -169,7 +174,7 @@ class Team:
         forces it on or off).
         """
         inputs = list(inputs)
-        limit = max_in_flight or 4 * len(self.members)
+        limit = 4 * len(self.members) if max_in_flight is None else max_in_flight
         if limit < 1:
             raise UserError(f"max_in_flight must be >= 1, got {max_in_flight}")
         state = _MapState(results=[None] * len(inputs), load=[0] * len(self.members))

@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 import pytest
 from pydantic import BaseModel
+from ray import cloudpickle
 
 from gecko_actors import (
     Tool,
@@ -453,7 +454,8 @@ async def test_sync_tools_run_in_a_worker_thread():
 
 
 async def test_pickled_module_level_tool_keeps_working():
-    data = pickle.dumps(add)
+    # Ray ships tools with cloudpickle, which sends a user's shadowed function by value.
+    data = cloudpickle.dumps(add)
     restored = pickle.loads(data)
     assert isinstance(restored, Tool)
     assert restored.name == "add"
@@ -466,7 +468,7 @@ async def test_pickled_module_level_tool_keeps_working():
 
 
 async def test_pickled_tool_with_custom_name_and_timeout():
-    restored = pickle.loads(pickle.dumps(slow_async))
+    restored = pickle.loads(cloudpickle.dumps(slow_async))
     assert restored.name == "slow-async"
     assert restored.description == "Sleeps asynchronously."
     assert restored.parameters["required"] == ["seconds"]
@@ -794,7 +796,7 @@ def test_toolbox_works_across_separate_event_loops():
 async def test_toolbox_pickles_after_use():
     box = ToolBox([add, calculator, slow_async], timeout=7, max_concurrency=3)
     await box.execute("add", {"a": 1})
-    restored = pickle.loads(pickle.dumps(box))
+    restored = pickle.loads(cloudpickle.dumps(box))
     assert restored.names() == ["add", "calculator", "slow-async"]
     assert restored.timeout == 7
     assert restored.max_concurrency == 3

@@ -7,15 +7,16 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
+import contextlib
 import math
 import pickle
-import socket
 
 import numpy as np
 import pytest
 
 from gecko_actors.core.embedders import Embedder, HashEmbedder, LiteLLMEmbedder
 from gecko_actors.exceptions import ConfigurationError, ModelError, StorageError, UserError
+from gecko_actors.stores import vectors
 from gecko_actors.stores.vectors import LanceVectorStore, VectorHit
 from gecko_actors.testing.fake_server import DEFAULT_EMBEDDING_DIMENSIONS, FakeLLMServer
 
@@ -175,7 +176,7 @@ async def test_dimension_mismatch_is_a_user_error_naming_both_sizes(tmp_path):
 async def test_pickled_store_reconnects_and_keeps_working(tmp_path):
     store = LanceVectorStore(tmp_path / "db", embedder=HashEmbedder(128))
     fresh = pickle.loads(pickle.dumps(store))
-    await store.add(PETS[:2])  # now holds an open connection, table and lock
+    await store.add(PETS[:2])  # now holds an open connection and table
     clone = pickle.loads(pickle.dumps(store))
     assert (clone.uri, clone.table, clone.embedder) == (store.uri, store.table, store.embedder)
     assert await clone.count() == 2
@@ -215,6 +216,46 @@ async def test_concurrent_first_writes_create_the_table_once(tmp_path):
     one, two = LanceVectorStore(uri), LanceVectorStore(uri)
     await asyncio.gather(*(s.add([f"note {i}"]) for i in range(4) for s in (one, two)))
     assert await one.count() == 4  # same texts from both stores: upserted, not duplicated
+
+
+async def test_racing_table_creation_across_processes_is_retried(tmp_path, monkeypatch):
+    # Without the in-process lock, stores race like separate processes would: lancedb may
+    # turn a losing create into an Overwrite commit that conflicts with the others' writes.
+    monkeypatch.setattr(vectors, "_OPEN_LOCK", contextlib.nullcontext())
+    embedder = HashEmbedder(16)
+    for trial in range(4):
+        stores = [LanceVectorStore(tmp_path / f"db{trial}", embedder=embedder) for _ in range(4)]
+        await asyncio.gather(
+            *(s.add([f"shared {i % 2}", f"own {i}"]) for i, s in enumerate(stores))
+        )
+        assert await stores[0].count() == 6
+
+
+async def test_transient_conflicts_are_retried_and_other_errors_are_not(tmp_path, monkeypatch):
+    store = LanceVectorStore(tmp_path / "db")
+    real = store._open_or_create
+    failures = [RuntimeError("lance error: Retryable commit conflict for version 2")]
+
+    def flaky(dimensions):
+        if failures:
+            raise failures.pop()
+        return real(dimensions)
+
+    monkeypatch.setattr(store, "_open_or_create", flaky)
+    await store.add(["first"])
+    assert failures == [] and await store.count() == 1
+
+    other = LanceVectorStore(tmp_path / "db2")
+    calls = []
+
+    def broken(dimensions):
+        calls.append(dimensions)
+        raise RuntimeError("permission denied")
+
+    monkeypatch.setattr(other, "_open_or_create", broken)
+    with pytest.raises(StorageError, match="permission denied"):
+        await other.add(["x"])
+    assert len(calls) == 1
 
 
 async def test_storage_failures_are_storage_errors(tmp_path):
@@ -259,27 +300,22 @@ async def test_litellm_embedder_batches_and_learns_the_dimension(fake_llm_server
 
 
 async def test_litellm_embedder_errors_name_the_model(fake_llm_server, key_env, monkeypatch):
-    with pytest.raises(ModelError, match="returned vectors of 8 dimensions, expected 16"):
+    with pytest.raises(
+        ModelError, match=f"vectors of {DEFAULT_EMBEDDING_DIMENSIONS} dimensions, expected 16"
+    ):
         await _embedder(fake_llm_server, key_env, dimensions=16).embed(["x"])
 
     monkeypatch.delenv(key_env)
     with pytest.raises(ConfigurationError, match=key_env):
         await _embedder(fake_llm_server, key_env).embed(["x"])
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     monkeypatch.setenv(key_env, "sk-test-embeddings")
-    embedder = LiteLLMEmbedder(
-        "openai/text-embedding-3-small",
-        api_base=f"http://127.0.0.1:{port}/v1",
-        api_key_env=key_env,
-        num_retries=0,
-        timeout=5,
-    )
+    wrong_path = _embedder(fake_llm_server, key_env, num_retries=2)
+    wrong_path.api_base = f"{fake_llm_server.url}/nope"  # answered 404, not retried
     with pytest.raises(ModelError, match="text-embedding-3-small") as info:
-        await embedder.embed(["x"])
+        await wrong_path.embed(["x"])
     assert info.value.model == "openai/text-embedding-3-small"
+    assert (info.value.status_code, info.value.attempts) == (404, 1)
     with pytest.raises(UserError, match="extra arguments"):
         LiteLLMEmbedder("openai/x", input=["no"])
 

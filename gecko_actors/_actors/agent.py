@@ -31,6 +31,7 @@ class AgentSpec:
     memory: TokenMemory | None = None
     session_store: SessionStore | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
+    owns_tools: bool = False  # the toolbox actor was made for this agent alone
 
 
 class AgentActor:
@@ -90,6 +91,9 @@ class AgentActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "model": repr(self.spec.model),
             "tools": list(self.agent.toolbox.names()),
+            "owned_toolbox": getattr(self.spec.tools, "name", None)
+            if self.spec.owns_tools
+            else None,
         }
 
     def modules(self, names: list[str]) -> dict[str, bool]:

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import ray
@@ -25,6 +26,7 @@ from gecko_actors.exceptions import ModelError
 from gecko_actors.logging import get_logger
 
 _RUNS_KEPT = 10_000  # per-run usage is kept for the most recent runs only
+_reservation: ContextVar[int | None] = ContextVar("gecko_reservation", default=None)
 _log = get_logger("gecko_actors.gateway")
 
 
@@ -33,6 +35,10 @@ class LimiterActor:
 
     def __init__(self, limits: RateLimits) -> None:
         self._limiter = SlidingWindowLimiter(limits)
+
+    def configure(self, limits: RateLimits) -> None:
+        """New limits for the model; reservations already made keep counting."""
+        self._limiter.limits = limits
 
     def reserve(self, tokens: int) -> tuple[int, float]:
         reservation = self._limiter.reserve(tokens)
@@ -55,11 +61,17 @@ class GatewayActor:
         from gecko_actors.core.litellm_model import LiteLLMModel, _litellm
 
         self.model = LiteLLMModel(**config)
+        # Every attempt, retries included, waits for the cluster-wide limiter.
+        self.model.before_attempt = self._acquire
         self.model.on_rate_limited = self._pause_everyone
         self.limiter = limiter
         self.by_agent: dict[str, Usage] = {}
         self.by_run: OrderedDict[str, Usage] = OrderedDict()
         _litellm()  # import now, not during the first user request
+
+    def set_limiter(self, limiter: Any) -> None:
+        """Start asking ``limiter`` (limits were requested of a gateway already running)."""
+        self.limiter = limiter
 
     def check(self) -> bool:
         """Raise ConfigurationError (naming the variable) if the key is missing here."""
@@ -69,20 +81,18 @@ class GatewayActor:
     async def complete(
         self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
     ) -> ModelResponse:
-        reservation = await self._acquire(messages)
         start = time.perf_counter()
         try:
             response = await self.model.complete(messages, **options)
         except ModelError:
-            self._record(caller, Usage(), start, "error", reservation)
+            self._record(caller, Usage(), start, "error")
             raise
-        self._record(caller, response.usage, start, "ok", reservation)
+        self._record(caller, response.usage, start, "ok")
         return response
 
     async def stream(
         self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
     ) -> AsyncIterator[str | ModelResponse]:
-        reservation = await self._acquire(messages)
         start = time.perf_counter()
         usage, status = Usage(), "error"
         try:
@@ -91,7 +101,7 @@ class GatewayActor:
                     usage, status = item.usage, "ok"
                 yield item
         finally:
-            self._record(caller, usage, start, status, reservation)
+            self._record(caller, usage, start, status)
 
     def usage(self, agent: str | None = None, run_id: str | None = None) -> Usage:
         if run_id is not None:
@@ -102,15 +112,15 @@ class GatewayActor:
 
     # --- internals ----------------------------------------------------------------------
 
-    async def _acquire(self, messages: list[Message]) -> int | None:
+    async def _acquire(self, messages: Sequence[Message]) -> None:
         if self.limiter is None:
-            return None
+            return
         tokens = estimate_tokens(messages, self.model.max_tokens)
         reservation_id, delay = await self.limiter.reserve.remote(tokens)
+        _reservation.set(reservation_id)  # this call's task only: settled with real usage
         if delay > 0:
             metrics.ratelimit_wait(self.model.model, delay)
             await asyncio.sleep(delay)
-        return reservation_id
 
     async def _pause_everyone(self, seconds: float) -> None:
         if self.limiter is not None:
@@ -122,7 +132,6 @@ class GatewayActor:
         usage: Usage,
         start: float,
         status: str,
-        reservation: int | None,
     ) -> None:
         agent = caller.get("agent") or "-"
         self.by_agent[agent] = self.by_agent.get(agent, Usage()) + usage
@@ -132,6 +141,7 @@ class GatewayActor:
             self.by_run.move_to_end(run_id)
             while len(self.by_run) > _RUNS_KEPT:
                 self.by_run.popitem(last=False)
+        reservation = _reservation.get()
         if reservation is not None and self.limiter is not None and usage.total_tokens:
             self.limiter.settle.remote(reservation, usage.total_tokens)
         metrics.llm_request(

@@ -52,8 +52,13 @@ class ToolboxActor:
             self._note_timeout(call.name)
         if self._recycle and self._in_flight == 0:
             # Exit after this reply is sent: Ray restarts the process without the hung thread.
-            asyncio.get_running_loop().call_later(0.2, os._exit, 1)
+            asyncio.get_running_loop().call_later(0.2, self._exit_if_idle)
         return result
+
+    def _exit_if_idle(self) -> None:
+        # A call that arrived meanwhile finishes first; the last one to finish exits.
+        if self._in_flight == 0:
+            os._exit(1)
 
     def _note_timeout(self, tool_name: str) -> None:
         found = self.box.get(tool_name) if self.box.has(tool_name) else None

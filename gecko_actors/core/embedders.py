@@ -19,9 +19,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from gecko_actors._redact import register_secret
+from gecko_actors.core.litellm_model import _litellm
 from gecko_actors.exceptions import ConfigurationError, ModelError, ModelTimeoutError, UserError
 from gecko_actors.logging import get_logger
-from gecko_actors.settings import load_settings, prepare_offline_environment
+from gecko_actors.settings import load_settings
 
 __all__ = ["Embedder", "HashEmbedder", "LiteLLMEmbedder"]
 
@@ -152,13 +153,6 @@ _RESERVED = {
 }
 
 
-def _litellm() -> Any:
-    prepare_offline_environment()
-    import litellm
-
-    return litellm
-
-
 class LiteLLMEmbedder:
     """An embedding model served by any LiteLLM provider (``"openai/text-embedding-3-small"``).
 
@@ -268,7 +262,7 @@ class LiteLLMEmbedder:
         key = self._resolve_key()
         if key is not None:
             request["api_key"] = key
-        litellm = _litellm()
+        litellm = _litellm()  # the shared loader: offline environment, no debug banners
         vectors: list[list[float]] = []
         for start in range(0, len(items), self.batch_size):
             batch = items[start : start + self.batch_size]

@@ -115,6 +115,8 @@ class LiteLLMModel:
         self.num_retries = num_retries if num_retries is not None else settings.model_retries
         self.retry_backoff = retry_backoff
         self.extra = extra
+        self.before_attempt: Callable[[Sequence[Message]], Any] | None = None
+        """Awaited before every attempt, retries included (the gateway asks its limiter)."""
         self.on_rate_limited: Callable[[float], Any] | None = None
         """Called with the seconds the provider asked to wait after a 429 (the gateway uses it
         to pause every replica, not just this call)."""
@@ -220,6 +222,7 @@ class LiteLLMModel:
         request = self._request(messages, tools, tool_choice, response_format)
         litellm = _litellm()
         for attempt in range(self.num_retries + 1):
+            await self._before_attempt(messages)
             try:
                 raw = await asyncio.wait_for(litellm.acompletion(**request), self.timeout + 1.0)
                 return self._to_response(raw)
@@ -239,6 +242,7 @@ class LiteLLMModel:
         request.update(stream=True, stream_options={"include_usage": True})
         litellm = _litellm()
         for attempt in range(self.num_retries + 1):
+            await self._before_attempt(messages)
             chunks: list[Any] = []
             try:
                 async for chunk in self._chunks(litellm, request):
@@ -261,6 +265,12 @@ class LiteLLMModel:
                 yield await asyncio.wait_for(iterator.__anext__(), self.timeout)
             except StopAsyncIteration:
                 return
+
+    async def _before_attempt(self, messages: Sequence[Message]) -> None:
+        if self.before_attempt is not None:
+            result = self.before_attempt(messages)
+            if inspect.isawaitable(result):
+                await result
 
     # --- errors and retries -------------------------------------------------------------
 

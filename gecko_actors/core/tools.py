@@ -94,12 +94,14 @@ class Tool:
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __reduce__(self):
-        # A module-level ``@tool`` replaces its function in the module, so the function cannot
-        # be pickled by reference (plain pickle refuses it); pickle the tool by reference then.
-        # ``__main__`` is excluded: another process (a Ray worker) has a different one.
-        module = getattr(self.fn, "__module__", None)
+        # Our built-in tools (module-level ``@tool``s in this package, importable wherever it
+        # is installed) pickle by reference. A user's ``@tool`` replaces its function in its
+        # module, so cloudpickle (Ray's pickler) finds the function shadowed and ships it by
+        # value: that works even where the user's module cannot be imported (a test file, a
+        # script). Plain pickle cannot do that; Ray never uses it.
+        module = getattr(self.fn, "__module__", None) or ""
         qualname = getattr(self.fn, "__qualname__", None)
-        if module and qualname and module != "__main__" and _lookup(module, qualname) is self:
+        if module.startswith("gecko_actors.") and qualname and _lookup(module, qualname) is self:
             return (_import_tool, (module, qualname))
         # The derived args model is a dynamic class that cannot be pickled by reference;
         # rebuild it from the function on the other side (Ray ships tools to actors).

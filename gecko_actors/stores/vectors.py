@@ -524,8 +524,8 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def _check_where(where: dict[str, Any] | None) -> dict[str, Any] | None:
-    if where is None:
-        return None
+    if not where and isinstance(where, dict | None):
+        return None  # no condition: every entry matches
     if not isinstance(where, dict):
         raise UserError(
             f"where must be a dict of metadata values, got {type(where).__name__}",
