@@ -35,7 +35,12 @@ def ray_session():
     if ray.is_initialized():
         raise RuntimeError("Ray was started outside the ray_session fixture")
     metrics_port = free_port()
+    # Workers import functions defined in test modules by name, as they would a user's own
+    # modules: put this folder on their path.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    python_path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
     gecko_actors.init(
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
         num_cpus=2,
         include_dashboard=True,
         dashboard_port=free_port(),

@@ -1,0 +1,122 @@
+"""Memory actors: conversations that outlive agent processes, and vector recall."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+
+from gecko_actors import Agent, Memory, ScriptedModel, UserError
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def count_users(messages, tools):
+    return f"seen {sum(m.role == 'user' for m in messages)} user messages"
+
+
+@pytest.fixture
+def memory(tmp_path: Path):
+    mem = Memory.spawn(
+        unique("mem"), sessions=f"sqlite:///{tmp_path}/s.db", vectors=tmp_path / "vectors"
+    )
+    yield mem
+    mem.kill()
+
+
+def test_conversation_survives_an_agent_crash(memory: Memory) -> None:
+    name = unique("forgetful")
+    agent = Agent.spawn(name, model=ScriptedModel(count_users), memory=memory)
+    try:
+        assert agent.run("one", session_id="s").content == "seen 1 user messages"
+        pid = agent.info()["pid"]
+        agent.kill(no_restart=False)  # like a crash: Ray restarts it
+        assert agent.run("two", session_id="s", timeout=60).content == "seen 2 user messages"
+        assert agent.info()["pid"] != pid
+        texts = [m.text for m in memory.history(name, "s")]
+        assert texts == ["one", "seen 1 user messages", "two", "seen 2 user messages"]
+        assert memory.sessions(name) == ["s"]
+    finally:
+        agent.kill()
+
+
+def test_sessions_are_kept_per_agent(memory: Memory) -> None:
+    first, second = unique("a"), unique("b")
+    agents = [
+        Agent.spawn(n, model=ScriptedModel(count_users), memory=memory) for n in (first, second)
+    ]
+    try:
+        agents[0].run("x", session_id="shared-id")
+        out = agents[1].run("y", session_id="shared-id")
+        assert out.content == "seen 1 user messages"  # b never sees a's conversation
+        assert next(m.text for m in memory.history(first, "shared-id")) == "x"
+    finally:
+        for agent in agents:
+            agent.kill()
+
+
+def test_memory_restart_keeps_sqlite_sessions(memory: Memory) -> None:
+    name = unique("steady")
+    agent = Agent.spawn(name, model=ScriptedModel(count_users), memory=memory)
+    try:
+        agent.run("before", session_id="s")
+        ray.kill(memory._handle, no_restart=False)  # the memory actor itself crashes
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                out = agent.run("after", session_id="s", timeout=30)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert out.content == "seen 2 user messages"
+    finally:
+        agent.kill()
+
+
+def test_vector_recall(memory: Memory) -> None:
+    ids = memory.add(
+        ["Paris is the capital of France.", "The cat sat on the mat.", "Revenue grew 5%."],
+        [{"topic": "geo"}, {"topic": "pets"}, {"topic": "finance"}],
+    )
+    assert len(ids) == 3
+    # Same text, same id: an upsert, not a duplicate.
+    assert memory.add(["Paris is the capital of France."], [{"topic": "geo"}]) == ids[:1]
+    hits = memory.search("What is the capital of France?", k=2)
+    assert hits[0].text == "Paris is the capital of France."
+    assert hits[0].metadata == {"topic": "geo"}
+    assert hits[0].score >= hits[1].score
+    assert [h.text for h in memory.search("cat", k=3, where={"topic": "pets"})] == [
+        "The cat sat on the mat."
+    ]
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no memory named"):
+        Memory.get(unique("nope"))
+    with pytest.raises(UserError, match="session store URL"):
+        Memory.spawn(unique("bad"), sessions="redis://localhost")
+    plain = Memory.spawn(unique("plain"), sessions="memory://")
+    try:
+        with pytest.raises(UserError, match="no vector store"):
+            plain.search("anything")
+    finally:
+        plain.kill()
+
+
+def test_agents_default_to_the_shared_memory() -> None:
+    name = unique("defaulted")
+    agent = Agent.spawn(name, model=ScriptedModel(count_users))
+    try:
+        agent.run("hello", session_id="s")
+        assert next(m.text for m in Memory.get("default").history(name, "s")) == "hello"
+    finally:
+        agent.kill()
