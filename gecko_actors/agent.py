@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
@@ -248,15 +247,3 @@ def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> Any:
         return tools if isinstance(tools, ToolBox) else ToolBox(tools)
     # The agent's own toolbox: a name clash is an error, never someone else's tools.
     return RemoteToolBox.spawn(agent, tools)
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine from sync code (helper for handles that offer both forms)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    raise UserError(
-        "this blocking call was made inside a running event loop",
-        hint="use the async variant (arun, amap) in async code",
-    )

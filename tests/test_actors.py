@@ -202,50 +202,46 @@ def llm() -> Iterator[FakeLLM]:
 
 @pytest.fixture(scope="module")
 def gateways(ray_session: Any, llm: FakeLLM) -> Iterator[SimpleNamespace]:
-    """The module's three gateway configurations, spawned at once in threads: each replica
-    imports litellm (seconds of CPU), so starting them together saves wall time.
+    """The module's gateways; every replica imports litellm (seconds of CPU), so there are
+    few of them, and the failing one starts in a thread while the others start.
 
-    - ``plain``: a LiteLLMModel that agents are given as is; they share the one-replica
-      gateway it resolves to.
-    - ``limited``: two replicas sharing LIMIT requests per WINDOW, retrying once.
+    - ``model``: a LiteLLMModel on the fake server (retrying once). It is spawned first
+      without limits, as ``Agent.spawn(model=model)`` does, then again as ``limited``:
+      two replicas sharing LIMIT requests per WINDOW. Replica 0, started without limits,
+      must obey them from then on; agents given ``model`` itself use that replica.
     - ``failed``: a limited gateway whose key variable is not set; its spawn fails.
 
-    Every actor of the three is killed at the end of the module.
+    Every actor of both is killed at the end of the module.
     """
-    plain = LiteLLMModel("openai/fake-model", api_base=llm.url, api_key_env=PRESENT_ENV)
-    limited = LiteLLMModel(
+    model = LiteLLMModel(
         "openai/fake-model", api_base=llm.url, api_key_env=PRESENT_ENV, num_retries=1
     )
     missing = LiteLLMModel("openai/fake-model", api_base=llm.url, api_key_env=MISSING_ENV)
-    with ThreadPoolExecutor(3) as pool:
-        futures = [
-            pool.submit(ModelGateway.spawn, plain),
-            pool.submit(
-                ModelGateway.spawn,
-                limited,
-                replicas=2,
-                requests_per_minute=LIMIT,
-                window_seconds=WINDOW,
-            ),
-            pool.submit(ModelGateway.spawn, missing, requests_per_minute=10, window_seconds=WINDOW),
-        ]
     try:
-        futures[0].result()
+        with ThreadPoolExecutor(1) as pool:
+            failed = pool.submit(
+                ModelGateway.spawn, missing, requests_per_minute=10, window_seconds=WINDOW
+            )
+            unlimited = ModelGateway.spawn(model)
+            limited = ModelGateway.spawn(
+                model, replicas=2, requests_per_minute=LIMIT, window_seconds=WINDOW
+            )
+        assert unlimited.replica_names == limited.replica_names[:1]
         yield SimpleNamespace(
-            plain_model=plain,
-            limited=futures[1].result(),
-            failed_error=futures[2].exception(),
+            model=model,
+            limited=limited,
+            failed_error=failed.exception(),
             failed_label=gateway_label(missing),
         )
     finally:
-        for model in (plain, limited, missing):
-            label = gateway_label(model)
+        for config in (model, missing):
+            label = gateway_label(config)
             kill_named(f"gateway/{label}/0", f"gateway/{label}/1", f"gateway/{label}/limiter")
 
 
 @pytest.fixture
-def plain_model(gateways: SimpleNamespace) -> LiteLLMModel:
-    return gateways.plain_model
+def llm_model(gateways: SimpleNamespace) -> LiteLLMModel:
+    return gateways.model
 
 
 @pytest.fixture
@@ -352,10 +348,10 @@ def test_invalid_names_are_refused(bad: str) -> None:
 
 
 def test_litellm_is_imported_by_the_gateway_only(
-    spawn_agent: Callable[..., Agent], plain_model: LiteLLMModel, llm: FakeLLM
+    spawn_agent: Callable[..., Agent], llm_model: LiteLLMModel, llm: FakeLLM
 ) -> None:
     name = unique("nolite")
-    agent = spawn_agent(name, model=plain_model)
+    agent = spawn_agent(name, model=llm_model)
     before = llm.server.request_count
     marker = f"ping {uuid.uuid4().hex}"
     assert agent.run(marker).content == "pong"
@@ -468,15 +464,16 @@ def test_gateway_retries_count_against_the_limit(
     assert_window_respected(arrivals, LIMIT)
 
 
-def test_limits_asked_of_an_existing_gateway_are_enforced(
-    spawn_agent: Callable[..., Agent], plain_model: LiteLLMModel
+def test_limits_asked_of_a_running_gateway_are_enforced(
+    spawn_agent: Callable[..., Agent], llm_model: LiteLLMModel, limited_gateway: ModelGateway
 ) -> None:
-    ModelGateway.spawn(plain_model)  # what Agent.spawn(model=plain_model) does
-    gw = ModelGateway.spawn(plain_model, requests_per_minute=100, window_seconds=WINDOW)
-    before = gw.limiter_stats()["reservations"]
-    agent = spawn_agent(unique("relimit"), model=gw)
+    # `gateways` spawned llm_model without limits (replica 0) before spawning it with limits.
+    first_only = ModelGateway.spawn(llm_model)  # what Agent.spawn(model=llm_model) does
+    assert first_only.replica_names == limited_gateway.replica_names[:1]
+    before = limited_gateway.limiter_stats()["reservations"]
+    agent = spawn_agent(unique("relimit"), model=llm_model)
     assert agent.run("hello").content == "pong"
-    assert gw.limiter_stats()["reservations"] - before == 1
+    assert limited_gateway.limiter_stats()["reservations"] - before == 1
 
 
 # --- 6. configuration errors ------------------------------------------------------------------
@@ -523,10 +520,10 @@ def test_api_key_value_is_refused_without_leaking_it(llm: FakeLLM) -> None:
 
 
 def test_metrics_reach_the_endpoint(
-    ray_session: Any, spawn_agent: Callable[..., Agent], plain_model: LiteLLMModel
+    ray_session: Any, spawn_agent: Callable[..., Agent], llm_model: LiteLLMModel
 ) -> None:
     name = unique("metered")
-    agent = spawn_agent(name, model=plain_model, tools=[calculator])
+    agent = spawn_agent(name, model=llm_model, tools=[calculator])
     out = agent.run("compute 6*7")
     assert out.content == "The tool said 42."
     assert agent.run("hello").content == "pong"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -19,8 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from gecko_actors._redact import register_secret
-from gecko_actors.core.litellm_model import _litellm
-from gecko_actors.exceptions import ConfigurationError, ModelError, ModelTimeoutError, UserError
+from gecko_actors.core.litellm_model import _litellm, pause_or_raise
+from gecko_actors.exceptions import ConfigurationError, ModelError, UserError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
 
@@ -317,39 +316,12 @@ class LiteLLMEmbedder:
         return vectors
 
     async def _before_retry(self, exc: Exception, attempt: int) -> None:
-        from gecko_actors.core.litellm_model import _retry_after, _retryable
-
-        if isinstance(exc, ModelError | ConfigurationError):
-            raise exc
-        if attempt >= self.num_retries or not _retryable(exc):
-            raise self._wrap(exc, attempt) from None
-        delay = _retry_after(exc)
-        if delay is None:
-            delay = self.retry_backoff * (2**attempt) * (0.5 + random.random())
-        _log.warning(
-            "embedding call failed, retrying",
+        await pause_or_raise(
+            exc,
+            attempt,
+            self.num_retries,
+            self.retry_backoff,
             model=self.model,
-            attempt=attempt + 1,
-            error=type(exc).__name__,
-            retry_in=round(delay, 3),
-        )
-        await asyncio.sleep(delay)
-
-    def _wrap(self, exc: Exception, attempt: int) -> ModelError:
-        from gecko_actors.core.litellm_model import _hint_for
-
-        status = getattr(exc, "status_code", None)
-        context = {"model": self.model, "attempts": attempt + 1, "status_code": status}
-        name = type(exc).__name__
-        if isinstance(exc, asyncio.TimeoutError) or "Timeout" in name:
-            return ModelTimeoutError(
-                f"embedding model {self.model!r} did not answer within {self.timeout}s "
-                f"({attempt + 1} attempt(s))",
-                hint="raise timeout= or num_retries=, or check the provider's status",
-                **context,
-            )
-        return ModelError(
-            f"embedding model {self.model!r} failed after {attempt + 1} attempt(s): {name}: {exc}",
-            hint=_hint_for(status),
-            **context,
+            timeout=self.timeout,
+            what="embedding model",
         )

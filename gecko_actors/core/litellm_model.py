@@ -27,7 +27,13 @@ from pydantic import SecretStr
 from gecko_actors._redact import register_secret
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
-from gecko_actors.exceptions import ConfigurationError, ModelError, ModelTimeoutError, UserError
+from gecko_actors.exceptions import (
+    ConfigurationError,
+    GeckoError,
+    ModelError,
+    ModelTimeoutError,
+    UserError,
+)
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings, prepare_offline_environment
 
@@ -280,38 +286,17 @@ class LiteLLMModel:
             result = self.on_rate_limited(_retry_after(exc) or self.retry_backoff)
             if inspect.isawaitable(result):
                 await result
-        if attempt >= self.num_retries or not _retryable(exc):
-            raise self._wrap(exc, attempt) from None
-        delay = _retry_after(exc)
-        if delay is None:
-            delay = self.retry_backoff * (2**attempt) * (0.5 + random.random())
-        _log.warning(
-            "model call failed, retrying",
+        await pause_or_raise(
+            exc,
+            attempt,
+            self.num_retries,
+            self.retry_backoff,
             model=self.model,
-            attempt=attempt + 1,
-            error=type(exc).__name__,
-            retry_in=round(delay, 3),
+            timeout=self.timeout,
         )
-        await asyncio.sleep(delay)
 
-    def _wrap(self, exc: Exception, attempt: int) -> ModelError:
-        if isinstance(exc, ModelError | ConfigurationError):
-            return exc  # type: ignore[return-value]
-        status = getattr(exc, "status_code", None)
-        context = {"model": self.model, "attempts": attempt + 1, "status_code": status}
-        name = type(exc).__name__
-        if isinstance(exc, asyncio.TimeoutError) or "Timeout" in name:
-            return ModelTimeoutError(
-                f"model {self.model!r} did not answer within {self.timeout}s "
-                f"({attempt + 1} attempt(s))",
-                hint="raise timeout= or num_retries=, or check the provider's status",
-                **context,
-            )
-        return ModelError(
-            f"model {self.model!r} failed after {attempt + 1} attempt(s): {name}: {exc}",
-            hint=_hint_for(status),
-            **context,
-        )
+    def _wrap(self, exc: Exception, attempt: int) -> GeckoError:
+        return wrap_error(exc, attempt, model=self.model, timeout=self.timeout)
 
     def _to_response(self, raw: Any) -> ModelResponse:
         choice = raw.choices[0]
@@ -339,6 +324,56 @@ class LiteLLMModel:
             total_tokens=usage.total_tokens or 0,
             cost=cost or None,
         )
+
+
+async def pause_or_raise(
+    exc: Exception,
+    attempt: int,
+    num_retries: int,
+    backoff: float,
+    *,
+    model: str,
+    timeout: float,
+    what: str = "model",
+) -> None:
+    """The retry policy shared by chat and embedding calls: raise the wrapped error when no
+    attempt is left or the error is not worth retrying, else wait (``Retry-After`` if the
+    provider sent one, else exponential back-off with jitter)."""
+    if attempt >= num_retries or not _retryable(exc):
+        raise wrap_error(exc, attempt, model=model, timeout=timeout, what=what) from None
+    delay = _retry_after(exc)
+    if delay is None:
+        delay = backoff * (2**attempt) * (0.5 + random.random())
+    _log.warning(
+        f"{what} call failed, retrying",
+        model=model,
+        attempt=attempt + 1,
+        error=type(exc).__name__,
+        retry_in=round(delay, 3),
+    )
+    await asyncio.sleep(delay)
+
+
+def wrap_error(
+    exc: Exception, attempt: int, *, model: str, timeout: float, what: str = "model"
+) -> GeckoError:
+    """A provider's exception as a :class:`ModelError` naming the model and the attempts."""
+    if isinstance(exc, ModelError | ConfigurationError):
+        return exc
+    status = getattr(exc, "status_code", None)
+    context = {"model": model, "attempts": attempt + 1, "status_code": status}
+    name = type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError) or "Timeout" in name:
+        return ModelTimeoutError(
+            f"{what} {model!r} did not answer within {timeout}s ({attempt + 1} attempt(s))",
+            hint="raise timeout= or num_retries=, or check the provider's status",
+            **context,
+        )
+    return ModelError(
+        f"{what} {model!r} failed after {attempt + 1} attempt(s): {name}: {exc}",
+        hint=_hint_for(status),
+        **context,
+    )
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
