@@ -10,7 +10,14 @@ from typing import Any
 import ray
 
 from gecko_actors._actors.common import create, lookup
-from gecko_actors._actors.gateway import GatewayActor, GatewayModel, LimiterActor
+from gecko_actors._actors.gateway import (
+    EmbeddingGatewayActor,
+    GatewayActor,
+    GatewayEmbedder,
+    GatewayModel,
+    LimiterActor,
+)
+from gecko_actors.core.embedders import LiteLLMEmbedder
 from gecko_actors.core.litellm_model import LiteLLMModel
 from gecko_actors.core.messages import Usage
 from gecko_actors.core.ratelimit import RateLimits
@@ -119,6 +126,35 @@ class ModelGateway:
             handle = lookup(name) if name else None
             if handle is not None:
                 ray.kill(handle, no_restart=True)
+
+
+def embedding_gateway(embedder: LiteLLMEmbedder, *, replicas: int = 1) -> GatewayEmbedder:
+    """Gateway replicas for a LiteLLM embedding model (``embed/<model>-<hash>/<i>``), so that
+    no memory actor imports litellm and the key is read where the call is made."""
+    if replicas < 1:
+        raise UserError(f"replicas must be >= 1, got {replicas}")
+    ensure_initialized()
+    config = json.dumps(vars(embedder), sort_keys=True, default=str)
+    digest = hashlib.sha256(config.encode()).hexdigest()[:8]
+    label = f"{re.sub(r'[^A-Za-z0-9_.-]', '-', embedder.model)}-{digest}"
+    names = [f"embed/{label}/{i}" for i in range(replicas)]
+    handles = [
+        create(
+            ray.remote(EmbeddingGatewayActor),
+            name,
+            (embedder,),
+            get_if_exists=True,
+            max_concurrency=1000,
+        )
+        for name in names
+    ]
+    try:
+        ray.get([h.check.remote() for h in handles])
+    except Exception:
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
+        raise
+    return GatewayEmbedder(label, names, namespace(), embedder.dimensions)
 
 
 def resolve_model(model: Any) -> Any:

@@ -9,9 +9,10 @@ import ray
 
 from gecko_actors._actors.common import check_name, create, known, lookup
 from gecko_actors._actors.memory import MemoryActor, RemoteSessionStore
-from gecko_actors.core.embedders import Embedder
+from gecko_actors.core.embedders import Embedder, LiteLLMEmbedder
 from gecko_actors.core.messages import Message
 from gecko_actors.exceptions import UserError
+from gecko_actors.gateway import embedding_gateway
 from gecko_actors.runtime import namespace
 from gecko_actors.settings import load_settings
 from gecko_actors.stores.sessions import session_store_from_url
@@ -68,6 +69,8 @@ class Memory:
         actor_name = check_name("memory", name)
         url = _absolute(sessions or load_settings().storage_url)
         vectors_uri = str(Path(vectors).resolve()) if vectors is not None else None
+        if isinstance(embedder, LiteLLMEmbedder):
+            embedder = embedding_gateway(embedder)  # litellm stays out of the memory actor
         handle = create(
             ray.remote(MemoryActor),
             actor_name,

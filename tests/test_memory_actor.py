@@ -120,3 +120,28 @@ def test_agents_default_to_the_shared_memory() -> None:
         assert next(m.text for m in Memory.get("default").history(name, "s")) == "hello"
     finally:
         agent.kill()
+
+
+def test_litellm_embeddings_go_through_an_embedding_gateway(tmp_path: Path) -> None:
+    from gecko_actors.stores import LiteLLMEmbedder
+    from gecko_actors.testing import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        # PATH: any variable the Ray workers inherited works as a key for the fake server.
+        embedder = LiteLLMEmbedder(
+            "openai/text-embedding-3-small", api_base=server.url, api_key_env="PATH"
+        )
+        mem = Memory.spawn(
+            unique("embedded"), sessions="memory://", vectors=tmp_path / "v", embedder=embedder
+        )
+        try:
+            mem.add(["alpha beta", "gamma delta"])
+            hits = mem.search("alpha beta", k=1)
+            assert hits[0].text == "alpha beta"
+            assert len(server.embedding_requests) >= 2  # the add and the query
+            gateways = [n for n in ray.util.list_named_actors() if n.startswith("embed/")]
+            assert gateways, "no embedding gateway actor"
+        finally:
+            mem.kill()
+            for name in gateways:
+                ray.kill(ray.get_actor(name, namespace="gecko"))

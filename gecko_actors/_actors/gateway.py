@@ -9,6 +9,7 @@ across the whole cluster, and a 429's Retry-After pauses every replica, not one 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -22,7 +23,7 @@ from gecko_actors.core.engine import current_run
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
 from gecko_actors.core.ratelimit import RateLimits, SlidingWindowLimiter, estimate_tokens
-from gecko_actors.exceptions import ModelError
+from gecko_actors.exceptions import ConfigurationError, ModelError
 from gecko_actors.logging import get_logger
 
 _RUNS_KEPT = 10_000  # per-run usage is kept for the most recent runs only
@@ -154,13 +155,32 @@ class GatewayActor:
         )
 
 
-class GatewayModel:
-    """The :class:`~gecko_actors.core.models.ChatModel` agents hold: it forwards each call to
-    a gateway replica (round robin) and never imports litellm. Picklable: it carries actor
-    names, and resolves handles in whatever process it lands in."""
+class EmbeddingGatewayActor:
+    """One replica serving a :class:`LiteLLMEmbedder` (memory actors embed through it)."""
 
-    supports_tools = True
-    supports_stream = True
+    def __init__(self, embedder: Any) -> None:
+        from gecko_actors.core.litellm_model import _litellm
+
+        self.embedder = embedder
+        _litellm()
+
+    def check(self) -> bool:
+        variable = self.embedder.api_key_env
+        if variable and not os.environ.get(variable):
+            raise ConfigurationError(
+                f"environment variable {variable!r} is not set for embedding model "
+                f"{self.embedder.model!r}",
+                hint=f"export {variable}=<your key> in the cluster's environment",
+            )
+        return True
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return await self.embedder.embed(texts)
+
+
+class _ReplicaProxy:
+    """Round robin over named gateway replicas. Picklable: it carries actor names and
+    resolves handles in whatever process it lands in."""
 
     def __init__(self, label: str, replica_names: Sequence[str], namespace: str) -> None:
         self.label = label
@@ -170,7 +190,7 @@ class GatewayModel:
         self._next = 0
 
     def __repr__(self) -> str:
-        return f"GatewayModel({self.label!r}, replicas={len(self.replica_names)})"
+        return f"{type(self).__name__}({self.label!r}, replicas={len(self.replica_names)})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": None}
@@ -180,6 +200,28 @@ class GatewayModel:
             self._handles = [ray.get_actor(n, namespace=self.namespace) for n in self.replica_names]
         self._next = (self._next + 1) % len(self._handles)
         return self._handles[self._next]
+
+
+class GatewayEmbedder(_ReplicaProxy):
+    """The :class:`~gecko_actors.core.embedders.Embedder` a memory actor holds for a LiteLLM
+    embedding model: calls go through embedding gateway replicas."""
+
+    def __init__(
+        self, label: str, replica_names: Sequence[str], namespace: str, dimensions: int | None
+    ) -> None:
+        super().__init__(label, replica_names, namespace)
+        self.dimensions = dimensions
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return await self._replica().embed.remote(list(texts))
+
+
+class GatewayModel(_ReplicaProxy):
+    """The :class:`~gecko_actors.core.models.ChatModel` agents hold: it forwards each call to
+    a gateway replica and never imports litellm."""
+
+    supports_tools = True
+    supports_stream = True
 
     async def complete(
         self,
