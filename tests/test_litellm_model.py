@@ -23,7 +23,7 @@ from gecko_actors.core.litellm_model import _retry_after
 from gecko_actors.core.models import ModelResponse
 from gecko_actors.testing import FakeLLMServer, FakeReply
 
-KEY = "sk-test-0123456789abcdefghijklmnop"
+KEY = "sk" + "-test-0123456789abcdefghijklmnop"
 
 
 def model_for(server: FakeLLMServer, **kwargs) -> LiteLLMModel:

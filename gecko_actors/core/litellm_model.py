@@ -167,17 +167,7 @@ class LiteLLMModel:
     def _resolve_key(self) -> str | None:
         if self._api_key is not None:
             return self._api_key.get_secret_value()
-        if self.api_key_env:
-            value = os.environ.get(self.api_key_env)
-            if not value:
-                raise ConfigurationError(
-                    f"environment variable {self.api_key_env!r} is not set",
-                    hint=f"export {self.api_key_env}=<your key> where the model is called",
-                    model=self.model,
-                )
-            register_secret(value)
-            return value
-        return None
+        return read_key(self.api_key_env, self.model) if self.api_key_env else None
 
     def validate_environment(self) -> None:
         """Raise :class:`ConfigurationError` naming the variable when the key is missing."""
@@ -324,6 +314,20 @@ class LiteLLMModel:
             total_tokens=usage.total_tokens or 0,
             cost=cost or None,
         )
+
+
+def read_key(variable: str, model: str) -> str:
+    """The key in environment variable ``variable``, registered for redaction; a missing one is
+    a :class:`ConfigurationError` naming it. Read where the call is made, never shipped."""
+    value = os.environ.get(variable)
+    if not value:
+        raise ConfigurationError(
+            f"environment variable {variable!r} is not set for model {model!r}",
+            hint=f"export {variable}=<your key> in the environment of the process that calls",
+            model=model,
+        )
+    register_secret(value)
+    return value
 
 
 async def pause_or_raise(
