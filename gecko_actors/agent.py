@@ -10,7 +10,7 @@ import ray
 from pydantic import BaseModel
 
 from gecko_actors._actors.agent import AgentActor, AgentSpec
-from gecko_actors._actors.common import check_name, create, known, lookup
+from gecko_actors._actors.common import check_name, create, known, lookup, unwrap
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, MessageInput
 from gecko_actors.core.prompt import PromptTemplate
@@ -168,7 +168,10 @@ class Agent:
     ) -> AgentOutput:
         """Run to the final answer (blocking)."""
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
-        return ray.get(ref, timeout=timeout)
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
 
     async def arun(
         self,
@@ -180,7 +183,10 @@ class Agent:
         tool_context: ToolContext | None = None,
     ) -> AgentOutput:
         """Run to the final answer (awaitable)."""
-        return await self._submit(input, session_id, response_model, run_id, tool_context)
+        try:
+            return await self._submit(input, session_id, response_model, run_id, tool_context)
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
 
     def submit(self, input: MessageInput, **kwargs: Any) -> Any:
         """Start a run and return its Ray ObjectRef (for ``ray.wait`` and friends)."""

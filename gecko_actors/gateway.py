@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from gecko_actors._actors.common import create, lookup
+from gecko_actors._actors.common import create, lookup, unwrap
 from gecko_actors._actors.gateway import (
     EmbeddingGatewayActor,
     GatewayActor,
@@ -100,11 +100,11 @@ class ModelGateway:
             ray.get([h.check.remote() for h in handles])
             if limiter is not None:  # replicas that already ran without limits get them now
                 ray.get([h.set_limiter.remote(limiter) for h in handles])
-        except Exception:
+        except Exception as exc:
             for handle in [*handles, limiter]:
                 if handle is not None:
                     ray.kill(handle, no_restart=True)
-            raise
+            raise unwrap(exc) from None
         return cls(label, names, limiter_name if lookup(limiter_name) else None)
 
     def as_model(self) -> GatewayModel:
@@ -150,10 +150,10 @@ def embedding_gateway(embedder: LiteLLMEmbedder, *, replicas: int = 1) -> Gatewa
     ]
     try:
         ray.get([h.check.remote() for h in handles])
-    except Exception:
+    except Exception as exc:
         for handle in handles:
             ray.kill(handle, no_restart=True)
-        raise
+        raise unwrap(exc) from None
     return GatewayEmbedder(label, names, namespace(), embedder.dimensions)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import ray
 from tqdm import tqdm
 
+from gecko_actors._actors.common import unwrap
 from gecko_actors.agent import Agent
 from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
 from gecko_actors.exceptions import TeamError, UserError
@@ -123,7 +124,7 @@ class Team:
             try:
                 result.outputs[slot] = ray.get(done[0])
             except Exception as exc:
-                result.errors[slot] = exc
+                result.errors[slot] = unwrap(exc)
                 continue
             if strategy == "first" and (accept is None or accept(result.outputs[slot])):
                 result.winner = result.outputs[slot]
@@ -214,4 +215,4 @@ class Team:
         try:
             state.results[i] = ray.get(ref)
         except Exception as exc:
-            state.results[i] = exc
+            state.results[i] = unwrap(exc)

@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from gecko_actors.exceptions import UserError
+from gecko_actors.exceptions import GeckoError, UserError
 from gecko_actors.runtime import ensure_initialized, namespace
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
@@ -69,3 +69,11 @@ def create(
             hint="pick another name, attach with .get(), or pass get_if_exists=True",
             actor=actor_name,
         ) from None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Our own error inside (possibly nested) Ray task errors, so the caller sees a clean
+    ``ModelError`` rather than remote tracebacks around it; anything else unchanged."""
+    while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, GeckoError):
+        exc = exc.cause
+    return exc

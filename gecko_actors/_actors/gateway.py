@@ -59,7 +59,7 @@ class GatewayActor:
     """One replica: a LiteLLMModel, usage accounting, and the limiter's permission per call."""
 
     def __init__(self, config: dict[str, Any], limiter: Any | None) -> None:
-        from gecko_actors.core.litellm_model import LiteLLMModel, _litellm
+        from gecko_actors.core.litellm_model import LiteLLMModel
 
         self.model = LiteLLMModel(**config)
         # Every attempt, retries included, waits for the cluster-wide limiter.
@@ -68,15 +68,18 @@ class GatewayActor:
         self.limiter = limiter
         self.by_agent: dict[str, Usage] = {}
         self.by_run: OrderedDict[str, Usage] = OrderedDict()
-        _litellm()  # import now, not during the first user request
 
     def set_limiter(self, limiter: Any) -> None:
         """Start asking ``limiter`` (limits were requested of a gateway already running)."""
         self.limiter = limiter
 
     def check(self) -> bool:
-        """Raise ConfigurationError (naming the variable) if the key is missing here."""
+        """Raise ConfigurationError (naming the variable) if the key is missing here; then
+        import litellm now rather than during the first user request."""
+        from gecko_actors.core.litellm_model import _litellm
+
         self.model.validate_environment()
+        _litellm()
         return True
 
     async def complete(

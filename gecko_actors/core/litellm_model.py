@@ -273,7 +273,8 @@ class LiteLLMModel:
     async def _before_retry(self, exc: Exception, attempt: int) -> None:
         """Sleep before the next attempt, or raise the wrapped error if there is none."""
         if getattr(exc, "status_code", None) == 429 and self.on_rate_limited is not None:
-            result = self.on_rate_limited(_retry_after(exc) or self.retry_backoff)
+            wait = _retry_after(exc)
+            result = self.on_rate_limited(self.retry_backoff if wait is None else wait)
             if inspect.isawaitable(result):
                 await result
         await pause_or_raise(
