@@ -87,9 +87,10 @@ class Agent:
                 ``max_task_retries``, ``scheduling_strategy``, ...).
         """
         actor_name = check_name("agent", name)
-        if get_if_exists and (existing := lookup(actor_name)) is not None:
-            return cls(name, existing)
-        if lookup(actor_name) is not None:
+        existing = lookup(actor_name)
+        if existing is not None:
+            if get_if_exists:
+                return cls(name, existing)
             raise UserError(
                 f"an agent named {name!r} already exists",
                 hint="pick another name, use Agent.get(name), or get_if_exists=True",
@@ -98,13 +99,12 @@ class Agent:
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
+        placed, owned = _place_tools(name, tools, tools_in_process)
         spec = AgentSpec(
             name=name,
             model=resolve_model(model),
-            tools=_place_tools(name, tools, tools_in_process),
-            owns_tools=tools is not None
-            and not tools_in_process
-            and not isinstance(tools, RemoteToolBox),
+            tools=placed,
+            owns_tools=owned,
             system_prompt=system_prompt,
             prompt_vars=dict(prompt_vars or {}),
             memory=TokenMemory(context_tokens)
@@ -246,10 +246,11 @@ class Agent:
         return self._handle
 
 
-def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> Any:
+def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> tuple[Any, bool]:
+    """Where the agent's tools run, and whether that toolbox actor is the agent's own."""
     if tools is None or isinstance(tools, RemoteToolBox):
-        return tools
+        return tools, False
     if in_process:
-        return tools if isinstance(tools, ToolBox) else ToolBox(tools)
+        return (tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
     # The agent's own toolbox: a name clash is an error, never someone else's tools.
-    return RemoteToolBox.spawn(agent, tools)
+    return RemoteToolBox.spawn(agent, tools), True
