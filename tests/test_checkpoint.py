@@ -1,0 +1,583 @@
+"""The checkpoint store, against a local directory and against S3 (moto on 127.0.0.1).
+
+Every store test runs on both backends. The test's own view of the stored objects (to tamper
+with them, or to prove what was written) goes around the store: plain files for ``file://``,
+boto3 for ``s3://``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import msgpack
+import pytest
+from botocore.exceptions import ClientError
+from moto.server import ThreadedMotoServer
+from pydantic import BaseModel
+
+from gecko_actors.checkpoint import (
+    RECORD_VERSION,
+    CheckpointStore,
+    Manifest,
+    StepRecord,
+    decode_value,
+    encode_value,
+)
+from gecko_actors.core.messages import AgentOutput, Message, ToolCall, Usage
+from gecko_actors.exceptions import CheckpointError, UserError
+
+BUCKET = "gecko-checkpoints"
+# Dummy credentials for moto. Not "testing": gecko_actors' redaction masks the values of
+# secret-named environment variables everywhere, so a common word would be masked in other
+# tests' messages too.
+KEY_ID, SECRET = "moto-dummy-key-id", "moto-dummy-secret-key"
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _s3_client(port: int):
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+    )
+
+
+def _start_moto(port: int, bucket: str = BUCKET) -> ThreadedMotoServer:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        _s3_client(port).create_bucket(Bucket=bucket)
+    except ClientError as exc:  # moto keeps its state in the process, across servers
+        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def aws_env():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.delenv("AWS_PROFILE", raising=False)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def moto_port(aws_env):
+    port = _free_port()
+    server = _start_moto(port)
+    yield port
+    server.stop()
+
+
+def _s3_uri(port: int, bucket: str = BUCKET) -> str:
+    return (
+        f"s3://{bucket}/{uuid.uuid4().hex}"
+        f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    )
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_uri(request, tmp_path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/checkpoints"
+    return _s3_uri(request.getfixturevalue("moto_port"))
+
+
+@pytest.fixture
+def store(store_uri) -> CheckpointStore:
+    return CheckpointStore(store_uri, retries=1, backoff=0.01)
+
+
+class Raw:
+    """The objects under a store's root, read and written around the store."""
+
+    def __init__(self, uri: str) -> None:
+        parts = urlsplit(uri)
+        self.scheme = parts.scheme
+        if self.scheme == "file":
+            self.root = Path(parts.path)
+        else:
+            self.bucket = parts.netloc
+            self.prefix = parts.path.strip("/")
+            port = parse_qs(parts.query)["endpoint_override"][0].rsplit(":", 1)[1]
+            self.client = _s3_client(int(port))
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.scheme == "file":
+            path = self.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        else:
+            self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}", Body=data)
+
+    def get(self, key: str) -> bytes:
+        if self.scheme == "file":
+            return (self.root / key).read_bytes()
+        return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
+
+    def delete(self, key: str) -> None:
+        if self.scheme == "file":
+            (self.root / key).unlink()
+        else:
+            self.client.delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")
+
+    def keys(self) -> list[str]:
+        if self.scheme == "file":
+            if not self.root.exists():
+                return []
+            return sorted(
+                str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()
+            )
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/"
+        )
+        cut = len(self.prefix) + 1
+        return sorted(obj["Key"][cut:] for page in pages for obj in page.get("Contents", []))
+
+    def plant_step(self, run_id: str, seq: int, data: bytes) -> None:
+        """Put ``data`` as step ``seq`` with a commit marker that matches it."""
+        marker = {
+            "type": "commit",
+            "version": RECORD_VERSION,
+            "run_id": run_id,
+            "seq": seq,
+            "object": f"{seq:08d}.msgpack",
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        self.put(f"{run_id}/steps/{seq:08d}.msgpack", data)
+        self.put(f"{run_id}/steps/{seq:08d}.commit", msgpack.packb(marker))
+
+
+def _step(seq: int, output=None, **changes) -> StepRecord:
+    fields = {
+        "seq": seq,
+        "node": "work",
+        "visit": 1,
+        "output": output,
+        "state": {},
+        "attempts": 1,
+        "duration": 0.5,
+        "finished_at": 1_700_000_000.0 + seq,
+    }
+    return StepRecord(**{**fields, **changes})
+
+
+class Answer(BaseModel):
+    title: str
+    score: float
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+# --- manifest and status ---------------------------------------------------------------------
+
+
+def test_manifest_round_trip_and_separate_status(store, store_uri):
+    raw = Raw(store_uri)
+    manifest = Manifest(
+        run_id="run-1",
+        workflow="research",
+        fingerprint="f" * 64,
+        input={"question": "why?", "limits": [1, 2.5, None]},
+        created_at=1_700_000_000.25,
+    )
+    written = store.write_manifest(manifest)
+    assert store.read_manifest("run-1") == manifest
+    before = raw.get("run-1/manifest.msgpack")
+    assert len(before) == written
+
+    assert store.update_status("run-1", "succeeded", result=AgentOutput(content="done")) > 0
+    got = store.read_manifest("run-1")
+    assert got.status == "succeeded"
+    assert got.result == AgentOutput(content="done")
+    assert got.error is None and got.finished_at is not None
+    assert (got.workflow, got.input, got.created_at) == ("research", manifest.input, 1.7e9 + 0.25)
+
+    store.update_status("run-1", "failed", error="node 'b' failed: boom")
+    got = store.read_manifest("run-1")
+    assert (got.status, got.error, got.result) == ("failed", "node 'b' failed: boom", None)
+    store.update_status("run-1", "running")  # a resume
+    assert store.read_manifest("run-1").finished_at is None
+
+    # The status lives in its own object: the manifest's bytes never change.
+    assert raw.get("run-1/manifest.msgpack") == before
+    assert raw.keys() == ["run-1/manifest.msgpack", "run-1/status.msgpack"]
+
+    assert store.read_manifest("no-such-run") is None
+    with pytest.raises(UserError, match="status"):
+        store.update_status("run-1", "done")
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def test_steps_round_trip_every_kind_of_value(store):
+    call = ToolCall(id="call-1", name="calculator", arguments='{"expression": "6*7"}')
+    usage = Usage(requests=2, prompt_tokens=30, completion_tokens=5, total_tokens=35, cost=0.01)
+    output = AgentOutput(
+        content="42",
+        tool_calls=[call],
+        usage=usage,
+        structured=Answer(title="six times seven", score=0.5),
+        messages=[
+            Message.system("be brief"),
+            Message.user("what is 6*7?"),
+            Message.assistant(None, [call]),
+            Message.tool_result("call-1", {"value": 42}, "calculator"),
+            Message.assistant("42"),
+        ],
+    )
+    nested = {"list": [1, 2.5, None, True, {"deep": ["x", b"\x00"]}], "pair": (1, "two")}
+    records = [
+        _step(0, output, state={"answer": "42"}, usage=usage, routes={"b": True, "c": False}),
+        _step(1, {"__gecko__": "just a user key", **nested}),
+        _step(2, b"\x00\xff binary \x80"),
+        _step(3, Message.user("hello"), next={"node": "work", "input": Message.user("again")}),
+        _step(4, usage),
+        _step(5, Point(1, 2), state={"point": Point(3, 4), "tags": ["a", "b"]}),
+        _step(6, Answer(title="t", score=1.0)),
+        _step(7, None, node="join", visit=3, attempts=2),
+    ]
+    for seq in (3, 0, 6, 1, 7, 5, 2, 4):  # commit order is not seq order
+        assert store.commit_step("run-v", records[seq]) > 0
+
+    steps = store.load_steps("run-v")
+    assert [s.seq for s in steps] == list(range(8))
+
+    first = steps[0].output
+    assert isinstance(first, AgentOutput)
+    assert first.structured == {"title": "six times seven", "score": 0.5}
+    assert first == output.model_copy(update={"structured": first.structured})
+    assert first.tool_calls == [call] and first.messages == output.messages
+    assert steps[0].state == {"answer": "42"}
+    assert steps[0].usage == usage.model_dump(mode="json")
+    assert steps[0].routes == {"b": True, "c": False}
+
+    assert steps[1].output == {
+        "__gecko__": "just a user key",
+        "list": [1, 2.5, None, True, {"deep": ["x", b"\x00"]}],
+        "pair": [1, "two"],
+    }
+    assert steps[2].output == b"\x00\xff binary \x80"
+    assert steps[3].output == Message.user("hello")
+    assert steps[3].next == {"node": "work", "input": Message.user("again")}
+    assert steps[4].output == usage and isinstance(steps[4].output, Usage)
+    assert steps[5].output == {"x": 1, "y": 2}
+    assert steps[5].state == {"point": {"x": 3, "y": 4}, "tags": ["a", "b"]}
+    assert steps[6].output == {"title": "t", "score": 1.0}
+    assert dataclasses.replace(steps[7]) == records[7]
+    assert steps[7].finished_at == records[7].finished_at
+
+
+@pytest.mark.slow
+def test_bytes_per_step_stay_flat(store, store_uri):
+    """A step costs the same whether it is the 10th or the 1,000th: history is never
+    rewritten. On S3 a commit is three requests (HEAD marker, PUT data, PUT marker) and moto
+    answers them slowly in this process, so the commits run from 16 threads, as parallel
+    branches of a run would."""
+    payload = {"summary": "x" * 400, "scores": [0.5] * 10}
+
+    def commit(seq: int) -> int:
+        record = _step(seq, payload, visit=seq + 1, state={"round": "r"}, usage={"tokens": 9})
+        return store.commit_step("long-run", record)
+
+    with ThreadPoolExecutor(1 if store_uri.startswith("file") else 16) as pool:
+        sizes = list(pool.map(commit, range(1000)))
+    assert sizes[999] <= 1.1 * sizes[9]
+    assert max(sizes) - min(sizes) <= 8  # the seq and visit numbers' own digits
+    print(f"bytes per step: first {sizes[0]}, 10th {sizes[9]}, 1000th {sizes[999]}")
+    if store_uri.startswith("file"):  # reading 2,000 objects back from moto takes ~10 s
+        assert [s.seq for s in store.load_steps("long-run")] == list(range(1000))
+
+
+def test_a_value_that_cannot_be_encoded_writes_nothing(store, store_uri):
+    bad = _step(0, {"fine": [1, 2], "broken": {"deeper": object()}})
+    with pytest.raises(UserError, match=r"output\['broken'\]\['deeper'\] of type builtins.object"):
+        store.commit_step("run-e", bad)
+    with pytest.raises(UserError, match="AgentOutput"):
+        store.commit_step("run-e", _step(0, "ok", state={"seen": {1, 2}}))
+    assert Raw(store_uri).keys() == []
+    assert store.load_steps("run-e") == []
+
+
+def test_a_torn_write_is_not_loaded(store, store_uri):
+    raw = Raw(store_uri)
+    store.commit_step("run-t", _step(0, "first"))
+    store.commit_step("run-t", _step(1, "second"))
+    # The process died between the data object and its commit marker.
+    raw.delete("run-t/steps/00000001.commit")
+    assert [s.output for s in store.load_steps("run-t")] == ["first"]
+    # A data object with no marker at all (never committed) is ignored too.
+    raw.put("run-t/steps/00000002.msgpack", b"\x93half a rec")
+    assert [s.output for s in store.load_steps("run-t")] == ["first"]
+    # The retried visit commits seq 1 again, with other content: it replaces the torn one.
+    store.commit_step("run-t", _step(1, "second, retried"))
+    assert [s.output for s in store.load_steps("run-t")] == ["first", "second, retried"]
+
+
+def test_tampered_or_truncated_data_is_refused(store, store_uri):
+    raw = Raw(store_uri)
+    store.commit_step("run-x", _step(0, "a value of some length"))
+    key = "run-x/steps/00000000.msgpack"
+    good = raw.get(key)
+    raw.put(key, good.replace(b"some", b"SOME"))
+    with pytest.raises(CheckpointError, match=r"00000000\.msgpack.*sha256") as info:
+        store.load_steps("run-x")
+    assert info.value.uri.endswith("run-x/steps/00000000.msgpack")
+    raw.put(key, good[:-4])
+    with pytest.raises(CheckpointError, match=r"00000000\.msgpack.*truncated"):
+        store.load_steps("run-x")
+    raw.put(key, good)
+    assert store.load_steps("run-x")[0].output == "a value of some length"
+    raw.delete(key)  # a marker whose data is gone
+    with pytest.raises(CheckpointError, match="does not exist"):
+        store.load_steps("run-x")
+
+
+class _Exploit:
+    """Unpickling this creates a file: the proof that nothing from a checkpoint executes."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return (open, (str(self.flag), "w"))
+
+
+def test_a_pickle_payload_is_refused_and_never_executed(store, store_uri, tmp_path):
+    raw = Raw(store_uri)
+    flag = tmp_path / "pwned"
+    payload = pickle.dumps(_Exploit(flag))
+    raw.plant_step("run-p", 0, payload)  # with a marker that matches it
+    with pytest.raises(CheckpointError, match=r"00000000\.msgpack") as info:
+        store.load_steps("run-p")
+    assert "not a valid msgpack record" in str(info.value)
+    raw.put("run-p/manifest.msgpack", payload)
+    with pytest.raises(CheckpointError, match=r"manifest\.msgpack"):
+        store.read_manifest("run-p")
+    raw.put("run-p/steps/00000000.commit", payload)
+    with pytest.raises(CheckpointError, match=r"00000000\.commit"):
+        store.load_steps("run-p")
+    assert not flag.exists()
+
+
+def test_unknown_types_versions_and_tags_are_refused(store, store_uri):
+    raw = Raw(store_uri)
+    store.commit_step("scratch", _step(0, {"v": 1}))
+    template = msgpack.unpackb(raw.get("scratch/steps/00000000.msgpack"))
+    template["run_id"] = "run-u"
+    cases = [
+        ({"version": RECORD_VERSION + 1}, "version 2"),
+        ({"type": "surprise"}, "unknown type 'surprise'"),
+        ({"type": "manifest"}, "'manifest' record, not a 'step'"),
+        ({"output": {"__gecko__": "os.system", "data": "rm -rf /"}}, "unknown tag 'os.system'"),
+        ({"output": msgpack.ExtType(42, b"\x00")}, "extension type 42"),
+        ({"output": msgpack.Timestamp(1, 0)}, "other than plain data"),
+        ({"extra": 1}, "unexpected"),
+        ({"run_id": "another-run"}, "belongs to run 'another-run'"),
+        ({"seq": 5}, "holds step 5"),
+        ({"state": [1]}, "invalid 'state'"),
+    ]
+    for changes, message in cases:
+        raw.plant_step("run-u", 0, msgpack.packb({**template, **changes}, datetime=False))
+        with pytest.raises(CheckpointError, match=message) as info:
+            store.load_steps("run-u")
+        assert "run-u/steps/00000000.msgpack" in str(info.value), changes
+    raw.put("run-u/steps/00000000.commit", msgpack.packb({"type": "commit", "version": 99}))
+    with pytest.raises(CheckpointError, match=r"00000000\.commit.*version 99"):
+        store.load_steps("run-u")
+    # A manifest (and a status) are checked the same way.
+    raw.put("run-u/manifest.msgpack", msgpack.packb({"type": "manifest", "version": 7}))
+    with pytest.raises(CheckpointError, match=r"manifest\.msgpack.*version 7"):
+        store.read_manifest("run-u")
+
+
+def test_recommit_is_idempotent_and_a_conflict_raises(store):
+    record = _step(0, {"answer": 42}, state={"k": "v"})
+    assert store.commit_step("run-i", record) > 0
+    assert store.commit_step("run-i", record) == 0  # same bytes: nothing written
+    with pytest.raises(CheckpointError, match="already committed with different content"):
+        store.commit_step("run-i", dataclasses.replace(record, output={"answer": 43}))
+    assert store.load_steps("run-i") == [record]
+
+
+def test_list_and_delete_runs(store, store_uri):
+    assert store.list_runs() == []
+    for run_id in ("run-b", "run-a"):
+        store.write_manifest(Manifest(run_id, "wf", "fp", None, time.time()))
+        store.commit_step(run_id, _step(0, run_id))
+    Raw(store_uri).put("not-a-run/readme.txt", b"no manifest here")
+    assert store.list_runs() == ["run-a", "run-b"]
+    store.delete_run("run-a")
+    store.delete_run("never-existed")
+    assert store.list_runs() == ["run-b"]
+    assert store.read_manifest("run-a") is None and store.load_steps("run-a") == []
+    assert CheckpointStore(store_uri).list_runs() == ["run-b"]
+    store.commit_step("run-a", _step(0, "again"))  # a deleted run_id can be used again
+    assert [s.output for s in store.load_steps("run-a")] == ["again"]
+
+
+@pytest.mark.parametrize("run_id", ["", "../escape", "a/b", ".hidden", "a b", "x" * 201, 7])
+def test_invalid_run_ids(store, run_id):
+    with pytest.raises(UserError, match="run_id"):
+        store.load_steps(run_id)
+    with pytest.raises(UserError, match="run_id"):
+        store.commit_step(run_id, _step(0))
+
+
+def test_the_store_pickles(store):
+    store.commit_step("run-k", _step(0, "before"))  # the filesystem client exists now
+    copy = pickle.loads(pickle.dumps(store))
+    assert (copy.uri, copy.retries, copy.backoff) == (store.uri, store.retries, store.backoff)
+    copy.commit_step("run-k", _step(1, "from the copy"))
+    assert [s.output for s in store.load_steps("run-k")] == ["before", "from the copy"]
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+
+def test_relative_paths_are_refused():
+    for uri in ("runs/checkpoints", "./runs", "file://runs/checkpoints", "file:relative"):
+        with pytest.raises(UserError, match="absolute") as info:
+            CheckpointStore(uri)
+        assert "file:///" in str(info.value)
+
+
+def test_credentials_in_a_uri_are_refused_without_echoing_them():
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYzzzSECRET"
+    for uri in (
+        f"s3://AKIAIOSFODNN7EXAMPLE:{secret}@bucket/prefix",
+        f"s3://bucket/prefix?access_key=AKIAIOSFODNN7EXAMPLE&secret_key={secret}",
+        f"s3://bucket/prefix?region=us-east-1&session_token={secret}",
+        f"gs://bucket/prefix?access_token={secret}",
+    ):
+        with pytest.raises(UserError, match="AWS_ACCESS_KEY_ID") as info:
+            CheckpointStore(uri)
+        text = f"{info.value} {info.value!r} {info.value.to_dict()}"
+        assert secret not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+        assert "credentials" in text
+
+
+def test_other_uri_mistakes():
+    with pytest.raises(UserError, match="unsupported checkpoint URI scheme 'ftp'"):
+        CheckpointStore("ftp://host/dir")
+    with pytest.raises(UserError, match="unknown query parameter 'colour'"):
+        CheckpointStore("s3://bucket/prefix?colour=blue")
+    with pytest.raises(UserError, match="invalid 'scheme'"):
+        CheckpointStore("s3://bucket/prefix?scheme=ftp")
+    with pytest.raises(UserError, match="bucket/prefix"):
+        CheckpointStore("s3:///prefix")
+    with pytest.raises(UserError, match="retries"):
+        CheckpointStore("/tmp/x", retries=-1)
+
+
+def test_accepted_uris(tmp_path, moto_port):
+    plain = CheckpointStore(str(tmp_path / "plain"))
+    plain.commit_step("r", _step(0, "plain path"))
+    assert (tmp_path / "plain" / "r" / "steps" / "00000000.commit").exists()
+    assert CheckpointStore(f"file://{tmp_path}/plain").load_steps("r")[0].output == "plain path"
+    # gs:// builds its client lazily: constructing the store needs no network or credentials.
+    assert repr(CheckpointStore("gs://bucket/prefix")) == "CheckpointStore('gs://bucket/prefix')"
+    uri = _s3_uri(moto_port)
+    s3 = CheckpointStore(uri)
+    assert repr(s3) == f"CheckpointStore({uri!r})" and str(s3) == repr(s3)
+    s3.commit_step("r", _step(0, "through the endpoint"))
+    assert s3.load_steps("r")[0].output == "through the endpoint"
+    options = s3._filesystem().__reduce__()[1][0]
+    assert options["allow_delayed_open"] is True  # one PUT per object, not a multipart upload
+    assert options["endpoint_override"] == f"127.0.0.1:{moto_port}"
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_file_writes_that_fail_raise_after_retries(tmp_path):
+    (tmp_path / "blocker").write_text("a regular file where a directory should be")
+    store = CheckpointStore(f"file://{tmp_path}/blocker/checkpoints", retries=2, backoff=0.01)
+    with pytest.raises(CheckpointError, match="after 3 attempt") as info:
+        store.commit_step("run-f", _step(0, "lost?"))
+    assert "run-f/steps/0000000" in str(info.value)
+    with pytest.raises(CheckpointError, match=r"write checkpoint object .*manifest\.msgpack"):
+        store.write_manifest(Manifest("run-f", "wf", "fp", None, time.time()))
+
+
+def test_s3_writes_fail_while_the_server_is_down_then_recover(aws_env):
+    port = _free_port()
+    server = _start_moto(port, "gecko-outage")
+    try:
+        store = CheckpointStore(_s3_uri(port, "gecko-outage"), retries=2, backoff=0.05)
+        store.commit_step("run-o", _step(0, "before the outage"))
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(CheckpointError, match="after 3 attempt") as info:
+            store.commit_step("run-o", _step(1, "during the outage"))
+        assert time.monotonic() - started < 5
+        message = str(info.value)
+        assert "s3://gecko-outage/" in message and "run-o/steps/00000001" in message
+        assert SECRET not in message and KEY_ID not in message
+        with pytest.raises(CheckpointError):
+            store.load_steps("run-o")
+        server = _start_moto(port, "gecko-outage")
+        store.commit_step("run-o", _step(1, "after the outage"))  # the same store object
+        assert [s.output for s in store.load_steps("run-o")][-1] == "after the outage"
+    finally:
+        server.stop()
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def test_encode_and_decode_values():
+    value = {"a": [1, (2, 3)], "b": b"\x01", "c": {"d": None, "e": 1.5, "f": True}}
+    encoded = encode_value(value)
+    assert msgpack.unpackb(msgpack.packb(encoded), raw=False) == encoded
+    assert decode_value(encoded) == {**value, "a": [1, [2, 3]]}
+    assert encode_value(Usage(requests=1))["__gecko__"] == "Usage"
+    tagged = encode_value(Answer(title="t", score=1))
+    assert tagged["type"] == f"{__name__}.Answer"
+    assert decode_value(tagged) == {"title": "t", "score": 1.0}  # never re-imported
+
+    for bad, name in ((object(), "builtins.object"), ({1, 2}, "builtins.set")):
+        with pytest.raises(UserError, match=name) as info:
+            encode_value(bad)
+        assert "AgentOutput" in str(info.value) and "dataclasses" in str(info.value)
+    with pytest.raises(UserError, match="int key"):
+        encode_value({1: "x"})
+    with pytest.raises(UserError, match="64 bits"):
+        encode_value(2**70)
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(UserError, match="nested too deeply"):
+        encode_value(loop)
+    with pytest.raises(CheckpointError, match="unknown tag 'Pickle'"):
+        decode_value({"__gecko__": "Pickle", "data": b"\x80\x04"})
+    with pytest.raises(CheckpointError, match="invalid"):
+        decode_value({"__gecko__": "Message", "data": {"role": "wizard"}})
