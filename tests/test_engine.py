@@ -504,3 +504,14 @@ async def test_short_conversations_never_load_a_tokenizer(monkeypatch: pytest.Mo
     out = await agent.arun("second", session_id="s")
     assert out.content == "b"
     assert len(await store.load("s")) == 4
+
+
+async def test_system_prompt_follows_tools_registered_later() -> None:
+    model = ScriptedModel(["a", "b"])
+    agent = LocalAgent(model, [add])
+    await agent.arun("first")
+    agent.toolbox.register(calculator)
+    await agent.arun("second")
+    first, second = (call.messages[0].text for call in model.calls)
+    assert "- calculator:" not in first
+    assert "- calculator:" in second and "- add:" in second

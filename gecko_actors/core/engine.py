@@ -137,6 +137,7 @@ class ReActEngine:
         self.hooks = hooks or Hooks()
         self.event_bus = event_bus
         self.name = name
+        self._prompt_cache: tuple[tuple[tuple[str, str], ...], str] | None = None
         self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -374,14 +375,22 @@ class ReActEngine:
         return self.memory.trim(stored, budget) if budget > 0 else []
 
     def _system_message(self, system_inputs: list[Message], response_model) -> Message | None:
-        text = self.template.render(
-            **{"instructions": self.instructions, "tools": self.toolbox.tools(), **self.prompt_vars}
-        )
+        text = self._rendered_prompt()
         parts = [m.text for m in system_inputs] + ([text] if text.strip() else [])
         if response_model is not None and not self._offers_tools():
             schema = output_tool_schema(response_model)["function"]["parameters"]
             parts.append(f"Answer with only a JSON object matching this JSON schema: {schema}")
         return Message.system("\n\n".join(parts)) if parts else None
+
+    def _rendered_prompt(self) -> str:
+        # Rendering is a third of a run's own cost, and its inputs only change when tools are
+        # registered or removed: render again only then.
+        tools = self.toolbox.tools()
+        key = tuple((t.name, t.description) for t in tools)
+        if self._prompt_cache is None or self._prompt_cache[0] != key:
+            variables = {"instructions": self.instructions, "tools": tools, **self.prompt_vars}
+            self._prompt_cache = (key, self.template.render(**variables))
+        return self._prompt_cache[1]
 
     async def _save(self, run: _Run, new_input: list[Message]) -> None:
         if self.session_store is None or run.session_id is None:
