@@ -37,6 +37,7 @@ from gecko_actors.exceptions import (
 )
 from gecko_actors.logging import configure_logging, get_logger
 from gecko_actors.settings import Settings, load_settings
+from gecko_actors.workflow.graph import Next, NodeContext, RetryPolicy
 
 # The Ray layer is imported on first use, so that `import gecko_actors` (and the core) stays
 # Ray-free and fast: a plain asyncio program or test never pays for importing Ray.
@@ -47,6 +48,8 @@ _LAZY = {
     "RemoteToolBox": "gecko_actors.toolboxes",
     "Team": "gecko_actors.team",
     "TeamResult": "gecko_actors.team",
+    "Workflow": "gecko_actors.workflow.run",
+    "WorkflowRun": "gecko_actors.workflow.run",
     "init": "gecko_actors.runtime",
     "shutdown": "gecko_actors.runtime",
 }
@@ -74,6 +77,12 @@ __all__ = [
     "RemoteToolBox",
     "Team",
     "TeamResult",
+    # workflows
+    "Next",
+    "NodeContext",
+    "RetryPolicy",
+    "Workflow",
+    "WorkflowRun",
     # agents
     "AgentBuilder",
     "AgentStream",

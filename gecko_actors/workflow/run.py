@@ -1,0 +1,120 @@
+"""``Workflow`` (a graph you can start and resume) and ``WorkflowRun`` (the handle of a run)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from gecko_actors._actors.common import create, lookup, unwrap
+from gecko_actors._actors.coordinator import CoordinatorActor
+from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.exceptions import UserError
+from gecko_actors.workflow.graph import WorkflowGraph
+
+DEFAULT_CHECKPOINT = "gecko_runs"
+
+
+def _checkpoint_uri(checkpoint: str | Path | None) -> str:
+    if checkpoint is None or isinstance(checkpoint, Path) or "://" not in str(checkpoint):
+        # A local folder: resolved here, on the driver, since the actor may run elsewhere.
+        return f"file://{Path(checkpoint or DEFAULT_CHECKPOINT).resolve()}"
+    return str(checkpoint)
+
+
+class WorkflowRun:
+    """The handle of one run (``workflow/<run_id>``): ``result``, ``status``, ``events``,
+    ``cancel``. Picklable; any driver can build one with :meth:`Workflow.resume`."""
+
+    def __init__(self, run_id: str, handle: Any) -> None:
+        self.run_id = run_id
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"WorkflowRun({self.run_id!r})"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The run's result, once it finished (a ``WorkflowError`` if it failed)."""
+        try:
+            return ray.get(self._handle.result.remote(), timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
+
+    def status(self) -> dict[str, Any]:
+        """Run state, steps, and per-node state, visit, attempts and duration."""
+        return ray.get(self._handle.status.remote())
+
+    def events(self, poll: float = 0.2) -> Iterator[dict[str, Any]]:
+        """Events as they happen (node started/finished/retried/failed, run finished), until
+        the run ends."""
+        seen = 0
+        while True:
+            batch, finished = ray.get(self._handle.events_since.remote(seen))
+            yield from batch
+            seen += len(batch)
+            if finished and not batch:
+                return
+            time.sleep(0 if batch else poll)
+
+    def cancel(self) -> None:
+        ray.get(self._handle.cancel.remote())
+
+
+class Workflow(WorkflowGraph):
+    """A workflow graph that runs durably on Ray.
+
+    Example:
+        >>> wf = Workflow("report").add_node("plan", planner).add_node("write", writer)
+        >>> wf.add_edge("plan", "write")
+        >>> run = wf.start("Ray in 2026", checkpoint="s3://bucket/runs")
+        >>> run.result(timeout=600)
+    """
+
+    def start(
+        self, input: Any, *, run_id: str | None = None, checkpoint: str | Path | None = None
+    ) -> WorkflowRun:
+        """Validate, then start the coordinator actor ``workflow/<run_id>``."""
+        self.validate()
+        run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
+        uri = _checkpoint_uri(checkpoint)
+        if CheckpointStore(uri).read_manifest(run_id) is not None:
+            raise UserError(
+                f"run {run_id!r} already exists in {uri}",
+                hint="resume it with wf.resume(run_id, checkpoint=...) or pick a new run_id",
+                run_id=run_id,
+            )
+        return self._coordinator(run_id, uri, input)
+
+    def resume(self, run_id: str, *, checkpoint: str | Path | None = None) -> WorkflowRun:
+        """Continue a run from its last committed step (after the coordinator, a node or the
+        whole Ray instance was lost); a finished run returns its stored result."""
+        self.validate()
+        uri = _checkpoint_uri(checkpoint)
+        manifest = CheckpointStore(uri).read_manifest(run_id)
+        if manifest is None:
+            raise UserError(
+                f"no run {run_id!r} in {uri}", hint="check the run id and checkpoint", run_id=run_id
+            )
+        if manifest.fingerprint != self.fingerprint():
+            raise UserError(
+                f"run {run_id!r} was made by a different graph of workflow "
+                f"{manifest.workflow!r}: its nodes, edges, conditions, entry or max_steps changed",
+                hint="resume with the graph the run started with",
+                run_id=run_id,
+            )
+        return self._coordinator(run_id, uri, manifest.input)
+
+    def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
+        name = f"workflow/{run_id}"
+        handle = lookup(name) or create(
+            ray.remote(CoordinatorActor),
+            name,
+            (run_id, self, uri, input),
+            get_if_exists=True,
+            max_concurrency=1000,
+        )
+        return WorkflowRun(run_id, handle)

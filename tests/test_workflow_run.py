@@ -1,0 +1,180 @@
+"""Workflows on Ray: parallel branches, loops, retries, and runs that survive the loss of their
+coordinator. Every side effect goes through a ledger file (one line per execution)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import ray
+
+from gecko_actors import UserError, WorkflowError
+from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.workflow import Next, NodeContext, RetryPolicy, Workflow
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def ledger_step(path: str, seconds: float = 0.0):
+    """A node that sleeps, then records its execution (node and idempotency key)."""
+
+    def step(ctx: NodeContext) -> dict:
+        start = time.time()
+        time.sleep(seconds)
+        with open(path, "a") as ledger:
+            ledger.write(f"{ctx.node} {ctx.idempotency_key}\n")
+        return {"node": ctx.node, "start": start, "end": time.time(), "input": ctx.input}
+
+    return step
+
+
+def executions(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_parallel_branches_overlap_and_join(tmp_path: Path) -> None:
+    ledger = str(tmp_path / "ledger")
+    wf = (
+        Workflow(unique("diamond"))
+        .add_node("start", ledger_step(ledger))
+        .add_node("left", ledger_step(ledger, 1.5))
+        .add_node("right", ledger_step(ledger, 1.5))
+        .add_node("join", lambda ctx: sorted(ctx.input))
+        .add_edge("start", "left")
+        .add_edge("start", "right")
+        .add_edge("left", "join")
+        .add_edge("right", "join")
+    )
+    run = wf.start("go", checkpoint=tmp_path / "runs")
+    assert run.result(timeout=120) == ["left", "right"]
+    status = run.status()
+    assert status["status"] == "succeeded" and status["steps"] == 4
+    # No barrier: the two branches ran at the same time.
+    steps = CheckpointStore(f"file://{tmp_path / 'runs'}").load_steps(run.run_id)
+    left, right = (s.output for s in steps if s.node in ("left", "right"))
+    assert max(left["start"], right["start"]) < min(left["end"], right["end"])
+    assert sorted(executions(tmp_path / "ledger")) == ["left", "right", "start"]
+    kinds = [e["type"] for e in run.events()]
+    assert kinds[-1] == "run_finished" and kinds.count("node_finished") == 4
+
+
+def test_conditions_prune_and_next_loops(tmp_path: Path) -> None:
+    def critic(ctx: NodeContext):
+        drafts = ctx.state.get("drafts", 0) + 1
+        ctx.state["drafts"] = drafts
+        return "approved" if drafts >= 3 else Next("write", f"revise {drafts}")
+
+    wf = (
+        Workflow(unique("loop"), max_steps=20)
+        .add_node("write", lambda ctx: f"draft of {ctx.input}")
+        .add_node("critic", critic)
+        .add_node("publish", lambda ctx: f"published ({ctx.input})")
+        .add_node("archive", lambda ctx: "never")
+        .add_edge("write", "critic")
+        .add_edge("critic", "publish", when=lambda ctx: ctx.input == "approved")
+        .add_edge("critic", "archive", when=lambda ctx: ctx.input != "approved")
+    )
+    run = wf.start("topic", checkpoint=tmp_path)
+    assert run.result(timeout=120) == "published (approved)"
+    assert run.status()["nodes"]["write"]["visit"] == 3
+
+
+def test_max_steps_and_failures_are_workflow_errors(tmp_path: Path) -> None:
+    looping = Workflow(unique("forever"), max_steps=4).add_node("a", lambda ctx: Next("a", 1))
+    with pytest.raises(WorkflowError, match="exceeded max_steps=4"):
+        looping.start(None, checkpoint=tmp_path).result(timeout=120)
+
+    attempts = tmp_path / "attempts"
+
+    def flaky(ctx: NodeContext) -> str:
+        with open(attempts, "a") as f:
+            f.write("x")
+        raise RuntimeError(f"attempt {ctx.attempt} broke")
+
+    retry = RetryPolicy(attempts=3, backoff=0.01)
+    failing = Workflow(unique("flaky")).add_node("shaky", flaky, retry=retry)
+    with pytest.raises(WorkflowError, match=r"'shaky'.*after 3 attempt") as info:
+        failing.start(None, checkpoint=tmp_path).result(timeout=120)
+    assert info.value.node == "shaky" and info.value.attempt == 3
+    assert attempts.read_text() == "xxx"
+
+
+def test_coordinator_crash_resumes_without_redoing_committed_nodes(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    wf = Workflow(unique("chain"))
+    for name in ("a", "b", "c", "d"):
+        wf.add_node(name, ledger_step(str(ledger), 0.8))
+    wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
+    run = wf.start("x", checkpoint=tmp_path / "runs")
+    deadline = time.monotonic() + 60
+    while run.status()["nodes"].get("b", {}).get("state") != "done":
+        assert time.monotonic() < deadline, run.status()
+        time.sleep(0.1)
+    ray.kill(run._handle, no_restart=False)  # the coordinator crashes; Ray restarts it
+    assert run.result(timeout=120)["node"] == "d"
+    counts = {n: executions(ledger).count(n) for n in "abcd"}
+    assert counts["a"] == 1 and counts["b"] == 1 and counts["d"] == 1
+    assert counts["c"] in (1, 2)  # in flight at the crash: run again with the same key
+    keys = {line.split()[1] for line in ledger.read_text().splitlines() if line.startswith("c ")}
+    assert len(keys) == 1
+
+
+def test_resume_checks_the_graph_and_returns_stored_results(tmp_path: Path) -> None:
+    name = unique("stored")
+    wf = Workflow(name).add_node("only", lambda ctx: ctx.input * 2)
+    run = wf.start(21, checkpoint=tmp_path)
+    assert run.result(timeout=120) == 42
+    ray.kill(run._handle, no_restart=True)
+    assert wf.resume(run.run_id, checkpoint=tmp_path).result(timeout=60) == 42
+    changed = Workflow(name).add_node("only", lambda ctx: 0).add_node("more", lambda ctx: 1)
+    changed.add_edge("only", "more")
+    with pytest.raises(UserError, match="different graph"):
+        changed.resume(run.run_id, checkpoint=tmp_path)
+    with pytest.raises(UserError, match="no run"):
+        wf.resume("missing-run", checkpoint=tmp_path)
+    with pytest.raises(UserError, match="already exists"):
+        wf.start(1, run_id=run.run_id, checkpoint=tmp_path)
+
+
+def test_invalid_graph_fails_before_any_actor(tmp_path: Path) -> None:
+    wf = Workflow(unique("broken")).add_node("a", lambda ctx: 1).add_edge("a", "ghost")
+    before = set(ray.util.list_named_actors())
+    with pytest.raises(UserError, match="ghost"):
+        wf.start(None, checkpoint=tmp_path)
+    assert set(ray.util.list_named_actors()) == before
+
+
+def shout(messages, tools):
+    return messages[-1].text.upper()
+
+
+def test_agent_team_and_map_nodes(tmp_path: Path) -> None:
+    from gecko_actors import Agent, ScriptedModel, Team
+
+    planner = Agent.spawn(unique("planner"), model=ScriptedModel(shout))
+    members = [Agent.spawn(unique("member"), model=ScriptedModel(shout)) for _ in range(2)]
+    try:
+        wf = (
+            Workflow(unique("mixed"))
+            .add_node("plan", planner)
+            .add_node("split", lambda ctx: ctx.input.content.split())
+            .add_node("each", lambda ctx: f"<{ctx.input}>", fan_out=True)
+            .add_node("team", Team(members))
+            .add_node("report", lambda ctx: ctx.input)
+            .add_edge("plan", "split")
+            .add_edge("split", "each")
+            .add_edge("each", "team")
+            .add_edge("team", "report")
+        )
+        result = wf.start("two words", checkpoint=tmp_path).result(timeout=120)
+        assert [o.content for o in result["outputs"]] == ['["<TWO>", "<WORDS>"]'] * 2
+        assert result["errors"] == [None, None]
+    finally:
+        for agent in [planner, *members]:
+            agent.kill()
