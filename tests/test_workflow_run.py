@@ -178,3 +178,10 @@ def test_agent_team_and_map_nodes(tmp_path: Path) -> None:
     finally:
         for agent in [planner, *members]:
             agent.kill()
+
+
+def test_nested_workflows_are_refused_before_any_actor(tmp_path: Path) -> None:
+    inner = Workflow(unique("inner")).add_node("x", lambda ctx: 1)
+    outer = Workflow(unique("outer")).add_node("sub", inner)
+    with pytest.raises(UserError, match="not supported yet"):
+        outer.start(None, checkpoint=tmp_path)

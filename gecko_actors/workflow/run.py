@@ -79,6 +79,12 @@ class Workflow(WorkflowGraph):
     ) -> WorkflowRun:
         """Validate, then start the coordinator actor ``workflow/<run_id>``."""
         self.validate()
+        nested = [n.name for n in self.nodes.values() if n.kind == "workflow"]
+        if nested:
+            raise UserError(
+                f"nodes {nested} run a workflow inside a workflow, which is not supported yet",
+                hint="inline the sub-workflow's nodes for now",
+            )
         run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
         uri = _checkpoint_uri(checkpoint)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
