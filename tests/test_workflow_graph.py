@@ -278,3 +278,16 @@ def test_replaying_finished_steps_rebuilds_the_state() -> None:
     assert [(v.node, v.visit, v.input) for v in replayed.take_ready()] == [
         (v.node, v.visit, v.input) for v in live.take_ready()
     ]
+
+
+def test_replay_requeues_the_visits_that_were_in_flight() -> None:
+    """A branch running when the coordinator died must run again, with the same visit."""
+    replay = Scheduler(diamond())
+    replay.start("long input")
+    replay.take_ready()
+    replay.finish("start", 1, "ok", {"right": True})
+    replay.take_ready()  # left and right were dispatched; only left was committed
+    replay.finish("left", 1, "L")
+    assert replay.take_ready() == []  # right still counts as running
+    replay.requeue_running()
+    assert [(v.node, v.visit) for v in replay.take_ready()] == [("right", 1)]

@@ -90,6 +90,8 @@ class CoordinatorActor:
                 "attempts": record.attempts,
                 "duration": record.duration,
             }
+        # Visits that were in flight when the last coordinator died run again, same keys.
+        self.sched.requeue_running()
 
     # --- the public surface (called through WorkflowRun) --------------------------------
 
@@ -276,10 +278,16 @@ class CoordinatorActor:
             # Checkpointable form: errors as text (exceptions are not data).
             errors = [None if e is None else f"{type(e).__name__}: {e}" for e in result.errors]
             if all(errors):
-                raise WorkflowError(f"every member of team node {node.name!r} failed: {errors}",
-                                    run_id=self.run_id, node=node.name)
-            return {"members": result.members, "outputs": result.outputs,
-                    "errors": errors}, ctx.state
+                raise WorkflowError(
+                    f"every member of team node {node.name!r} failed: {errors}",
+                    run_id=self.run_id,
+                    node=node.name,
+                )
+            return {
+                "members": result.members,
+                "outputs": result.outputs,
+                "errors": errors,
+            }, ctx.state
         raise UserError(
             f"node {node.name!r}: nested workflows are not supported yet",
             hint="inline the sub-workflow's nodes for now",

@@ -56,6 +56,12 @@ class Scheduler:
             self.status[node] = "running"
         return [Visit(n, self.visits[n], self.inputs.get(n)) for n in ready]
 
+    def requeue_running(self) -> None:
+        """Make every running visit ready again (after a replay, nothing is executing)."""
+        for node, status in self.status.items():
+            if status == "running":
+                self.status[node] = "ready"
+
     @property
     def running(self) -> list[str]:
         return [n for n, s in self.status.items() if s == "running"]
