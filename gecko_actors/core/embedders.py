@@ -42,18 +42,20 @@ class Embedder(Protocol):
         ...
 
 
-def _check_texts(texts: Sequence[str]) -> list[str]:
+def check_texts(texts: Sequence[str], call: str = "embed") -> list[str]:
+    """``texts`` as a list of str; a lone string or a non-str item is a UserError naming
+    ``call()`` (shared by embedders and the vector store)."""
     if isinstance(texts, str):
         raise UserError(
-            "embed() takes a sequence of texts, not a single string",
-            hint="wrap the text in a list: embed([text])",
+            f"{call}() takes a sequence of texts, not a single string",
+            hint=f"wrap the text in a list: {call}([text])",
         )
     items = list(texts)
     for index, text in enumerate(items):
         if not isinstance(text, str):
             raise UserError(
-                f"text #{index} to embed is a {type(text).__name__}, not a str",
-                hint="convert every item to a string before embedding it",
+                f"text #{index} to {call} is a {type(text).__name__}, not a str",
+                hint="convert every item to a string before passing it",
             )
     return items
 
@@ -104,14 +106,14 @@ class HashEmbedder:
         return hash((HashEmbedder, self.dimensions))
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        items = _check_texts(texts)
+        items = check_texts(texts)
         if len(items) > _INLINE_BATCH:
             return await asyncio.to_thread(self.embed_sync, items)
         return self.embed_sync(items)
 
     def embed_sync(self, texts: Sequence[str]) -> list[list[float]]:
         """The same vectors as :meth:`embed`, computed in the calling thread."""
-        items = _check_texts(texts)
+        items = check_texts(texts)
         return [self._vector(text).tolist() for text in items]
 
     def _vector(self, text: str) -> np.ndarray:
@@ -234,7 +236,7 @@ class LiteLLMEmbedder:
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order; ``[]`` for no text (without calling the provider)."""
-        items = _check_texts(texts)
+        items = check_texts(texts)
         if not items:
             return []
         request: dict[str, Any] = {

@@ -31,7 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gecko_actors.core.embedders import Embedder, HashEmbedder
+from gecko_actors.core.embedders import Embedder, HashEmbedder, check_texts
 from gecko_actors.exceptions import GeckoError, StorageError, UserError
 
 __all__ = ["LanceVectorStore", "VectorHit"]
@@ -139,7 +139,7 @@ class LanceVectorStore:
         An id already in the table is replaced (upsert): re-adding a text updates its metadata.
         When one call repeats an id, the last occurrence wins.
         """
-        items = _check_texts(texts)
+        items = check_texts(texts, "add")
         if not items:
             return []
         metas = self._check_metadata(metadata, len(items))
@@ -508,19 +508,6 @@ def _check_table_name(table: str) -> str:
             table=table,
         )
     return table
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise UserError(
-            "add() takes a sequence of texts, not a single string",
-            hint="wrap the text in a list: add([text])",
-        )
-    items = list(texts)
-    for index, text in enumerate(items):
-        if not isinstance(text, str):
-            raise UserError(f"text #{index} is a {type(text).__name__}, not a str")
-    return items
 
 
 def _check_where(where: dict[str, Any] | None) -> dict[str, Any] | None:
