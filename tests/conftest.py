@@ -6,22 +6,35 @@ import os
 from types import SimpleNamespace
 
 import pytest
+from s3util import AWS_ENV, MotoS3, free_port
 
 # Never reach for the network: litellm's price map and tiktoken's files are local.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# moto's dummy credentials, before Ray starts so that its workers inherit them (see s3util).
+os.environ.update(AWS_ENV)
+for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
 # Agent actors' default memory keeps conversations in memory during tests, not in ./gecko_runs.
 os.environ.setdefault("GECKO_STORAGE_URL", "memory://")
 
 pytest_plugins = ["gecko_actors.testing.pytest_plugin"]
 
 
-def free_port() -> int:
-    import socket
+@pytest.fixture(scope="session")
+def s3():
+    """One moto S3 server for the session; each test takes its own prefix (``s3.uri()``)."""
+    server = MotoS3().start()
+    yield server
+    server.stop()
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+@pytest.fixture(params=["file", "s3"])
+def checkpoint_uri(request, tmp_path) -> str:
+    """Each checkpoint test runs against a local folder and against S3 (moto)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/checkpoints"
+    return request.getfixturevalue("s3").uri()
 
 
 @pytest.fixture(scope="session")

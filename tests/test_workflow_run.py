@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import ray
+from s3util import MotoS3
 
 from gecko_actors import UserError, WorkflowError
 from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.exceptions import CheckpointError
 from gecko_actors.workflow import Next, NodeContext, RetryPolicy, Workflow
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -38,7 +40,7 @@ def executions(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_parallel_branches_overlap_and_join(tmp_path: Path) -> None:
+def test_parallel_branches_overlap_and_join(tmp_path: Path, checkpoint_uri: str) -> None:
     ledger = str(tmp_path / "ledger")
     wf = (
         Workflow(unique("diamond"))
@@ -55,20 +57,21 @@ def test_parallel_branches_overlap_and_join(tmp_path: Path) -> None:
     # machine) would delay one branch and hide the overlap this test is about.
     wf.start("warm-up", checkpoint=tmp_path / "warm").result(timeout=120)
     (tmp_path / "ledger").unlink()
-    run = wf.start("go", checkpoint=tmp_path / "runs")
+    run = wf.start("go", checkpoint=checkpoint_uri)
     assert run.result(timeout=120) == ["left", "right"]
     status = run.status()
     assert status["status"] == "succeeded" and status["steps"] == 4
     # No barrier: the two branches ran at the same time.
-    steps = CheckpointStore(f"file://{tmp_path / 'runs'}").load_steps(run.run_id)
+    steps = CheckpointStore(checkpoint_uri).load_steps(run.run_id)
     left, right = (s.output for s in steps if s.node in ("left", "right"))
     assert max(left["start"], right["start"]) < min(left["end"], right["end"])
     assert sorted(executions(tmp_path / "ledger")) == ["left", "right", "start"]
-    kinds = [e["type"] for e in run.events()]
-    assert kinds[-1] == "run_finished" and kinds.count("node_finished") == 4
+    kinds = [e["type"] for e in run.events()]  # Gecko's event names
+    assert kinds[0] == "workflow_started" and kinds[-1] == "workflow_completed"
+    assert kinds.count("node_started") == kinds.count("node_completed") == 4
 
 
-def test_conditions_prune_and_next_loops(tmp_path: Path) -> None:
+def test_conditions_prune_and_next_loops(checkpoint_uri: str) -> None:
     def critic(ctx: NodeContext):
         drafts = ctx.state.get("drafts", 0) + 1
         ctx.state["drafts"] = drafts
@@ -84,7 +87,7 @@ def test_conditions_prune_and_next_loops(tmp_path: Path) -> None:
         .add_edge("critic", "publish", when=lambda ctx: ctx.input == "approved")
         .add_edge("critic", "archive", when=lambda ctx: ctx.input != "approved")
     )
-    run = wf.start("topic", checkpoint=tmp_path)
+    run = wf.start("topic", checkpoint=checkpoint_uri)
     assert run.result(timeout=120) == "published (approved)"
     assert run.status()["nodes"]["write"]["visit"] == 3
 
@@ -109,13 +112,15 @@ def test_max_steps_and_failures_are_workflow_errors(tmp_path: Path) -> None:
     assert attempts.read_text() == "xxx"
 
 
-def test_coordinator_crash_resumes_without_redoing_committed_nodes(tmp_path: Path) -> None:
+def test_coordinator_crash_resumes_without_redoing_committed_nodes(
+    tmp_path: Path, checkpoint_uri: str
+) -> None:
     ledger = tmp_path / "ledger"
     wf = Workflow(unique("chain"))
     for name in ("a", "b", "c", "d"):
         wf.add_node(name, ledger_step(str(ledger), 0.8))
     wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
-    run = wf.start("x", checkpoint=tmp_path / "runs")
+    run = wf.start("x", checkpoint=checkpoint_uri)
     deadline = time.monotonic() + 60
     while run.status()["nodes"].get("b", {}).get("state") != "done":
         assert time.monotonic() < deadline, run.status()
@@ -129,21 +134,21 @@ def test_coordinator_crash_resumes_without_redoing_committed_nodes(tmp_path: Pat
     assert len(keys) == 1
 
 
-def test_resume_checks_the_graph_and_returns_stored_results(tmp_path: Path) -> None:
+def test_resume_checks_the_graph_and_returns_stored_results(checkpoint_uri: str) -> None:
     name = unique("stored")
     wf = Workflow(name).add_node("only", lambda ctx: ctx.input * 2)
-    run = wf.start(21, checkpoint=tmp_path)
+    run = wf.start(21, checkpoint=checkpoint_uri)
     assert run.result(timeout=120) == 42
     ray.kill(run._handle, no_restart=True)
-    assert wf.resume(run.run_id, checkpoint=tmp_path).result(timeout=60) == 42
+    assert wf.resume(run.run_id, checkpoint=checkpoint_uri).result(timeout=60) == 42
     changed = Workflow(name).add_node("only", lambda ctx: 0).add_node("more", lambda ctx: 1)
     changed.add_edge("only", "more")
     with pytest.raises(UserError, match="different graph"):
-        changed.resume(run.run_id, checkpoint=tmp_path)
+        changed.resume(run.run_id, checkpoint=checkpoint_uri)
     with pytest.raises(UserError, match="no run"):
-        wf.resume("missing-run", checkpoint=tmp_path)
+        wf.resume("missing-run", checkpoint=checkpoint_uri)
     with pytest.raises(UserError, match="already exists"):
-        wf.start(1, run_id=run.run_id, checkpoint=tmp_path)
+        wf.start(1, run_id=run.run_id, checkpoint=checkpoint_uri)
 
 
 def test_invalid_graph_fails_before_any_actor(tmp_path: Path) -> None:
@@ -176,23 +181,114 @@ def test_agent_team_and_map_nodes(tmp_path: Path) -> None:
             .add_edge("each", "team")
             .add_edge("team", "report")
         )
-        result = wf.start("two words", checkpoint=tmp_path).result(timeout=120)
+        run = wf.start("two words", checkpoint=tmp_path)
+        result = run.result(timeout=120)
         assert [o.content for o in result["outputs"]] == ['["<TWO>", "<WORDS>"]'] * 2
         assert result["errors"] == [None, None]
+        nodes = run.status()["nodes"]
+        assert nodes["plan"]["tokens"] > 0 and nodes["team"]["tokens"] > 0
+        assert nodes["split"]["tokens"] == 0  # no model call
+        assert run.status()["tokens"] == sum(n["tokens"] for n in nodes.values())
+        assert "plan" in run.summary() and "succeeded" in run.summary()
     finally:
         for agent in [planner, *members]:
             agent.kill()
 
 
-def test_nested_workflows_are_refused_before_any_actor(tmp_path: Path) -> None:
-    inner = Workflow(unique("inner")).add_node("x", lambda ctx: 1)
-    outer = Workflow(unique("outer")).add_node("sub", inner)
-    with pytest.raises(UserError, match="not supported yet"):
-        outer.start(None, checkpoint=tmp_path)
+def test_nested_workflows_run_as_child_runs(tmp_path: Path, checkpoint_uri: str) -> None:
+    ledger = tmp_path / "ledger"
+    inner = (
+        Workflow(unique("inner"))
+        .add_node("x", ledger_step(str(ledger)))
+        .add_node("y", lambda ctx: f"{ctx.input['input']}!")
+        .add_edge("x", "y")
+    )
+    outer = (
+        Workflow(unique("outer"))
+        .add_node("prep", lambda ctx: ctx.input.upper())
+        .add_node("sub", inner)
+        .add_node("split", lambda ctx: list(ctx.input.rstrip("!")))
+        .add_node("each", inner, fan_out=True)
+        .add_edge("prep", "sub")
+        .add_edge("sub", "split")
+        .add_edge("split", "each")
+    )
+    run = outer.start("ab", checkpoint=checkpoint_uri)
+    assert run.result(timeout=120) == ["A!", "B!"]
+    children = {f"{run.run_id}.sub.1", f"{run.run_id}.each.1.0", f"{run.run_id}.each.1.1"}
+    assert children <= set(CheckpointStore(checkpoint_uri).list_runs())
+    keys = [line.split()[1] for line in ledger.read_text().splitlines()]
+    assert sorted(keys) == sorted(f"{child}/x/1" for child in children)
+    # A changed child is a changed parent: its run could not be resumed with it.
+    other = Workflow(inner.name).add_node("x", lambda ctx: 0)
+    assert Workflow(outer.name).add_node("sub", other).fingerprint() != (
+        Workflow(outer.name).add_node("sub", inner).fingerprint()
+    )
+
+
+def test_a_failed_run_resumes_from_its_last_committed_step(
+    tmp_path: Path, checkpoint_uri: str
+) -> None:
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    record = ledger_step(str(ledger))
+
+    def guarded(ctx: NodeContext) -> dict:
+        if not gate.exists():
+            raise RuntimeError("the gate is closed")
+        return record(ctx)
+
+    wf = Workflow(unique("gated")).add_node("a", record).add_node("b", guarded)
+    wf.add_node("c", record).add_edge("a", "b").add_edge("b", "c")
+    run = wf.start("x", checkpoint=checkpoint_uri)
+    with pytest.raises(WorkflowError, match="the gate is closed") as info:
+        run.result(timeout=120)
+    assert info.value.node == "b"
+    status = run.status()
+    assert status["status"] == "failed" and status["nodes"]["b"]["state"] == "failed"
+    assert "RuntimeError: the gate is closed" in status["nodes"]["b"]["error"]
+    summary = run.summary()
+    assert "failed" in summary and "the gate is closed" in summary
+    assert [e["type"] for e in run.events()][-2:] == ["node_error", "workflow_error"]
+    gate.touch()
+    again = wf.resume(run.run_id, checkpoint=checkpoint_uri)
+    assert again.result(timeout=120)["node"] == "c"
+    assert executions(ledger) == ["a", "b", "c"]  # a was committed: not run again
+    assert again.status()["status"] == "succeeded"
+
+
+def test_an_s3_outage_fails_the_run_clearly_and_resume_loses_nothing(tmp_path: Path) -> None:
+    server = MotoS3("gecko-outage-wf").start()
+    try:
+        uri, ledger = server.uri(), tmp_path / "ledger"
+        wf = Workflow(unique("outage"))
+        for name, seconds in (("a", 0), ("b", 1.5), ("c", 0), ("d", 0)):
+            wf.add_node(name, ledger_step(str(ledger), seconds))
+        wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
+        run = wf.start("x", checkpoint=uri)
+        deadline = time.monotonic() + 60
+        while run.status()["nodes"].get("b", {}).get("state") != "running":
+            assert time.monotonic() < deadline, run.status()
+            time.sleep(0.05)
+        server.stop()  # the outage: b finishes, but its step cannot be committed
+        with pytest.raises(CheckpointError, match="was not committed: could not") as info:
+            run.result(timeout=120)
+        assert "s3://gecko-outage-wf/" in str(info.value) and "(node 'b')" in str(info.value)
+        assert run.status()["status"] == "failed"
+        server.start()
+        assert wf.resume(run.run_id, checkpoint=uri).result(timeout=120)["node"] == "d"
+        # a was committed before the outage; b's result was lost with it, so b ran again,
+        # with the same idempotency key.
+        assert executions(ledger) == ["a", "b", "b", "c", "d"]
+        keys = {line.split()[1] for line in ledger.read_text().splitlines() if line[0] == "b"}
+        assert len(keys) == 1
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("kill_after", [1, 2, 3, 4, 5])
-def test_coordinator_killed_at_each_step(tmp_path: Path, kill_after: int) -> None:
+def test_coordinator_killed_at_each_step(
+    tmp_path: Path, checkpoint_uri: str, kill_after: int
+) -> None:
     """A 6-node workflow with a parallel section; the coordinator is SIGKILLed once k steps
     are committed. The run ends as an uninterrupted one would, and every node that was
     committed before the crash ran exactly once."""
@@ -202,7 +298,7 @@ def test_coordinator_killed_at_each_step(tmp_path: Path, kill_after: int) -> Non
         wf.add_node(name, ledger_step(str(ledger), 0.3))
     wf.add_edge("a", "b").add_edge("a", "c").add_edge("b", "d").add_edge("c", "d")
     wf.add_edge("d", "e").add_edge("e", "f")
-    run = wf.start("x", checkpoint=tmp_path / "runs")
+    run = wf.start("x", checkpoint=checkpoint_uri)
     deadline = time.monotonic() + 60
     while run.status()["steps"] < kill_after:
         assert time.monotonic() < deadline, run.status()

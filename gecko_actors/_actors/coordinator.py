@@ -8,14 +8,17 @@ that was in flight runs again with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
+import re
 import time
 from typing import Any
 
 import ray
 from pydantic_core import to_jsonable_python
 
+from gecko_actors._actors.common import create, lookup, unwrap
 from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
 from gecko_actors.core.messages import AgentOutput, Message
 from gecko_actors.core.tools import ToolContext
@@ -23,6 +26,7 @@ from gecko_actors.exceptions import GeckoError, UserError, WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
+from gecko_actors.workflow.status import entry_of, node_entry, run_status, usage_of
 
 _log = get_logger("gecko_actors.workflow")
 
@@ -51,47 +55,74 @@ def _agent_input(value: Any) -> Any:
     return json.dumps(to_jsonable_python(value, fallback=str), ensure_ascii=False)
 
 
+def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
+    """The coordinator of ``run_id``: the live one, or a new one that starts or resumes the
+    run from its checkpoint. Blocking (it may read the checkpoint)."""
+    return lookup(f"workflow/{run_id}") or create(
+        ray.remote(CoordinatorActor),
+        f"workflow/{run_id}",
+        (run_id, graph, uri, input),
+        get_if_exists=True,
+        max_concurrency=1000,
+    )
+
+
+def child_run_id(run_id: str, node: str, visit: int, item: int | None = None) -> str:
+    """The run id of a nested workflow: the same for every attempt and restart of a visit, so
+    a retried or resumed parent continues its child instead of starting it again."""
+    child = f"{run_id}.{re.sub(r'[^A-Za-z0-9_.-]', '-', node)}.{visit}"
+    return child if item is None else f"{child}.{item}"
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the error a node raised (not the Ray task error around it)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    return f"{type(exc).__name__}: {exc}"
+
+
 class CoordinatorActor:
     def __init__(self, run_id: str, graph: WorkflowGraph, uri: str, input: Any) -> None:
         self.run_id = run_id
         self.graph = graph
         self.store = CheckpointStore(uri)
-        self.sched = Scheduler(graph, run_id)
-        self.state: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self.failure: GeckoError | None = None
-        self.seq = 0
         self.done = asyncio.Event()
         self._driving = False
         self._task: asyncio.Task[Any] | None = None
+        self._driver: asyncio.Task[Any] | None = None
         manifest = self.store.read_manifest(run_id)
         if manifest is None:
             manifest = Manifest(run_id, graph.name, graph.fingerprint(), input, time.time())
             self.store.write_manifest(manifest)
-        self.manifest = manifest
-        self.sched.start(manifest.input)
-        self._replay()
-        if manifest.status != "running":
-            self.done.set()
-        else:  # resume by ourselves: the first call runs once the constructor returns
+        self._load(manifest, self.store.load_steps(run_id))
+        if manifest.status == "running":
+            # Resume by ourselves: the call runs once the constructor has returned.
             ray.get_runtime_context().current_actor.drive.remote()
 
-    def _replay(self) -> None:
-        for record in self.store.load_steps(self.run_id):
+    def _load(self, manifest: Manifest, records: list[StepRecord]) -> None:
+        """Rebuild the run from its checkpoint by replaying the committed steps."""
+        self.manifest = manifest
+        self.outcome = manifest.status
+        self.failure: GeckoError | None = None
+        self.sched = Scheduler(self.graph, self.run_id)
+        self.state: dict[str, Any] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.seq = 0
+        self.sched.start(manifest.input)
+        for record in records:
             self.sched.take_ready()
             jump = Next(record.next["node"], record.next.get("input")) if record.next else None
             self.sched.finish(record.node, record.visit, record.output, record.routes, jump)
             self.state.update(record.state)
             self.seq = record.seq + 1
-            self.nodes[record.node] = {
-                "state": "done",
-                "visit": record.visit,
-                "attempts": record.attempts,
-                "duration": record.duration,
-            }
+            self.nodes[record.node] = entry_of(record)
         # Visits that were in flight when the last coordinator died run again, same keys.
         self.sched.requeue_running()
+        if manifest.status == "running":
+            self.done.clear()
+        else:
+            self.done.set()
 
     # --- the public surface (called through WorkflowRun) --------------------------------
 
@@ -99,56 +130,77 @@ class CoordinatorActor:
         if self._driving or self.done.is_set():
             return
         self._driving = True
+        self._event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
+        result: Any = None
         try:
             await self._drive()
-            result = self.sched.result()
-            await asyncio.to_thread(
-                self.store.update_status, self.run_id, "succeeded", result=result
-            )
-            self.manifest = self.store.read_manifest(self.run_id) or self.manifest
-            self._event("run_finished", status="succeeded")
+            result, self.outcome = self.sched.result(), "succeeded"
         except asyncio.CancelledError:
-            await asyncio.to_thread(self.store.update_status, self.run_id, "cancelled")
+            self.outcome = "cancelled"
             self.failure = WorkflowError(
-                f"workflow run {self.run_id!r} was cancelled", run_id=self.run_id
+                f"workflow run {self.run_id!r} was cancelled",
+                hint="resume it with wf.resume(run_id, checkpoint=...)",
+                run_id=self.run_id,
             )
-            self._event("run_finished", status="cancelled")
         except Exception as exc:
+            self.outcome = "failed"
             self.failure = (
                 exc
                 if isinstance(exc, GeckoError)
                 else WorkflowError(
-                    f"workflow run {self.run_id!r} failed: {type(exc).__name__}: {exc}",
-                    run_id=self.run_id,
+                    f"workflow run {self.run_id!r} failed: {_describe(exc)}", run_id=self.run_id
                 )
             )
-            await asyncio.to_thread(
-                self.store.update_status, self.run_id, "failed", error=str(self.failure)
-            )
-            self._event("run_finished", status="failed", error=str(self.failure))
+        try:
+            await self._record_outcome(result)
         finally:
+            self._driving = False
             self.done.set()
+
+    async def _record_outcome(self, result: Any) -> None:
+        error = None if self.failure is None else str(self.failure)
+        try:
+            await asyncio.to_thread(
+                self.store.update_status, self.run_id, self.outcome, result=result, error=error
+            )
+            self.manifest = await asyncio.to_thread(self.store.read_manifest, self.run_id)
+        except GeckoError as exc:
+            # The outcome is not durable (storage is down): the run counts as failed, and a
+            # resume finishes it from the committed steps. The first error says most.
+            self.failure = self.failure or exc
+            self.outcome, error = "failed", str(self.failure)
+        kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
+        self._event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
+
+    async def reopen(self) -> None:
+        """Continue a failed or cancelled run from its last committed step; nothing for a run
+        that is running or succeeded."""
+        if self._driving or (self.failure is None and self.outcome in ("running", "succeeded")):
+            return
+        await asyncio.to_thread(self.store.update_status, self.run_id, "running")
+        manifest = await asyncio.to_thread(self.store.read_manifest, self.run_id)
+        records = await asyncio.to_thread(self.store.load_steps, self.run_id)
+        assert manifest is not None
+        self._load(manifest, records)
+        self._driver = asyncio.create_task(self.drive())
 
     async def result(self) -> Any:
         await self.done.wait()
         if self.failure is not None:
             raise self.failure
-        if self.manifest.status == "failed":
+        if self.outcome != "succeeded":
+            error = f": {self.manifest.error}" if self.manifest.error else ""
             raise WorkflowError(
-                f"workflow run {self.run_id!r} failed: {self.manifest.error}", run_id=self.run_id
+                f"workflow run {self.run_id!r} {self.outcome}{error}",
+                hint="resume it with wf.resume(run_id, checkpoint=...)",
+                run_id=self.run_id,
             )
-        return self.manifest.result if self.manifest.status == "succeeded" else self.sched.result()
+        return self.manifest.result
 
     def status(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "workflow": self.graph.name,
-            "status": "running"
-            if not self.done.is_set()
-            else ("failed" if self.failure else self.manifest.status),
-            "steps": self.sched.steps,
-            "nodes": dict(self.nodes),
-        }
+        status = "running" if not self.done.is_set() else self.outcome
+        error = str(self.failure) if self.failure else self.manifest.error
+        return run_status(self.manifest, status, self.sched.steps, dict(self.nodes), error)
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
         return self.events[index:], self.done.is_set()
@@ -177,6 +229,7 @@ class CoordinatorActor:
 
     async def _commit(self, visit: Visit, outcome: dict[str, Any]) -> None:
         jump: Next | None = outcome["jump"]
+        usage = usage_of(outcome["output"])
         record = StepRecord(
             seq=self.seq,
             node=visit.node,
@@ -185,6 +238,7 @@ class CoordinatorActor:
             state=outcome["state"],
             attempts=outcome["attempts"],
             duration=outcome["duration"],
+            usage=None if usage is None else usage.model_dump(mode="json", exclude_none=True),
             next={"node": jump.node, "input": jump.input} if jump else None,
             routes=outcome["routes"],
             finished_at=time.time(),
@@ -194,18 +248,20 @@ class CoordinatorActor:
         self.seq += 1
         self.state.update(outcome["state"])
         self.sched.finish(visit.node, visit.visit, outcome["output"], outcome["routes"], jump)
-        self.nodes[visit.node] = {
-            "state": "done",
-            "visit": visit.visit,
-            "attempts": outcome["attempts"],
-            "duration": outcome["duration"],
-        }
-        self._event("node_finished", node=visit.node, visit=visit.visit)
+        entry = self.nodes[visit.node] = entry_of(record)
+        self._event(
+            "node_completed",
+            node=visit.node,
+            visit=visit.visit,
+            attempts=record.attempts,
+            duration=record.duration,
+            tokens=entry["tokens"],
+        )
 
     async def _execute(self, visit: Visit) -> dict[str, Any]:
         node = self.graph.nodes[visit.node]
         start = time.perf_counter()
-        self.nodes[visit.node] = {"state": "running", "visit": visit.visit}
+        self.nodes[visit.node] = node_entry("running", visit.visit)
         for attempt in range(1, node.retry.attempts + 1):
             ctx = NodeContext(
                 visit.input,
@@ -216,18 +272,27 @@ class CoordinatorActor:
                 visit.visit,
                 attempt,
             )
+            self.nodes[visit.node]["attempts"] = attempt
             self._event("node_started", node=visit.node, visit=visit.visit, attempt=attempt)
             try:
                 value, state = await asyncio.wait_for(self._call(node, ctx), node.timeout)
                 break
             except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = (
+                    f"timed out after {node.timeout}s"
+                    if isinstance(exc, asyncio.TimeoutError)
+                    else _describe(exc)
+                )
                 if attempt == node.retry.attempts:
-                    self._event("node_failed", node=visit.node, attempt=attempt, error=error)
+                    self.nodes[visit.node].update(
+                        state="failed", error=error, duration=time.perf_counter() - start
+                    )
+                    self._event("node_error", node=visit.node, attempt=attempt, error=error)
                     raise WorkflowError(
                         f"node {visit.node!r} of workflow run {self.run_id!r} failed after "
                         f"{attempt} attempt(s): {error}",
-                        hint="see the node's error above",
+                        hint="fix the node (or raise its retry attempts), then resume the run "
+                        "with wf.resume(run_id, checkpoint=...)",
                         run_id=self.run_id,
                         node=visit.node,
                         attempt=attempt,
@@ -254,10 +319,7 @@ class CoordinatorActor:
                     f"map node {node.name!r} needs a list input, got {type(ctx.input).__name__}"
                 )
             items = [
-                NodeContext(
-                    item, ctx.outputs, ctx.state, ctx.run_id, ctx.node, ctx.visit, ctx.attempt
-                )
-                for item in ctx.input
+                dataclasses.replace(ctx, input=item, item=i) for i, item in enumerate(ctx.input)
             ]
             results = await asyncio.gather(*(self._call_one(node, c) for c in items))
             return [value for value, _ in results], ctx.state
@@ -288,24 +350,27 @@ class CoordinatorActor:
                 "outputs": result.outputs,
                 "errors": errors,
             }, ctx.state
-        raise UserError(
-            f"node {node.name!r}: nested workflows are not supported yet",
-            hint="inline the sub-workflow's nodes for now",
-        )
+        return await self._child(node.target, ctx), ctx.state
+
+    async def _child(self, graph: WorkflowGraph, ctx: NodeContext) -> Any:
+        """A nested workflow: a run of its own (``<run_id>.<node>.<visit>``), checkpointed
+        beside this one. A retried or resumed visit continues the same child run."""
+        run_id = child_run_id(self.run_id, ctx.node, ctx.visit, ctx.item)
+        handle = await asyncio.to_thread(launch, graph, run_id, self.store.uri, ctx.input)
+        await handle.reopen.remote()
+        try:
+            return await handle.result.remote()
+        except asyncio.CancelledError:
+            handle.cancel.remote()
+            raise
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
 
     async def _routes(self, node: Node, ctx: NodeContext, output: Any) -> dict[str, bool] | None:
         edges = [e for e in self.graph.successors(node.name) if e.when is not None]
         if not edges:
             return None
-        seen = NodeContext(
-            output,
-            {**ctx.outputs, node.name: output},
-            ctx.state,
-            ctx.run_id,
-            ctx.node,
-            ctx.visit,
-            ctx.attempt,
-        )
+        seen = dataclasses.replace(ctx, input=output, outputs={**ctx.outputs, node.name: output})
         routes = {}
         for edge in edges:
             verdict = edge.when(seen)

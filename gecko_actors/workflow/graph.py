@@ -67,7 +67,8 @@ class NodeContext:
 
     ``outputs`` holds each finished node's latest output; ``state`` is shared by the run's
     nodes (a node's changes are checkpointed with its step). ``idempotency_key`` is the same
-    for every attempt of this visit, across coordinator restarts.
+    for every attempt of this visit, across coordinator restarts; in a map node each item
+    (``item`` is its index) has its own.
     """
 
     input: Any
@@ -77,10 +78,12 @@ class NodeContext:
     node: str = ""
     visit: int = 0
     attempt: int = 1
+    item: int | None = None
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.run_id}/{self.node}/{self.visit}"
+        key = f"{self.run_id}/{self.node}/{self.visit}"
+        return key if self.item is None else f"{key}/{self.item}"
 
 
 @dataclass
@@ -313,8 +316,8 @@ def node_kind(name: str, target: Any) -> NodeKind:
 
 
 def target_name(target: Any) -> str:
-    if isinstance(target, WorkflowGraph):
-        return f"workflow:{target.name}"
+    if isinstance(target, WorkflowGraph):  # its structure too: a changed child changes us
+        return f"workflow:{target.name}:{target.fingerprint()}"
     if type(target).__name__ == "Agent":
         return f"agent:{target.name}"
     if type(target).__name__ == "Team":

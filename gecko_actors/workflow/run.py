@@ -10,11 +10,12 @@ from typing import Any
 
 import ray
 
-from gecko_actors._actors.common import create, lookup, unwrap
-from gecko_actors._actors.coordinator import CoordinatorActor
+from gecko_actors._actors.common import unwrap
+from gecko_actors._actors.coordinator import launch
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.exceptions import UserError
 from gecko_actors.workflow.graph import WorkflowGraph
+from gecko_actors.workflow.status import format_status
 
 DEFAULT_CHECKPOINT = "gecko_runs"
 
@@ -45,8 +46,13 @@ class WorkflowRun:
             raise unwrap(exc) from None
 
     def status(self) -> dict[str, Any]:
-        """Run state, steps, and per-node state, visit, attempts and duration."""
+        """The run's state, steps, tokens and error, and per node: state, visit, attempts,
+        duration, tokens and error."""
         return ray.get(self._handle.status.remote())
+
+    def summary(self) -> str:
+        """Gecko's execution summary: a table of the nodes, then the run's outcome."""
+        return format_status(self.status())
 
     def events(self, poll: float = 0.2) -> Iterator[dict[str, Any]]:
         """Events as they happen (node started/finished/retried/failed, run finished), until
@@ -79,12 +85,6 @@ class Workflow(WorkflowGraph):
     ) -> WorkflowRun:
         """Validate, then start the coordinator actor ``workflow/<run_id>``."""
         self.validate()
-        nested = [n.name for n in self.nodes.values() if n.kind == "workflow"]
-        if nested:
-            raise UserError(
-                f"nodes {nested} run a workflow inside a workflow, which is not supported yet",
-                hint="inline the sub-workflow's nodes for now",
-            )
         run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
         uri = _checkpoint_uri(checkpoint)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
@@ -115,12 +115,6 @@ class Workflow(WorkflowGraph):
         return self._coordinator(run_id, uri, manifest.input)
 
     def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
-        name = f"workflow/{run_id}"
-        handle = lookup(name) or create(
-            ray.remote(CoordinatorActor),
-            name,
-            (run_id, self, uri, input),
-            get_if_exists=True,
-            max_concurrency=1000,
-        )
+        handle = launch(self, run_id, uri, input)
+        ray.get(handle.reopen.remote())  # a failed or cancelled run continues
         return WorkflowRun(run_id, handle)

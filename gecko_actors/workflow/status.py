@@ -1,0 +1,127 @@
+"""A run's status as plain data, and Gecko's execution summary (a per-node table).
+
+The coordinator builds the status of a live run; :func:`status_from_checkpoint` builds the same
+shape from the checkpoint alone, so a run can be inspected after its cluster is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
+from gecko_actors.core.messages import AgentOutput, Usage
+
+
+def usage_of(value: Any) -> Usage | None:
+    """The token usage inside a node's output: an agent's output, or the sum over the agent
+    outputs in a team's or a map node's results. ``None`` when no model was involved."""
+    if isinstance(value, AgentOutput):
+        return value.usage
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return None
+    total: Usage | None = None
+    for item in items:
+        usage = usage_of(item)
+        if usage is not None:
+            total = usage if total is None else total + usage
+    return total
+
+
+def node_entry(
+    state: str,
+    visit: int,
+    *,
+    attempts: int = 0,
+    duration: float | None = None,
+    usage: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One node's line of the status: the same keys whoever builds it."""
+    return {
+        "state": state,  # running | done | failed
+        "visit": visit,
+        "attempts": attempts,
+        "duration": duration,
+        "tokens": (usage or {}).get("total_tokens", 0),
+        "error": error,
+    }
+
+
+def entry_of(record: StepRecord) -> dict[str, Any]:
+    return node_entry(
+        "done",
+        record.visit,
+        attempts=record.attempts,
+        duration=record.duration,
+        usage=record.usage,
+    )
+
+
+def run_status(
+    manifest: Manifest,
+    status: str,
+    steps: int,
+    nodes: dict[str, dict[str, Any]],
+    error: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "run_id": manifest.run_id,
+        "workflow": manifest.workflow,
+        "status": status,
+        "error": error,
+        "steps": steps,
+        "created_at": manifest.created_at,
+        "finished_at": manifest.finished_at,
+        "tokens": sum(n["tokens"] for n in nodes.values()),
+        "nodes": nodes,
+    }
+
+
+def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any] | None:
+    """The status of a run as its checkpoint records it (``None`` for an unknown run). Nodes
+    that were running when the record was last written do not appear: only committed work."""
+    manifest = store.read_manifest(run_id)
+    if manifest is None:
+        return None
+    records = store.load_steps(run_id)
+    nodes = {r.node: entry_of(r) for r in records}
+    return run_status(manifest, manifest.status, len(records), nodes, manifest.error)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Gecko's execution summary: one line per node (state, attempts, duration, tokens,
+    error), then the run's outcome."""
+    rows = [("node", "state", "attempts", "duration", "tokens", "error")]
+    for name, node in status["nodes"].items():
+        duration = node.get("duration")
+        rows.append(
+            (
+                name,
+                node["state"],
+                str(node["attempts"]),
+                "-" if duration is None else f"{duration:.2f}s",
+                str(node["tokens"]),
+                _clip(node.get("error") or ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    end = status.get("finished_at") or time.time()
+    lines.append(
+        f"run {status['run_id']} ({status['workflow']}): {status['status']}, "
+        f"{status['steps']} step(s), {status['tokens']} tokens, "
+        f"{end - status['created_at']:.1f}s"
+    )
+    if status.get("error"):
+        lines.append(f"error: {status['error']}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
