@@ -1,9 +1,11 @@
-"""A workflow run resumed after its whole Ray instance was stopped (in its own process)."""
+"""Workflow runs that outlive their Ray instance, or a coordinator killed mid-write (each
+scenario in its own process)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_cluster import run_scenario
 
 
@@ -14,3 +16,20 @@ def test_run_resumes_after_ray_is_restarted(tmp_path: Path) -> None:
     # Finished before the stop: never run again. In flight at the stop: run again at most once.
     assert nodes.count("a") == 1 and nodes.count("b") == 1 and nodes.count("d") == 1
     assert nodes.count("c") in (1, 2)
+
+
+@pytest.mark.parametrize("where", ["data", "marker"])
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_a_coordinator_killed_mid_write_commits_nothing_torn(
+    tmp_path: Path, scheme: str, where: str
+) -> None:
+    """SIGKILLed halfway through the data object of a step, or between it and its commit
+    marker: the step is not committed, the restarted coordinator runs it again (same key),
+    and the run ends as an uninterrupted one would."""
+    outcome = run_scenario("torn_write.py", str(tmp_path), scheme, where)
+    assert outcome["killed"]
+    assert outcome["result"] == "in>a>b>c>d"
+    assert outcome["steps"] == ["a", "b", "c", "d"]
+    nodes = [node for node, _ in outcome["ledger"]]
+    assert nodes == ["a", "b", "b", "c", "d"]  # b's step was torn: b ran again, nothing else
+    assert len({key for node, key in outcome["ledger"] if node == "b"}) == 1

@@ -1,0 +1,69 @@
+"""The coordinator is SIGKILLed in the middle of committing a step (see killhook/); Ray
+restarts it, and the run finishes with the step run again. Run in its own process by
+tests/test_workflow_restart.py: ``torn_write.py WORKDIR file|s3 data|marker``. Prints
+"RESULT <json>"."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/: the moto helper
+
+import gecko_actors as ga  # noqa: E402
+from gecko_actors.checkpoint import CheckpointStore  # noqa: E402
+from gecko_actors.workflow import NodeContext, Workflow  # noqa: E402
+
+
+def build(ledger: Path) -> Workflow:
+    def step(ctx: NodeContext) -> str:
+        time.sleep(0.2)
+        with open(ledger, "a") as out:
+            out.write(f"{ctx.node} {ctx.idempotency_key}\n")
+        return f"{ctx.input}>{ctx.node}"
+
+    wf = Workflow("torn")
+    for name in ("a", "b", "c", "d"):
+        wf.add_node(name, step)
+    return wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
+
+
+def main(workdir: str, scheme: str, where: str) -> None:
+    ledger, flag = Path(workdir) / "ledger", Path(workdir) / "killed"
+    server = None
+    if scheme == "s3":
+        from s3util import AWS_ENV, MotoS3
+
+        os.environ.update(AWS_ENV)  # before Ray starts: its workers inherit them
+        server = MotoS3("gecko-torn").start()
+        checkpoint = server.uri()
+    else:
+        checkpoint = f"file://{workdir}/runs"
+    hook = {
+        "PYTHONPATH": str(HERE / "killhook"),
+        "GECKO_TEST_KILL_AT": where,
+        "GECKO_TEST_KILL_SEQ": "00000001",  # node b's step
+        "GECKO_TEST_KILL_FLAG": str(flag),
+    }
+    ga.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": hook})
+    try:
+        run = build(ledger).start("in", run_id="torn-1", checkpoint=checkpoint)
+        result = run.result(timeout=120)
+        steps = [s.node for s in CheckpointStore(checkpoint).load_steps(run.run_id)]
+    finally:
+        ga.shutdown()
+        if server is not None:
+            server.stop()
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    print(
+        "RESULT "
+        + json.dumps({"killed": flag.exists(), "result": result, "ledger": lines, "steps": steps})
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
