@@ -44,3 +44,11 @@ def test_agent_survives_the_loss_of_its_node(tmp_path: Path) -> None:
         "three",
         "seen 3 user messages",
     ]
+
+
+def test_a_workflow_survives_the_loss_of_a_branch_agents_node(tmp_path: Path) -> None:
+    result = run_scenario("workflow_node_loss.py", str(tmp_path))
+    assert result["first_node"] == result["node2"]  # the agent was working on node 2...
+    assert result["nodes"] == sorted([result["node2"], result["head"]])  # ...then on the head
+    assert result["status"] == "succeeded"
+    assert result["result"] == {"research": "researched topic ray", "count": 9}
