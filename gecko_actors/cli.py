@@ -1,25 +1,44 @@
-"""The ``gecko-actors`` command line."""
+"""The ``gecko-actors`` command line: a thin layer over the Python API.
+
+Every failure is one line on stderr and a non-zero exit (the traceback with ``--verbose``).
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import click
 
 from gecko_actors._version import __version__
-from gecko_actors.exceptions import GeckoError
+from gecko_actors.exceptions import GeckoError, UserError
+
+_ADDRESS_HELP = "Ray address to connect to (default: RAY_ADDRESS, else a new local Ray)."
+_CHECKPOINT_HELP = "Where runs are checkpointed: a folder, file://, s3:// or gs:// URI."
+# What a job's working_dir upload leaves out: runs, environments, caches.
+_EXCLUDES = ["gecko_runs", ".gecko_cluster", ".venv", "venv", ".git", "__pycache__", "*.pyc"]
 
 
 class _Group(click.Group):
-    """Turns a GeckoError into a one-line reason and exit code 1 (traceback with --verbose)."""
+    """Turns an error into a one-line reason and exit code 1 (traceback with --verbose)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except GeckoError as exc:
-            if ctx.obj and ctx.obj.get("verbose"):
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if (ctx.obj or {}).get("verbose"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            if isinstance(exc, GeckoError | OSError):
+                click.echo(f"error: {exc}", err=True)
+            else:  # not ours (Ray's, say): still one line
+                click.echo(f"error: {type(exc).__name__}: {exc} (--verbose for details)", err=True)
             sys.exit(1)
 
 
@@ -33,6 +52,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     \b
     Example:
         gecko-actors demo
+        gecko-actors run examples/durable_pipeline.py:workflow --input "hello"
     """
     from gecko_actors.logging import configure_logging
 
@@ -40,17 +60,358 @@ def main(ctx: click.Context, verbose: bool) -> None:
     configure_logging("DEBUG" if verbose else "WARNING")
 
 
+# --- the demo --------------------------------------------------------------------------------
+
+
 @main.command()
-def demo() -> None:
-    """Run an offline, tool-using agent and print its conversation and answer.
+@click.option(
+    "--model",
+    default=None,
+    help="A LiteLLM model (e.g. openai/gpt-4o-mini); default: offline scripted agents.",
+)
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def demo(model: str | None, checkpoint: str | None, address: str | None) -> None:
+    """Run the research workflow: a planner, a team of researchers using tools in parallel,
+    a writer, and a critic that sends the draft back until it is satisfied.
 
     \b
     Example:
         gecko-actors demo
+        OPENAI_API_KEY=... gecko-actors demo --model openai/gpt-4o-mini
     """
     from gecko_actors.demo import run_demo
 
-    run_demo(click.echo)
+    run_demo(click.echo, model=model, checkpoint=checkpoint, address=_gcs_address(address))
+
+
+# --- running workflows -----------------------------------------------------------------------
+
+
+def _input_option(fn: Any) -> Any:
+    return click.option(
+        "--input",
+        "input_",
+        default=None,
+        help="The run's input: text, or @file.json for JSON data.",
+    )(fn)
+
+
+def _parse_input(value: str | None) -> Any:
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read the input file {str(path)!r}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"the input file {str(path)!r} is not JSON: {exc}") from None
+
+
+@main.command()
+@click.argument("target")
+@_input_option
+@click.option("--run-id", default=None, help="The run's id (default: <workflow>-<random>).")
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def run(
+    target: str,
+    input_: str | None,
+    run_id: str | None,
+    checkpoint: str | None,
+    address: str | None,
+) -> None:
+    """Run the workflow TARGET (path/to/file.py:attr or package.module:attr, naming a
+    Workflow or a function returning one), printing each node's progress and the result.
+
+    \b
+    Example:
+        gecko-actors run examples/durable_pipeline.py:workflow --input "a topic"
+        gecko-actors run my_pkg.flows:build --input @input.json --checkpoint s3://bucket/runs
+    """
+    from gecko_actors.workflow.target import load_workflow
+
+    wf = load_workflow(target)
+    value = _parse_input(input_)
+    _connect(address)
+    handle = wf.start(value, run_id=run_id, checkpoint=checkpoint)
+    _follow(handle, checkpoint)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("target", required=False)
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def resume(run_id: str, target: str | None, checkpoint: str | None, address: str | None) -> None:
+    """Continue RUN_ID from its last committed step (after a crash, a cancel or a failure).
+    TARGET is the run's workflow; without it, only a run whose coordinator is still alive on
+    the cluster can be continued.
+
+    \b
+    Example:
+        gecko-actors resume pipeline-3f2a9c1e0b7d examples/durable_pipeline.py:workflow
+    """
+    from gecko_actors.workflow.run import WorkflowRun
+
+    if target is None:
+        _connect(address)
+        handle = WorkflowRun.attach(run_id)
+        handle.reopen()
+    else:
+        from gecko_actors.workflow.target import load_workflow
+
+        wf = load_workflow(target)
+        _connect(address)
+        handle = wf.resume(run_id, checkpoint=checkpoint)
+    _follow(handle, checkpoint)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def cancel(run_id: str, address: str | None) -> None:
+    """Cancel the run RUN_ID (its committed steps stay; `resume` continues it).
+
+    \b
+    Example:
+        gecko-actors cancel pipeline-3f2a9c1e0b7d --address auto
+    """
+    from gecko_actors.workflow.run import WorkflowRun
+
+    _connect(address)
+    WorkflowRun.attach(run_id).cancel()
+    click.echo(f"cancelled {run_id}")
+
+
+@main.command()
+@click.argument("target")
+def graph(target: str) -> None:
+    """Print the workflow TARGET as a mermaid flowchart.
+
+    \b
+    Example:
+        gecko-actors graph examples/durable_pipeline.py:workflow
+    """
+    from gecko_actors.workflow.target import load_workflow
+
+    wf = load_workflow(target)
+    wf.validate()
+    click.echo(wf.to_mermaid())
+
+
+# --- reading checkpoints (no Ray needed) -----------------------------------------------------
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(run_id: str, checkpoint: str | None, as_json: bool) -> None:
+    """Show RUN_ID's per-node table (state, attempts, duration, tokens) from its checkpoint:
+    it works after the cluster is gone.
+
+    \b
+    Example:
+        gecko-actors status pipeline-3f2a9c1e0b7d --checkpoint s3://bucket/runs
+    """
+    from gecko_actors.workflow.status import format_status, status_from_checkpoint
+
+    store = _store(checkpoint)
+    found = status_from_checkpoint(store, run_id)
+    if found is None:
+        raise UserError(f"no run {run_id!r} in {store.uri}", hint="see `gecko-actors list`")
+    click.echo(json.dumps(found, indent=2, default=str) if as_json else format_status(found))
+
+
+@main.command(name="list")
+@click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+def list_runs(checkpoint: str | None) -> None:
+    """List the runs in a checkpoint store, newest first: id, workflow, status, created.
+
+    \b
+    Example:
+        gecko-actors list --checkpoint ./gecko_runs
+    """
+    store = _store(checkpoint)
+    manifests = [m for m in map(store.read_manifest, store.list_runs()) if m is not None]
+    if not manifests:
+        click.echo(f"no runs in {store.uri}")
+    for m in sorted(manifests, key=lambda m: m.created_at, reverse=True):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
+        click.echo(f"{m.run_id}  {m.workflow}  {m.status}  {created}")
+
+
+# --- Ray Jobs --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target")
+@_input_option
+@click.option("--run-id", default=None, help="The run's id (default: <workflow>-<random>).")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help=_CHECKPOINT_HELP + " Default: ./gecko_runs as an absolute path (a cluster on "
+    "this machine); use s3:// or gs:// for a remote cluster.",
+)
+@click.option(
+    "--address",
+    envvar="RAY_ADDRESS",
+    default=None,
+    help="The cluster's dashboard URL, e.g. http://127.0.0.1:8265 (default: RAY_ADDRESS).",
+)
+@click.option(
+    "--working-dir",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Uploaded as the job's working directory.",
+)
+@click.option("--no-wait", is_flag=True, help="Print the ids and return at once.")
+def submit(
+    target: str,
+    input_: str | None,
+    run_id: str | None,
+    checkpoint: str | None,
+    address: str | None,
+    working_dir: str,
+    no_wait: bool,
+) -> None:
+    """Submit `gecko-actors run TARGET` as a Ray Job, print the job id and the run id, and
+    follow it to the end (its exit code is the job's outcome). With token authentication on
+    the cluster, export RAY_AUTH_MODE=token (the token comes from RAY_AUTH_TOKEN or the token
+    file).
+
+    \b
+    Example:
+        gecko-actors submit examples/durable_pipeline.py:workflow \\
+            --address http://127.0.0.1:8265 --checkpoint s3://bucket/runs
+    """
+    from gecko_actors.workflow.run import checkpoint_uri
+    from gecko_actors.workflow.target import load_workflow
+
+    if not address:
+        raise UserError(
+            "no cluster to submit to",
+            hint="pass --address http://HOST:8265 or set RAY_ADDRESS "
+            "(cluster/local.sh start prints it)",
+        )
+    wf = load_workflow(target)  # fail here, not on the cluster
+    run_id = run_id or f"{wf.name}-{uuid.uuid4().hex[:12]}"
+    uri = checkpoint_uri(checkpoint)
+    _relative_to(target, working_dir)
+    command = ["gecko-actors", "run", target, "--run-id", run_id, "--checkpoint", uri]
+    if input_ is not None:
+        command += ["--input", input_]
+    client = _job_client(address)
+    job_id = client.submit_job(
+        entrypoint=shlex.join(command),
+        runtime_env={"working_dir": working_dir, "excludes": _EXCLUDES},
+        metadata={"gecko_run_id": run_id, "gecko_workflow": wf.name},
+    )
+    click.echo(f"job: {job_id}\nrun: {run_id}\ncheckpoint: {uri}")
+    if no_wait:
+        click.echo(f"follow it with: ray job logs --follow {job_id}")
+        return
+    outcome = _follow_job(client, job_id)
+    click.echo(f"job {job_id}: {outcome}")
+    if outcome != "SUCCEEDED":
+        sys.exit(1)
+
+
+def _relative_to(target: str, working_dir: str) -> None:
+    """A file target must be inside the working directory, which is all the job sees."""
+    location = target.rpartition(":")[0]
+    if not (location.endswith(".py") or "/" in location):
+        return
+    path, root = Path(location), Path(working_dir).resolve()
+    if path.is_absolute() or not (root / path).resolve().is_relative_to(root):
+        raise UserError(
+            f"{location} must be a path relative to the working directory {working_dir!r}",
+            hint="run submit from the project folder, or pass --working-dir",
+        )
+
+
+def _job_client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as exc:
+        raise UserError(
+            f"cannot reach the Ray dashboard at {address}: {exc}",
+            hint="check the address; with token authentication export RAY_AUTH_MODE=token",
+        ) from None
+
+
+def _follow_job(client: Any, job_id: str, poll: float = 1.0) -> str:
+    """Print the job's logs as they grow, until it ends; returns its final status."""
+    printed = 0
+    while True:
+        state = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > printed:
+            click.echo(logs[printed:], nl=False)
+            printed = len(logs)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return state
+        time.sleep(poll)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _gcs_address(address: str | None) -> str | None:
+    """Drivers join a cluster by its GCS address (or "auto"); a dashboard URL is for submit."""
+    if address and address.startswith(("http://", "https://")):
+        raise UserError(
+            f"{address} is a dashboard URL: use it with `gecko-actors submit`",
+            hint="to run here against the cluster, pass --address auto (or HOST:6379)",
+        )
+    return address
+
+
+def _connect(address: str | None) -> None:
+    import gecko_actors
+
+    gecko_actors.init(_gcs_address(address))
+
+
+def _store(checkpoint: str | None) -> Any:
+    from gecko_actors.checkpoint import CheckpointStore
+    from gecko_actors.workflow.run import checkpoint_uri
+
+    return CheckpointStore(checkpoint_uri(checkpoint))
+
+
+def _follow(handle: Any, checkpoint: str | None) -> None:
+    """Print each node's progress, the summary and the result (or exit 1 with the error)."""
+    from gecko_actors.workflow.run import checkpoint_uri
+    from gecko_actors.workflow.status import format_event
+
+    click.echo(f"run {handle.run_id} (checkpoint: {checkpoint_uri(checkpoint)})")
+    for event in handle.events():
+        line = format_event(event)
+        if line:
+            click.echo(line)
+    try:
+        result = handle.result()
+    finally:
+        click.echo(handle.summary())
+    click.echo(f"result:\n{_show(result)}")
+
+
+def _show(value: Any) -> str:
+    from pydantic_core import to_jsonable_python
+
+    content = getattr(value, "content", None)
+    if isinstance(content, str):
+        return content
+    if isinstance(value, str):
+        return value
+    return json.dumps(to_jsonable_python(value, fallback=str), indent=2, ensure_ascii=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import ray
@@ -101,41 +102,85 @@ class Team:
         leaves its error in its slot; ``raise_on_error=True`` raises :class:`TeamError`
         (carrying the result) instead.
         """
-        if strategy not in ("all", "first"):
-            raise UserError(f"unknown team strategy {strategy!r}", hint="use 'all' or 'first'")
-        refs = [m.submit(input, session_id=session_id) for m in self.members]
-        result = TeamResult([m.name for m in self.members], [None] * len(refs), [None] * len(refs))
+        result, refs = self._start(input, strategy, session_id)
         index = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            done, pending = ray.wait(pending, num_returns=1, timeout=_left(deadline))
             if not done:
-                for ref in pending:
-                    ray.cancel(ref)
-                raise TeamError(
-                    f"team {self.name!r} timed out after {timeout}s",
-                    hint="raise timeout=",
-                    team=self.name,
-                    result=result,
-                )
-            slot = index[done[0]]
-            try:
-                result.outputs[slot] = ray.get(done[0])
-            except Exception as exc:
-                result.errors[slot] = unwrap(exc)
-                continue
-            if strategy == "first" and (accept is None or accept(result.outputs[slot])):
-                result.winner = result.outputs[slot]
-                for ref in pending:
-                    ray.cancel(ref)
+                raise self._timed_out(pending, timeout, result)
+            ref = done[0]
+            if self._settle(result, index[ref], partial(ray.get, ref), strategy, accept):
+                _cancel(pending)
                 return result
         return self._finish(result, strategy, raise_on_error)
 
-    async def arun(self, input: MessageInput, **kwargs: Any) -> TeamResult:
-        """Awaitable :meth:`run`."""
-        return await asyncio.to_thread(self.run, input, **kwargs)
+    async def arun(
+        self,
+        input: MessageInput,
+        *,
+        strategy: Strategy = "all",
+        accept: Callable[[AgentOutput], bool] | None = None,
+        raise_on_error: bool = False,
+        session_id: str | None = None,
+        timeout: float | None = None,
+    ) -> TeamResult:
+        """Awaitable :meth:`run`; it never blocks the event loop (workflow team nodes)."""
+        result, refs = self._start(input, strategy, session_id)
+        slots = {asyncio.ensure_future(_resolve(ref)): i for i, ref in enumerate(refs)}
+        pending = set(slots)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=_left(deadline), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise self._timed_out([refs[slots[f]] for f in pending], timeout, result)
+            for future in done:
+                if self._settle(result, slots[future], future.result, strategy, accept):
+                    _cancel([refs[slots[f]] for f in pending])
+                    return result
+        return self._finish(result, strategy, raise_on_error)
+
+    def _start(
+        self, input: MessageInput, strategy: Strategy, session_id: str | None
+    ) -> tuple[TeamResult, list[Any]]:
+        if strategy not in ("all", "first"):
+            raise UserError(f"unknown team strategy {strategy!r}", hint="use 'all' or 'first'")
+        refs = [m.submit(input, session_id=session_id) for m in self.members]
+        result = TeamResult([m.name for m in self.members], [None] * len(refs), [None] * len(refs))
+        return result, refs
+
+    @staticmethod
+    def _settle(
+        result: TeamResult,
+        slot: int,
+        get: Callable[[], AgentOutput],
+        strategy: Strategy,
+        accept: Callable[[AgentOutput], bool] | None,
+    ) -> bool:
+        """Fill one member's slot; True when it settles a ``"first"`` team."""
+        try:
+            output = result.outputs[slot] = get()
+        except Exception as exc:
+            result.errors[slot] = unwrap(exc)
+            return False
+        if strategy == "first" and (accept is None or accept(output)):
+            result.winner = output
+            return True
+        return False
+
+    def _timed_out(
+        self, pending: list[Any], timeout: float | None, result: TeamResult
+    ) -> TeamError:
+        _cancel(pending)
+        return TeamError(
+            f"team {self.name!r} timed out after {timeout}s",
+            hint="raise timeout=",
+            team=self.name,
+            result=result,
+        )
 
     def _finish(self, result: TeamResult, strategy: Strategy, raise_on_error: bool) -> TeamResult:
         failed = [(n, e) for n, e in zip(result.members, result.errors, strict=True) if e]
@@ -216,3 +261,16 @@ class Team:
             state.results[i] = ray.get(ref)
         except Exception as exc:
             state.results[i] = unwrap(exc)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _cancel(refs: list[Any]) -> None:
+    for ref in refs:
+        ray.cancel(ref)
+
+
+async def _resolve(ref: Any) -> Any:
+    return await ref

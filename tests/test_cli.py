@@ -1,12 +1,16 @@
-"""The command line, the demo, the examples, and the promise that the core never imports Ray."""
+"""The command line, the demo, and the promise that the core never imports Ray."""
 
 from __future__ import annotations
 
-import runpy
+import json
+import re
 import subprocess
 import sys
+import textwrap
+import uuid
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gecko_actors import __version__
@@ -14,31 +18,176 @@ from gecko_actors.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
+FLOW = """
+import time
+from pathlib import Path
 
-def test_demo_prints_a_tool_using_answer() -> None:
-    result = CliRunner().invoke(main, ["demo"])
-    assert result.exit_code == 0, result.output
-    out = result.output
-    assert 'calculator({"expression": "12 * 340 * 24"})' in out
-    assert "tool calculator ← 97920" in out
-    assert "answer: The 12 agents make 97,920 calls a day." in out
-    assert "$14.69 per day on gpt-4o-mini and $24.48 per day on claude-haiku" in out
-    assert "model calls: 3" in out and "tool calls: 5" in out
+from gecko_actors.workflow import Workflow
+
+GATE = Path(__file__).parent / "gate"
 
 
-def test_version_and_help() -> None:
-    runner = CliRunner()
-    assert __version__ in runner.invoke(main, ["--version"]).output
-    help_text = runner.invoke(main, ["demo", "--help"]).output
-    assert "Example:" in help_text and "gecko-actors demo" in help_text
+def shout(ctx):
+    return str(ctx.input).upper()
 
 
-def test_core_and_demo_never_import_ray_or_litellm() -> None:
-    code = (
-        "import sys\n"
-        "from gecko_actors.demo import run_demo\n"
-        "run_demo(lambda _: None)\n"
-        "print(sorted(m for m in ('ray', 'litellm') if m in sys.modules))\n"
+def guarded(ctx):
+    if not GATE.exists():
+        raise RuntimeError("the gate is closed")
+    return f"{ctx.input}!"
+
+
+def build():
+    return Workflow("{name}").add_node("shout", shout).add_node("end", guarded).add_edge(
+        "shout", "end"
+    )
+
+
+workflow = build()
+not_a_workflow = 42
+"""
+
+
+@pytest.fixture
+def flow(tmp_path: Path) -> Path:
+    path = tmp_path / "flow.py"
+    path.write_text(FLOW.replace("{name}", f"flow-{uuid.uuid4().hex[:6]}"))
+    return path
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_version_and_every_help_shows_an_example() -> None:
+    assert __version__ in cli("--version")[1]
+    for command in ("demo", "run", "submit", "status", "list", "resume", "cancel", "graph"):
+        code, text = cli(command, "--help")
+        assert code == 0 and "Example:" in text and f"gecko-actors {command}" in text, command
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_demo_runs_the_research_workflow(tmp_path: Path) -> None:
+    code, out = cli("demo", "--checkpoint", str(tmp_path / "runs"))
+    assert code == 0, out
+    for node in ("plan", "research", "collect", "critic", "decide"):
+        assert f"✓ {node} in" in out, node
+    assert "✓ write in" in out and "write (visit 2, attempt 1)" in out  # the critic's loop
+    assert "Finding 2:" not in out  # the report rephrases the findings...
+    assert "For 50 agents that is about $43.20 a day." in out  # ...from the tools' results
+    assert "Conclusion: run each agent as an actor" in out
+    run_id = re.search(r"run (research-\w+)", out).group(1)
+    assert f"run {run_id} (research): succeeded, 9 step(s)" in out
+    code, status = cli("status", run_id, "--checkpoint", str(tmp_path / "runs"))
+    assert code == 0 and "succeeded" in status and "decide" in status
+
+
+def test_demo_with_a_real_model_needs_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    code, out = cli("demo", "--model", "openai/gpt-4o-mini")
+    assert code == 1 and "OPENAI_API_KEY" in out and "Traceback" not in out
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_status_list_and_resume(flow: Path, tmp_path: Path) -> None:
+    runs = str(tmp_path / "runs")
+    code, out = cli("run", f"{flow}:workflow", "--input", "hi", "--checkpoint", runs)
+    assert code == 1 and "the gate is closed" in out  # the summary, then one error line
+    assert "✓ shout in" in out and "✗ end: RuntimeError: the gate is closed" in out
+    run_id = re.search(r"run (flow-\w+-\w+) \(checkpoint", out).group(1)
+
+    code, listing = cli("list", "--checkpoint", runs)
+    assert code == 0 and re.search(rf"{run_id}\s+flow-\w+\s+failed", listing)
+    code, status = cli("status", run_id, "--checkpoint", runs, "--json")
+    assert code == 0 and json.loads(status)["nodes"]["shout"]["state"] == "done"
+
+    (tmp_path / "gate").touch()
+    code, out = cli("resume", run_id, f"{flow}:build", "--checkpoint", runs)
+    assert code == 0, out
+    assert out.rstrip().endswith("result:\nHI!")
+    assert "▶ shout" not in out  # committed before the failure: not run again
+    code, status = cli("status", run_id, "--checkpoint", runs)
+    assert code == 0 and "succeeded" in status
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_reads_json_input_from_a_file(flow: Path, tmp_path: Path) -> None:
+    (tmp_path / "gate").touch()
+    (tmp_path / "input.json").write_text('["a", 1]')
+    code, out = cli(
+        "run", f"{flow}:workflow", "--input", f"@{tmp_path / 'input.json'}",
+        "--checkpoint", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 0 and out.rstrip().endswith("result:\n['A', 1]!")
+
+
+def test_graph_prints_mermaid(flow: Path) -> None:
+    code, out = cli("graph", f"{flow}:workflow")
+    assert code == 0 and out.startswith("flowchart TD") and "shout --> end" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "target", "message"),
+    [
+        ("def broken(:\n", "flow.py:workflow", "flow.py:1: syntax error"),
+        (FLOW, "flow.py:missing", "has no attribute 'missing'"),
+        (FLOW, "flow.py:not_a_workflow", "is a int, not a Workflow"),
+        (FLOW, "nowhere.py:workflow", "no such file"),
+        ("raise ImportError('no module named foo')\n", "flow.py:workflow", "failed to load"),
+        (FLOW, "flow.py", "invalid target"),
+    ],
+)
+def test_bad_targets_are_one_line_and_a_non_zero_exit(
+    tmp_path: Path, content: str, target: str, message: str
+) -> None:
+    (tmp_path / "flow.py").write_text(content.replace("{name}", "flow"))
+    done = subprocess.run(
+        [sys.executable, "-m", "gecko_actors.cli", "run", target],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_commands_that_need_a_cluster_or_a_run_say_so(tmp_path: Path) -> None:
+    code, out = cli("status", "nope", "--checkpoint", str(tmp_path))
+    assert code == 1 and "no run 'nope'" in out
+    code, out = cli("submit", "flow.py:workflow")
+    assert code == 1 and "no cluster to submit to" in out
+    code, out = cli("run", "x.py:workflow", "--address", "http://127.0.0.1:8265")
+    assert code == 1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_cancel_an_unknown_run() -> None:
+    code, out = cli("cancel", "no-such-run")
+    assert code == 1 and "no live coordinator for run 'no-such-run'" in out
+
+
+def test_the_core_never_imports_ray_or_litellm() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        from gecko_actors import LocalAgent, ScriptedModel, tool
+
+        @tool
+        def add(a: int, b: int) -> int:
+            "Add two numbers."
+            return a + b
+
+        def model(messages, tools):
+            if messages[-1].role == "tool":
+                return messages[-1].text
+            return [ScriptedModel.call("add", a=2, b=3)]
+
+        assert LocalAgent(ScriptedModel(model), [add]).run("2 + 3?").content == "5"
+        print(sorted(m for m in ("ray", "litellm") if m in sys.modules))
+        """
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
@@ -47,6 +196,8 @@ def test_core_and_demo_never_import_ray_or_litellm() -> None:
 
 
 def test_example_tool_agent_runs() -> None:
+    import runpy
+
     namespace = runpy.run_path(str(ROOT / "examples" / "tool_agent.py"))
     quote = namespace["main"]()
     assert (quote.usd, quote.eur) == (59.97, 55.17)

@@ -294,6 +294,18 @@ async def test_arun_is_awaitable(team, crew):
     assert [parse(o)["tag"] for o in result.outputs] == ["async"] * 3
 
 
+async def test_arun_first_skips_failures_and_times_out(team, crew):
+    fast, medium, slow = (a.name for a in crew)
+    result = await team.arun(
+        order(delays={fast: 0.0, medium: 0.3, slow: 5.0}, fail=[fast]), strategy="first"
+    )
+    assert parse(result.winner)["name"] == medium
+    assert isinstance(result.errors[0], RuntimeError) and result.outputs[2] is None
+    with pytest.raises(TeamError, match="timed out") as info:
+        await team.arun(order(delays={fast: 0.0, medium: 5.0, slow: 5.0}), timeout=1.0)
+    assert parse(info.value.result.outputs[0])["name"] == fast
+
+
 # --- 2. failure isolation ------------------------------------------------------------------
 
 

@@ -182,6 +182,7 @@ class CoordinatorActor:
         records = await asyncio.to_thread(self.store.load_steps, self.run_id)
         assert manifest is not None
         self._load(manifest, records)
+        self.events = []  # the stream of this drive, as a new coordinator's would be
         self._driver = asyncio.create_task(self.drive())
 
     async def result(self) -> Any:

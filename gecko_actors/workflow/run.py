@@ -10,7 +10,7 @@ from typing import Any
 
 import ray
 
-from gecko_actors._actors.common import unwrap
+from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors._actors.coordinator import launch
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.exceptions import UserError
@@ -20,7 +20,7 @@ from gecko_actors.workflow.status import format_status
 DEFAULT_CHECKPOINT = "gecko_runs"
 
 
-def _checkpoint_uri(checkpoint: str | Path | None) -> str:
+def checkpoint_uri(checkpoint: str | Path | None) -> str:
     if checkpoint is None or isinstance(checkpoint, Path) or "://" not in str(checkpoint):
         # A local folder: resolved here, on the driver, since the actor may run elsewhere.
         return f"file://{Path(checkpoint or DEFAULT_CHECKPOINT).resolve()}"
@@ -37,6 +37,23 @@ class WorkflowRun:
 
     def __repr__(self) -> str:
         return f"WorkflowRun({self.run_id!r})"
+
+    @classmethod
+    def attach(cls, run_id: str) -> WorkflowRun:
+        """The handle of a run whose coordinator is alive on the cluster."""
+        handle = lookup(f"workflow/{run_id}")
+        if handle is None:
+            raise UserError(
+                f"no live coordinator for run {run_id!r} (actor workflow/{run_id})",
+                hint="check the run id and --address; a run whose cluster is gone is resumed "
+                "with wf.resume(run_id, checkpoint=...) (or `gecko-actors resume RUN_ID TARGET`)",
+                run_id=run_id,
+            )
+        return cls(run_id, handle)
+
+    def reopen(self) -> None:
+        """Continue a failed or cancelled run from its last committed step."""
+        ray.get(self._handle.reopen.remote())
 
     def result(self, timeout: float | None = None) -> Any:
         """The run's result, once it finished (a ``WorkflowError`` if it failed)."""
@@ -86,7 +103,7 @@ class Workflow(WorkflowGraph):
         """Validate, then start the coordinator actor ``workflow/<run_id>``."""
         self.validate()
         run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
-        uri = _checkpoint_uri(checkpoint)
+        uri = checkpoint_uri(checkpoint)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
             raise UserError(
                 f"run {run_id!r} already exists in {uri}",
@@ -99,7 +116,7 @@ class Workflow(WorkflowGraph):
         """Continue a run from its last committed step (after the coordinator, a node or the
         whole Ray instance was lost); a finished run returns its stored result."""
         self.validate()
-        uri = _checkpoint_uri(checkpoint)
+        uri = checkpoint_uri(checkpoint)
         manifest = CheckpointStore(uri).read_manifest(run_id)
         if manifest is None:
             raise UserError(
@@ -115,6 +132,6 @@ class Workflow(WorkflowGraph):
         return self._coordinator(run_id, uri, manifest.input)
 
     def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
-        handle = launch(self, run_id, uri, input)
-        ray.get(handle.reopen.remote())  # a failed or cancelled run continues
-        return WorkflowRun(run_id, handle)
+        run = WorkflowRun(run_id, launch(self, run_id, uri, input))
+        run.reopen()  # a failed or cancelled run continues
+        return run

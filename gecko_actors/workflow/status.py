@@ -125,3 +125,17 @@ def format_status(status: dict[str, Any]) -> str:
 def _clip(text: str, width: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_event(event: dict[str, Any]) -> str | None:
+    """One line of live progress for a node event (``None`` for other events)."""
+    kind, node = event["type"], event.get("node")
+    if kind == "node_started":
+        return f"  ▶ {node} (visit {event['visit']}, attempt {event['attempt']})"
+    if kind == "node_completed":
+        return f"  ✓ {node} in {event['duration']:.2f}s, {event['tokens']} tokens"
+    if kind == "node_retried":
+        return f"  ↻ {node}: attempt {event['attempt']} failed: {_clip(event['error'], 100)}"
+    if kind == "node_error":
+        return f"  ✗ {node}: {_clip(event['error'], 100)}"
+    return None
