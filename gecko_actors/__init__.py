@@ -35,6 +35,14 @@ from gecko_actors.exceptions import (
     UserError,
     WorkflowError,
 )
+from gecko_actors.knowledge import (
+    Document,
+    RecursiveSplitter,
+    expand_paths,
+    read_document,
+    read_documents,
+    register_reader,
+)
 from gecko_actors.logging import configure_logging, get_logger
 from gecko_actors.settings import Settings, load_settings
 from gecko_actors.workflow.graph import Next, NodeContext, RetryPolicy
@@ -116,6 +124,13 @@ __all__ = [
     "PromptTemplate",
     "SessionStore",
     "TokenMemory",
+    # knowledge
+    "Document",
+    "RecursiveSplitter",
+    "expand_paths",
+    "read_document",
+    "read_documents",
+    "register_reader",
     # events, settings, logging
     "Event",
     "EventBus",
