@@ -51,6 +51,12 @@ class WorkflowRun:
             )
         return cls(run_id, handle)
 
+    @property
+    def actor(self) -> Any:
+        """The coordinator's Ray actor handle, for advanced use (``ray.kill`` to simulate a
+        crash, say)."""
+        return self._handle
+
     def reopen(self) -> None:
         """Continue a failed or cancelled run from its last committed step."""
         ray.get(self._handle.reopen.remote())
