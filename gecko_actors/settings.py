@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     storage_url: str = "sqlite:///gecko_runs/sessions.db"
     """Where agent actors' conversations persist (``memory://`` keeps them in memory)."""
+    workflow_linger: float = Field(default=60.0, ge=0)
+    """Seconds a finished workflow's coordinator stays to answer its handles before it exits
+    (afterwards handles read the run's outcome from its checkpoint)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)

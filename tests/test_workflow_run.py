@@ -312,3 +312,25 @@ def test_coordinator_killed_at_each_step(
         assert len(keys) == 1, (node, keys)  # one visit, one idempotency key
     for node in committed:
         assert [name for name, _ in lines].count(node) == 1, node
+
+
+def test_a_finished_coordinator_exits_and_its_handle_reads_the_checkpoint(
+    checkpoint_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gecko_actors._actors.common import lookup
+
+    monkeypatch.setenv("GECKO_WORKFLOW_LINGER", "0.2")
+    wf = Workflow(unique("brief")).add_node("a", lambda ctx: ctx.input + 1)
+    wf.add_node("b", lambda ctx: ctx.input * 10).add_edge("a", "b")
+    run = wf.start(1, checkpoint=checkpoint_uri)
+    assert run.result(timeout=120) == 20
+    deadline = time.monotonic() + 60
+    while lookup(f"workflow/{run.run_id}") is not None:  # its process is freed
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert run.result() == 20  # now from the checkpoint
+    status = run.status()
+    assert status["status"] == "succeeded" and set(status["nodes"]) == {"a", "b"}
+    assert "succeeded" in run.summary() and list(run.events()) == []
+    again = wf.resume(run.run_id, checkpoint=checkpoint_uri)  # a new coordinator, same answer
+    assert again.result(timeout=60) == 20

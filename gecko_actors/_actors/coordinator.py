@@ -24,6 +24,7 @@ from gecko_actors.core.messages import AgentOutput, Message
 from gecko_actors.core.tools import ToolContext
 from gecko_actors.exceptions import GeckoError, UserError, WorkflowError
 from gecko_actors.logging import get_logger
+from gecko_actors.settings import load_settings
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
 from gecko_actors.workflow.status import entry_of, node_entry, run_status, usage_of
@@ -61,7 +62,7 @@ def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
     return lookup(f"workflow/{run_id}") or create(
         ray.remote(CoordinatorActor),
         f"workflow/{run_id}",
-        (run_id, graph, uri, input),
+        (run_id, graph, uri, input, load_settings().workflow_linger),
         get_if_exists=True,
         max_concurrency=1000,
     )
@@ -82,23 +83,27 @@ def _describe(exc: BaseException) -> str:
 
 
 class CoordinatorActor:
-    def __init__(self, run_id: str, graph: WorkflowGraph, uri: str, input: Any) -> None:
+    def __init__(
+        self, run_id: str, graph: WorkflowGraph, uri: str, input: Any, linger: float = 60.0
+    ) -> None:
         self.run_id = run_id
         self.graph = graph
         self.store = CheckpointStore(uri)
+        self.linger = linger
         self.events: list[dict[str, Any]] = []
         self.done = asyncio.Event()
         self._driving = False
         self._task: asyncio.Task[Any] | None = None
         self._driver: asyncio.Task[Any] | None = None
+        self._exit: asyncio.Task[Any] | None = None
         manifest = self.store.read_manifest(run_id)
         if manifest is None:
             manifest = Manifest(run_id, graph.name, graph.fingerprint(), input, time.time())
             self.store.write_manifest(manifest)
         self._load(manifest, self.store.load_steps(run_id))
-        if manifest.status == "running":
-            # Resume by ourselves: the call runs once the constructor has returned.
-            ray.get_runtime_context().current_actor.drive.remote()
+        # Resume by ourselves, or retire: the call runs once the constructor has returned.
+        me = ray.get_runtime_context().current_actor
+        (me.drive if manifest.status == "running" else me.retire).remote()
 
     def _load(self, manifest: Manifest, records: list[StepRecord]) -> None:
         """Rebuild the run from its checkpoint by replaying the committed steps."""
@@ -152,13 +157,25 @@ class CoordinatorActor:
                 )
             )
         try:
-            await self._record_outcome(result)
+            durable = await self._record_outcome(result)
         finally:
             self._driving = False
             self.done.set()
+        if durable:  # handles find the outcome in the checkpoint once we are gone
+            self._exit = asyncio.create_task(self.retire())
 
-    async def _record_outcome(self, result: Any) -> None:
+    async def retire(self) -> None:
+        """Exit after ``linger`` seconds: a finished run frees its process and its workers.
+        ``reopen`` cancels it."""
+        self._exit = asyncio.current_task()
+        await asyncio.sleep(self.linger)
+        # Not exit_actor(): from a call we made to ourselves, it waits for its own reply.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def _record_outcome(self, result: Any) -> bool:
+        """Write the run's outcome; False when it could not be made durable."""
         error = None if self.failure is None else str(self.failure)
+        durable = True
         try:
             await asyncio.to_thread(
                 self.store.update_status, self.run_id, self.outcome, result=result, error=error
@@ -168,15 +185,18 @@ class CoordinatorActor:
             # The outcome is not durable (storage is down): the run counts as failed, and a
             # resume finishes it from the committed steps. The first error says most.
             self.failure = self.failure or exc
-            self.outcome, error = "failed", str(self.failure)
+            self.outcome, error, durable = "failed", str(self.failure), False
         kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
         self._event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
+        return durable
 
     async def reopen(self) -> None:
         """Continue a failed or cancelled run from its last committed step; nothing for a run
         that is running or succeeded."""
         if self._driving or (self.failure is None and self.outcome in ("running", "succeeded")):
             return
+        if self._exit is not None:
+            self._exit.cancel()
         await asyncio.to_thread(self.store.update_status, self.run_id, "running")
         manifest = await asyncio.to_thread(self.store.read_manifest, self.run_id)
         records = await asyncio.to_thread(self.store.load_steps, self.run_id)

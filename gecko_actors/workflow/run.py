@@ -13,9 +13,9 @@ import ray
 from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors._actors.coordinator import launch
 from gecko_actors.checkpoint import CheckpointStore
-from gecko_actors.exceptions import UserError
+from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow.graph import WorkflowGraph
-from gecko_actors.workflow.status import format_status
+from gecko_actors.workflow.status import format_status, status_from_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"
 
@@ -27,13 +27,21 @@ def checkpoint_uri(checkpoint: str | Path | None) -> str:
     return str(checkpoint)
 
 
-class WorkflowRun:
-    """The handle of one run (``workflow/<run_id>``): ``result``, ``status``, ``events``,
-    ``cancel``. Picklable; any driver can build one with :meth:`Workflow.resume`."""
+_GONE = object()  # what a call to a coordinator that has exited returns
 
-    def __init__(self, run_id: str, handle: Any) -> None:
+
+class WorkflowRun:
+    """The handle of one run (``workflow/<run_id>``): ``result``, ``status``, ``summary``,
+    ``events``, ``cancel``. Picklable; any driver can build one with :meth:`Workflow.resume`.
+
+    A finished run's coordinator exits after ``GECKO_WORKFLOW_LINGER`` seconds; the handle then
+    answers ``result``, ``status`` and ``summary`` from the checkpoint.
+    """
+
+    def __init__(self, run_id: str, handle: Any, checkpoint: str | None = None) -> None:
         self.run_id = run_id
         self._handle = handle
+        self._checkpoint = checkpoint
 
     def __repr__(self) -> str:
         return f"WorkflowRun({self.run_id!r})"
@@ -57,32 +65,44 @@ class WorkflowRun:
         crash, say)."""
         return self._handle
 
-    def reopen(self) -> None:
-        """Continue a failed or cancelled run from its last committed step."""
-        ray.get(self._handle.reopen.remote())
-
     def result(self, timeout: float | None = None) -> Any:
         """The run's result, once it finished (a ``WorkflowError`` if it failed)."""
-        try:
-            return ray.get(self._handle.result.remote(), timeout=timeout)
-        except ray.exceptions.RayTaskError as exc:
-            raise unwrap(exc) from None
+        value = self._ask("result", timeout=timeout)
+        if value is not _GONE:
+            return value
+        manifest = self._store().read_manifest(self.run_id)
+        if manifest is not None and manifest.status == "succeeded":
+            return manifest.result
+        state = "is not running" if manifest is None else f"{manifest.status}"
+        raise WorkflowError(
+            f"workflow run {self.run_id!r} {state}"
+            + (f": {manifest.error}" if manifest and manifest.error else ""),
+            hint="resume it with wf.resume(run_id, checkpoint=...)",
+            run_id=self.run_id,
+        )
 
     def status(self) -> dict[str, Any]:
         """The run's state, steps, tokens and error, and per node: state, visit, attempts,
         duration, tokens and error."""
-        return ray.get(self._handle.status.remote())
+        status = self._ask("status")
+        if status is _GONE:
+            status = status_from_checkpoint(self._store(), self.run_id)
+        return status
 
     def summary(self) -> str:
         """Gecko's execution summary: a table of the nodes, then the run's outcome."""
         return format_status(self.status())
 
     def events(self, poll: float = 0.2) -> Iterator[dict[str, Any]]:
-        """Events as they happen (node started/finished/retried/failed, run finished), until
-        the run ends."""
+        """Events as they happen (Gecko's names: workflow_started, node_started, node_retried,
+        node_completed, node_error, workflow_completed / workflow_error / workflow_cancelled),
+        until the run ends."""
         seen = 0
         while True:
-            batch, finished = ray.get(self._handle.events_since.remote(seen))
+            answer = self._ask("events_since", seen)
+            if answer is _GONE:
+                return
+            batch, finished = answer
             yield from batch
             seen += len(batch)
             if finished and not batch:
@@ -90,7 +110,32 @@ class WorkflowRun:
             time.sleep(0 if batch else poll)
 
     def cancel(self) -> None:
-        ray.get(self._handle.cancel.remote())
+        """Stop the run; its committed steps stay, and ``resume`` continues it."""
+        self._ask("cancel")
+
+    def reopen(self) -> bool:
+        """Continue a failed or cancelled run from its last committed step; False when the
+        coordinator has exited."""
+        return self._ask("reopen") is not _GONE
+
+    def _ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        try:
+            return ray.get(getattr(self._handle, method).remote(*args), timeout=timeout)
+        except ray.exceptions.ActorDiedError:
+            return _GONE
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
+
+    def _store(self) -> CheckpointStore:
+        if self._checkpoint is None:
+            raise UserError(
+                f"the coordinator of run {self.run_id!r} has exited, and this handle does not "
+                "know the run's checkpoint",
+                hint="use the handle from wf.start / wf.resume, or `gecko-actors status RUN_ID "
+                "--checkpoint URI`",
+                run_id=self.run_id,
+            )
+        return CheckpointStore(self._checkpoint)
 
 
 class Workflow(WorkflowGraph):
@@ -138,6 +183,8 @@ class Workflow(WorkflowGraph):
         return self._coordinator(run_id, uri, manifest.input)
 
     def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
-        run = WorkflowRun(run_id, launch(self, run_id, uri, input))
-        run.reopen()  # a failed or cancelled run continues
+        for _ in range(2):  # twice: a finished run's coordinator may be exiting just then
+            run = WorkflowRun(run_id, launch(self, run_id, uri, input), uri)
+            if run.reopen():  # a failed or cancelled run continues
+                return run
         return run
