@@ -58,6 +58,13 @@ _LAZY = {
     "TeamResult": "gecko_actors.team",
     "Workflow": "gecko_actors.workflow.run",
     "WorkflowRun": "gecko_actors.workflow.run",
+    "LanceVectorStore": "gecko_actors.stores.vectors",
+    "RedisSessionStore": "gecko_actors.stores.redis_sessions",
+    "SQLiteSessionStore": "gecko_actors.stores.sessions",
+    "register_session_store": "gecko_actors.stores.registry",
+    "register_vector_store": "gecko_actors.stores.registry",
+    "session_store_from_url": "gecko_actors.stores.registry",
+    "vector_store_from_url": "gecko_actors.stores.registry",
     "init": "gecko_actors.runtime",
     "shutdown": "gecko_actors.runtime",
 }
@@ -124,6 +131,14 @@ __all__ = [
     "PromptTemplate",
     "SessionStore",
     "TokenMemory",
+    # storage
+    "LanceVectorStore",
+    "RedisSessionStore",
+    "SQLiteSessionStore",
+    "register_session_store",
+    "register_vector_store",
+    "session_store_from_url",
+    "vector_store_from_url",
     # knowledge
     "Document",
     "RecursiveSplitter",

@@ -356,7 +356,7 @@ async def test_sqlite_url_absolute(tmp_path, monkeypatch):
         "sqlite://host/sessions.db",
         "sqlite:///x.db?mode=ro",
         "memory://somewhere",
-        "redis://localhost:6379",
+        "redis://localhost:notaport",
     ],
 )
 def test_unsupported_urls(url):

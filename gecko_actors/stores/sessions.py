@@ -1,4 +1,4 @@
-"""Durable session stores, and :func:`session_store_from_url` to pick one from configuration.
+"""The SQLite session store (and :func:`session_store_from_url`, re-exported from the registry).
 
 :class:`SQLiteSessionStore` keeps conversations in one SQLite file with the standard library's
 ``sqlite3``: several processes (Ray actors on one machine) may share the file. Records are
@@ -18,9 +18,12 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from gecko_actors.core.sessions import InMemorySessionStore, Record, SessionStore
+from gecko_actors.core.sessions import Record
 from gecko_actors.exceptions import StorageError, UserError
 from gecko_actors.logging import get_logger
+
+# Kept importable from here: the URL registry builds every kind of store.
+from gecko_actors.stores.registry import session_store_from_url
 
 _log = get_logger("gecko_actors.stores")
 _T = TypeVar("_T")
@@ -300,72 +303,6 @@ def _unpack(data: Any) -> Record | None:
     except (ValueError, TypeError, msgpack.UnpackException):
         return None
     return record if isinstance(record, dict) else None
-
-
-# --- URLs ---------------------------------------------------------------------------------
-
-_SCHEMES_HINT = (
-    "use 'memory://' (in-process, lost on exit) or 'sqlite:///<path>' "
-    "('sqlite:///sessions.db' is relative to the current directory, "
-    "'sqlite:////var/data/sessions.db' is absolute)"
-)
-
-
-def session_store_from_url(url: str) -> SessionStore:
-    """Build a session store from a URL.
-
-    - ``memory://``: an :class:`~gecko_actors.core.sessions.InMemorySessionStore`.
-    - ``sqlite:///<path>``: a :class:`SQLiteSessionStore`. As in SQLAlchemy, the path is
-      everything after the three slashes: ``sqlite:///sessions.db`` and
-      ``sqlite:///data/sessions.db`` are relative to the current directory,
-      ``sqlite:////var/data/sessions.db`` (four slashes) is the absolute path
-      ``/var/data/sessions.db``.
-
-    Anything else is a :class:`~gecko_actors.exceptions.UserError`.
-    """
-    if not isinstance(url, str):
-        raise UserError(
-            f"a session store URL must be a string, got {type(url).__name__}", hint=_SCHEMES_HINT
-        )
-    scheme, sep, rest = url.strip().partition("://")
-    scheme = scheme.lower()
-    if sep and scheme == "memory":
-        if rest:
-            raise UserError(
-                f"unsupported session store URL {url!r}: 'memory://' takes nothing after it",
-                hint=_SCHEMES_HINT,
-                url=url,
-            )
-        return InMemorySessionStore()
-    if sep and scheme == "sqlite":
-        if not rest.startswith("/"):
-            raise UserError(
-                f"unsupported session store URL {url!r}: a SQLite URL has no host, "
-                "it is 'sqlite:///' followed by the file's path",
-                hint=_SCHEMES_HINT,
-                url=url,
-            )
-        path = rest[1:]
-        if not path:
-            raise UserError(
-                f"unsupported session store URL {url!r}: it names no database file "
-                "(an in-memory SQLite database would not outlive one call)",
-                hint=f"{_SCHEMES_HINT}; for a store in memory use 'memory://'",
-                url=url,
-            )
-        if "?" in path:
-            raise UserError(
-                f"unsupported session store URL {url!r}: query parameters are not supported",
-                hint=_SCHEMES_HINT,
-                url=url,
-            )
-        return SQLiteSessionStore(path)
-    raise UserError(
-        f"unsupported session store URL {url!r}: the supported schemes are memory:// and "
-        "sqlite:///",
-        hint=_SCHEMES_HINT,
-        url=url,
-    )
 
 
 __all__ = ["SQLiteSessionStore", "session_store_from_url"]
