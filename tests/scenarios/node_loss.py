@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
@@ -34,11 +35,13 @@ def reply(messages, tools):
     return f"seen {sum(m.role == 'user' for m in messages)} user messages"
 
 
-def main(workdir: str) -> None:
+def two_node_cluster(head_cpus: int = 1) -> tuple[Cluster, Any, Any]:
+    """A head whose "agent_slot" is mostly taken (by the returned filler) and a second node
+    with a free one, so that an agent asking for the slot lands on the second node."""
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 1,
+            "num_cpus": head_cpus,
             "resources": {"head": 1, "agent_slot": 1},
             # Notice a dead node in ~1.5 s instead of ~30 s.
             "_system_config": {
@@ -48,12 +51,17 @@ def main(workdir: str) -> None:
             },
         },
     )
+    ga.init(address=cluster.address)
+    filler = Filler.options(resources={"agent_slot": 0.6}).remote()
+    ray.get(filler.ping.remote())  # the head's slot is now too small for an agent
+    node2 = cluster.add_node(num_cpus=1, resources={"agent_slot": 1})
+    cluster.wait_for_nodes()
+    return cluster, filler, node2
+
+
+def main(workdir: str) -> None:
+    cluster, filler, node2 = two_node_cluster()
     try:
-        ga.init(address=cluster.address)
-        filler = Filler.options(resources={"agent_slot": 0.6}).remote()
-        ray.get(filler.ping.remote())  # the head's slot is now too small for an agent
-        node2 = cluster.add_node(num_cpus=1, resources={"agent_slot": 1})
-        cluster.wait_for_nodes()
         memory = Memory.spawn(
             "cluster", sessions=f"sqlite:///{workdir}/sessions.db", resources={"head": 0.01}
         )

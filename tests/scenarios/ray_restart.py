@@ -12,14 +12,16 @@ import gecko_actors as ga
 from gecko_actors.workflow import NodeContext, Workflow
 
 
-def build(ledger: Path) -> Workflow:
+def build(ledger: Path, name: str = "restartable", seconds: float = 0.8) -> Workflow:
+    """a → b → c → d; each node sleeps, then records its execution in the ledger."""
+
     def step(ctx: NodeContext) -> str:
-        time.sleep(0.8)
+        time.sleep(seconds)
         with open(ledger, "a") as out:
             out.write(f"{ctx.node} {ctx.idempotency_key}\n")
         return f"{ctx.input}>{ctx.node}"
 
-    wf = Workflow("restartable")
+    wf = Workflow(name)
     for name in ("a", "b", "c", "d"):
         wf.add_node(name, step)
     return wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")

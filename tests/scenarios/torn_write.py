@@ -8,28 +8,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/: the moto helper
 
+from ray_restart import build  # noqa: E402
+
 import gecko_actors as ga  # noqa: E402
 from gecko_actors.checkpoint import CheckpointStore  # noqa: E402
-from gecko_actors.workflow import NodeContext, Workflow  # noqa: E402
-
-
-def build(ledger: Path) -> Workflow:
-    def step(ctx: NodeContext) -> str:
-        time.sleep(0.2)
-        with open(ledger, "a") as out:
-            out.write(f"{ctx.node} {ctx.idempotency_key}\n")
-        return f"{ctx.input}>{ctx.node}"
-
-    wf = Workflow("torn")
-    for name in ("a", "b", "c", "d"):
-        wf.add_node(name, step)
-    return wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
 
 
 def main(workdir: str, scheme: str, where: str) -> None:
@@ -51,7 +38,7 @@ def main(workdir: str, scheme: str, where: str) -> None:
     }
     ga.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": hook})
     try:
-        run = build(ledger).start("in", run_id="torn-1", checkpoint=checkpoint)
+        run = build(ledger, "torn", 0.2).start("in", run_id="torn-1", checkpoint=checkpoint)
         result = run.result(timeout=120)
         steps = [s.node for s in CheckpointStore(checkpoint).load_steps(run.run_id)]
     finally:

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import ray
-from node_loss import Filler, wait_until_dead
-from ray.cluster_utils import Cluster
+from node_loss import two_node_cluster, wait_until_dead
 
 import gecko_actors as ga
 from gecko_actors import Agent, ScriptedModel
@@ -32,24 +31,8 @@ def slow_reply(marker_dir: str):
 
 
 def main(workdir: str) -> None:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"head": 1, "agent_slot": 1},
-            "_system_config": {  # notice a dead node in ~1.5 s instead of ~30 s
-                "health_check_initial_delay_ms": 0,
-                "health_check_period_ms": 500,
-                "health_check_failure_threshold": 3,
-            },
-        },
-    )
+    cluster, filler, node2 = two_node_cluster(head_cpus=2)
     try:
-        ga.init(address=cluster.address)
-        filler = Filler.options(resources={"agent_slot": 0.6}).remote()
-        ray.get(filler.ping.remote())  # the head's slot is now too small for the agent
-        node2 = cluster.add_node(num_cpus=1, resources={"agent_slot": 1})
-        cluster.wait_for_nodes()
         markers = Path(workdir, "markers")
         markers.mkdir()
         researcher = Agent.spawn(
