@@ -44,6 +44,7 @@ from gecko_actors.knowledge import (
     register_reader,
 )
 from gecko_actors.logging import configure_logging, get_logger
+from gecko_actors.retrieval import retrieval_tool
 from gecko_actors.settings import Settings, load_settings
 from gecko_actors.workflow.graph import Next, NodeContext, RetryPolicy
 
@@ -58,6 +59,8 @@ _LAZY = {
     "TeamResult": "gecko_actors.team",
     "Workflow": "gecko_actors.workflow.run",
     "WorkflowRun": "gecko_actors.workflow.run",
+    "IngestSummary": "gecko_actors.ingest",
+    "ingest": "gecko_actors.ingest",
     "LanceVectorStore": "gecko_actors.stores.vectors",
     "RedisSessionStore": "gecko_actors.stores.redis_sessions",
     "SQLiteSessionStore": "gecko_actors.stores.sessions",
@@ -141,6 +144,9 @@ __all__ = [
     "vector_store_from_url",
     # knowledge
     "Document",
+    "IngestSummary",
+    "ingest",
+    "retrieval_tool",
     "RecursiveSplitter",
     "expand_paths",
     "read_document",

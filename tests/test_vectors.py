@@ -211,6 +211,42 @@ async def test_empty_inputs_and_invalid_arguments(tmp_path):
     assert await store.count() == 1
 
 
+async def test_full_text_and_hybrid_search(tmp_path):
+    store = LanceVectorStore(tmp_path / "v", embedder=HashEmbedder(32))
+    await store.add(PETS, [{"n": i} for i in range(len(PETS))])
+    fts = await store.search("parrot", k=2, mode="fts")
+    assert [h.text for h in fts] == [PETS[3]] and fts[0].score > 0  # only it has the word
+    await store.add(["a parrot named Polly"])  # written after the index was built...
+    assert {h.text for h in await store.search("parrot", k=5, mode="fts")} == {
+        PETS[3],
+        "a parrot named Polly",
+    }  # ...and found all the same
+    hybrid = await store.search("parrot words", k=3, mode="hybrid")
+    assert hybrid[0].text in (PETS[3], "a parrot named Polly") and len(hybrid) == 3
+    assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+    assert await store.search("parrot", k=2, mode="fts", where={"n": 0}) == []
+    assert await store.search("   ", mode="hybrid") == []
+    with pytest.raises(UserError, match="unknown search mode"):
+        await store.search("x", mode="bm25")
+
+
+async def test_precomputed_vectors_sources_and_delete_by_source(tmp_path):
+    store = LanceVectorStore(tmp_path / "v", embedder=HashEmbedder(16))
+    vectors = await HashEmbedder(16).embed(PETS)
+    meta = [{"source": "a.md" if i < 2 else "b.md", "content_hash": f"h{i < 2}"} for i in range(4)]
+    await store.add(PETS, meta, [f"c{i}" for i in range(4)], vectors=vectors)
+    assert (await store.search(PETS[2], k=1))[0].id == "c2"
+    assert await store.source_hashes() == {"a.md": "hTrue", "b.md": "hFalse"}
+    assert await store.delete(source="a.md") == 2
+    assert await store.count() == 2 and set(await store.source_hashes()) == {"b.md"}
+    with pytest.raises(UserError, match="2 vectors for 1 texts"):
+        await store.add(["x"], vectors=vectors[:2])
+    with pytest.raises(UserError, match="16-dimensional"):
+        await store.add(["x"], vectors=[[1.0] * 8])
+    with pytest.raises(UserError, match="ids or a source"):
+        await store.delete(["c2"], source="b.md")
+
+
 async def test_concurrent_first_writes_create_the_table_once(tmp_path):
     uri = tmp_path / "db"
     one, two = LanceVectorStore(uri), LanceVectorStore(uri)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gecko_actors.core.embedders import Embedder, HashEmbedder, check_texts
 from gecko_actors.exceptions import GeckoError, StorageError, UserError
@@ -37,6 +37,7 @@ from gecko_actors.exceptions import GeckoError, StorageError, UserError
 __all__ = ["LanceVectorStore", "VectorHit"]
 
 _T = TypeVar("_T")
+SearchMode = Literal["vector", "fts", "hybrid"]
 _COLUMNS = ("id", "text", "metadata", "vector")
 _FILTER_MIN_CANDIDATES = 100
 _FILTER_FACTOR = 10
@@ -105,6 +106,7 @@ class LanceVectorStore:
     def _reset(self) -> None:
         self._db: Any = None
         self._tbl: Any = None
+        self._fts = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "table": self.table, "embedder": self.embedder}
@@ -127,6 +129,8 @@ class LanceVectorStore:
         texts: Sequence[str],
         metadata: Sequence[dict[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
+        *,
+        vectors: Sequence[Sequence[float]] | None = None,
     ) -> list[str]:
         """Embed and store texts in one write; return their ids, in order.
 
@@ -135,6 +139,8 @@ class LanceVectorStore:
             metadata: one JSON-serialisable dict (or ``None``) per text.
             ids: one id per text; by default a hash of the text, so adding the same text again
                 does not duplicate it.
+            vectors: the texts' vectors, when they were embedded elsewhere (an ingestion
+                pipeline's embedder actors); one per text, of the table's dimension.
 
         An id already in the table is replaced (upsert): re-adding a text updates its metadata.
         When one call repeats an id, the last occurrence wins.
@@ -144,33 +150,48 @@ class LanceVectorStore:
             return []
         metas = self._check_metadata(metadata, len(items))
         keys = self._check_ids(ids, items)
-        vectors = await self._embed(items)
+        if vectors is None:
+            embedded = await self._embed(items)
+        else:
+            embedded = self._check_vectors(vectors, items, "the vectors given to add()")
         rows: dict[str, tuple[str, str, list[float]]] = {}
-        for key, text, meta, vector in zip(keys, items, metas, vectors, strict=True):
+        for key, text, meta, vector in zip(keys, items, metas, embedded, strict=True):
             rows.pop(key, None)  # last occurrence wins, at its own position
             rows[key] = (text, meta, vector)
-        await self._run("add", self._write_sync, rows, len(vectors[0]))
+        await self._run("add", self._write_sync, rows, len(embedded[0]))
         return keys
 
     async def search(
-        self, query: str, k: int = 5, where: dict[str, Any] | None = None
+        self,
+        query: str,
+        k: int = 5,
+        where: dict[str, Any] | None = None,
+        *,
+        mode: SearchMode = "vector",
     ) -> list[VectorHit]:
-        """The ``k`` stored texts most similar to ``query``, most similar first.
+        """The ``k`` stored texts that best match ``query``, best first.
 
         Args:
-            query: the text to search for.
+            query: the text to search for; a blank query finds nothing.
             k: how many hits at most (>= 1).
             where: keep only entries whose metadata has exactly these key/value pairs (JSON
                 equality: ``(1, 2)`` matches a stored ``[1, 2]``, ``1`` matches ``1.0`` but not
                 ``True``; a missing key never matches, not even ``None``).
+            mode: ``"vector"`` (cosine similarity of the embeddings), ``"fts"`` (LanceDB's
+                native full-text search, BM25; offline, no extra package) or ``"hybrid"``
+                (both, merged by reciprocal-rank fusion).
 
         Returns:
-            Up to ``k`` hits with ``score`` the cosine similarity, in descending order; ``[]``
-            when the table is empty or does not exist yet.
+            Up to ``k`` hits, ``[]`` when the table is empty or does not exist yet. ``score``
+            is the cosine similarity in ``[-1, 1]`` for ``"vector"``, the BM25 score for
+            ``"fts"`` and the fused relevance (small positive numbers) for ``"hybrid"``;
+            higher is better in every mode.
 
-        The search is exact (brute force, no index). ``where`` is applied in Python to the
-        nearest candidates (at least 100, or ``10 * k``), widening the candidate set until
-        ``k`` hits match or the whole table was scanned, so results are exact too.
+        Vector search is exact (brute force, no index). The full-text index is built on the
+        first text search; rows written later are searched too (unindexed rows are scanned)
+        until :meth:`optimize` folds them into the index. ``where`` is applied in Python to
+        the best candidates (at least 100, or ``10 * k``), widening the candidate set until
+        ``k`` hits match or every candidate was seen.
         """
         if not isinstance(query, str):
             raise UserError(f"search() query must be a str, got {type(query).__name__}")
@@ -180,18 +201,44 @@ class LanceVectorStore:
                 hint="ask for at least one hit",
                 table=self.table,
             )
+        if mode not in ("vector", "fts", "hybrid"):
+            raise UserError(f"unknown search mode {mode!r}", hint="use 'vector', 'fts' or 'hybrid'")
         expected = _check_where(where)
+        if not query.strip():
+            return []
         tbl = await self._run("open", self._open_sync, None)
         if tbl is None:
             return []
-        vector = (await self._embed([query]))[0]
-        return await self._run("search", self._search_sync, tbl, vector, k, expected)
+        vector = None if mode == "fts" else (await self._embed([query]))[0]
+        return await self._run("search", self._search_sync, tbl, mode, query, vector, k, expected)
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        """Delete entries by id; return how many were deleted (unknown ids are ignored)."""
-        if isinstance(ids, str):
+    async def optimize(self) -> None:
+        """Compact the table and fold new rows into the full-text index (after big writes)."""
+        tbl = await self._run("open", self._open_sync, None)
+        if tbl is not None:
+            await self._run("optimize", tbl.optimize)
+
+    async def source_hashes(self) -> dict[str, str]:
+        """``{source: content_hash}`` of the stored chunks that carry both in their metadata
+        (what ingestion compares a file against, to skip it when unchanged)."""
+        rows = await self._run("scan", self._scan_sync)
+        return {
+            meta["source"]: meta["content_hash"]
+            for _, meta in rows
+            if isinstance(meta.get("source"), str) and isinstance(meta.get("content_hash"), str)
+        }
+
+    async def delete(self, ids: Sequence[str] | None = None, *, source: str | None = None) -> int:
+        """Delete entries by id, or every entry whose metadata ``source`` is ``source`` (a
+        file's chunks); return how many were deleted (unknown ids are ignored)."""
+        if source is not None:
+            if ids is not None or not isinstance(source, str):
+                raise UserError("delete() takes ids or a source (a str), not both")
+            rows = await self._run("scan", self._scan_sync)
+            ids = [key for key, meta in rows if meta.get("source") == source]
+        if ids is None or isinstance(ids, str):
             raise UserError(
-                "delete() takes a sequence of ids, not a single string",
+                "delete() takes a sequence of ids (or source=...), not a single string",
                 hint="wrap the id in a list: delete([id])",
                 table=self.table,
             )
@@ -263,24 +310,29 @@ class LanceVectorStore:
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
         vectors = await self.embedder.embed(texts)
-        if not isinstance(vectors, list) or len(vectors) != len(texts):
-            got = len(vectors) if isinstance(vectors, list) else type(vectors).__name__
+        return self._check_vectors(vectors, texts, f"embedder {self.embedder!r}")
+
+    def _check_vectors(self, vectors: Any, texts: list[str], origin: str) -> list[list[float]]:
+        if isinstance(vectors, str) or not isinstance(vectors, Sequence):
+            raise UserError(f"{origin} gave a {type(vectors).__name__}, not a list of vectors")
+        vectors = [list(v) for v in vectors]
+        if len(vectors) != len(texts):
             raise UserError(
-                f"embedder {self.embedder!r} returned {got} vectors for {len(texts)} texts",
+                f"{origin} gave {len(vectors)} vectors for {len(texts)} texts",
+                hint="give one vector per text",
                 table=self.table,
             )
         size = len(vectors[0])
         for index, vector in enumerate(vectors):
             if len(vector) != size:
                 raise UserError(
-                    f"embedder {self.embedder!r} returned vectors of different lengths "
-                    f"({size} and {len(vector)})",
+                    f"{origin} gave vectors of different lengths ({size} and {len(vector)})",
                     table=self.table,
                 )
             if not _comparable(vector):
                 raise UserError(
-                    f"embedder {self.embedder!r} returned a zero or non-finite vector for "
-                    f"text #{index} ({texts[index][:40]!r})",
+                    f"{origin} gave a zero or non-finite vector for text #{index} "
+                    f"({texts[index][:40]!r})",
                     hint="cosine similarity needs a non-zero vector; check the embedder",
                     table=self.table,
                 )
@@ -420,30 +472,75 @@ class LanceVectorStore:
                 tbl = self._open_sync(dimensions)
 
     def _search_sync(
-        self, tbl: Any, vector: list[float], k: int, where: dict[str, Any] | None
+        self,
+        tbl: Any,
+        mode: SearchMode,
+        query: str,
+        vector: list[float] | None,
+        k: int,
+        where: dict[str, Any] | None,
     ) -> list[VectorHit]:
-        self._check_dimensions(tbl, len(vector))
+        if vector is not None:
+            self._check_dimensions(tbl, len(vector))
+        if mode != "vector":
+            self._ensure_fts(tbl)
         limit = k if where is None else max(k * _FILTER_FACTOR, _FILTER_MIN_CANDIDATES)
         while True:
-            rows = (
-                tbl.search(vector, vector_column_name="vector")
-                .distance_type("cosine")
-                .select(["id", "text", "metadata", "_distance"])
-                .limit(limit)
-                .to_list()
-            )
+            rows = self._query(tbl, mode, query, vector).limit(limit).to_list()
             hits = []
             for row in rows:
                 metadata = json.loads(row["metadata"])
                 if where is not None and not _matches(metadata, where):
                     continue
-                score = min(1.0, max(-1.0, 1.0 - float(row["_distance"])))
-                hits.append(VectorHit(row["id"], row["text"], metadata, score))
+                hits.append(VectorHit(row["id"], row["text"], metadata, _score(mode, row)))
                 if len(hits) == k:
                     return hits
-            if len(rows) < limit:  # the whole table was scanned
+            if len(rows) < limit:  # every candidate was seen
                 return hits
             limit *= 4
+
+    @staticmethod
+    def _query(tbl: Any, mode: SearchMode, query: str, vector: list[float] | None) -> Any:
+        columns = ["id", "text", "metadata"]
+        if mode == "vector":
+            return (
+                tbl.search(vector, vector_column_name="vector")
+                .distance_type("cosine")
+                .select([*columns, "_distance"])
+            )
+        if mode == "fts":
+            return tbl.search(query, query_type="fts").select([*columns, "_score"])
+        from lancedb.rerankers import RRFReranker
+
+        return (
+            tbl.search(query_type="hybrid", vector_column_name="vector")
+            .vector(vector)
+            .text(query)
+            .distance_type("cosine")
+            .select(columns)
+            .rerank(RRFReranker())
+        )
+
+    def _ensure_fts(self, tbl: Any) -> None:
+        """The native full-text index on ``text``, built once (by whichever store is first)."""
+        if self._fts:
+            return
+        if not any(i.columns == ["text"] for i in tbl.list_indices()):
+            from lancedb.index import FTS
+
+            try:
+                tbl.create_index("text", config=FTS())
+            except Exception as exc:  # another store built it meanwhile
+                if "already exists" not in str(exc).lower():
+                    raise
+        self._fts = True
+
+    def _scan_sync(self) -> list[tuple[str, dict[str, Any]]]:
+        tbl = self._open_sync(None)
+        if tbl is None:
+            return []
+        rows = tbl.search().select(["id", "metadata"]).limit(tbl.count_rows() or 1).to_list()
+        return [(row["id"], json.loads(row["metadata"])) for row in rows]
 
     def _delete_sync(self, ids: list[str]) -> int:
         from lancedb.expr import col
@@ -571,3 +668,9 @@ def _comparable(vector: Sequence[float]) -> bool:
             return False
         total += value * value
     return total > 0.0
+
+
+def _score(mode: SearchMode, row: dict[str, Any]) -> float:
+    if mode == "vector":
+        return min(1.0, max(-1.0, 1.0 - float(row["_distance"])))
+    return float(row["_score"] if mode == "fts" else row["_relevance_score"])
