@@ -17,6 +17,8 @@ for _name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
     os.environ.pop(_name, None)
 # Agent actors' default memory keeps conversations in memory during tests, not in ./gecko_runs.
 os.environ.setdefault("GECKO_STORAGE_URL", "memory://")
+# examples/batch_eval.py's fake-server key, read by gateway actors of the shared Ray.
+os.environ.setdefault("GECKO_EXAMPLE_KEY", "offline-example")
 
 pytest_plugins = ["gecko_actors.testing.pytest_plugin"]
 
