@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import gecko_actors
-from gecko_actors import HashEmbedder, LanceVectorStore, RecursiveSplitter, ingest
+from gecko_actors import LanceVectorStore, RecursiveSplitter, ingest
+from gecko_actors.core.embedders import HashEmbedder
 
 WORDS = [
     "actor",
