@@ -193,7 +193,7 @@ def _write_ready(pool: ActorPool, store: Any, summary: IngestSummary, *, wait: b
             )
         )
         summary.chunks += len(chunks)
-        summary.tokens += sum(len(c.text) for c in chunks) // 4
+        summary.tokens += sum((len(c.text) + 3) // 4 for c in chunks)
         summary.workers.add(worker)
 
 
