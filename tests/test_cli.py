@@ -7,13 +7,14 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from gecko_actors import __version__
+from gecko_actors import WorkflowError, __version__
 from gecko_actors.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,30 @@ def test_run_status_list_and_resume(flow: Path, tmp_path: Path) -> None:
     assert "▶ shout" not in out  # committed before the failure: not run again
     code, status = cli("status", run_id, "--checkpoint", runs)
     assert code == 0 and "succeeded" in status
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_cancel_a_running_run_then_resume_it(tmp_path: Path) -> None:
+    flow = tmp_path / "slow.py"
+    flow.write_text(
+        "import time\nfrom gecko_actors.workflow import Workflow\n"
+        "def step(ctx):\n    time.sleep(1.5)\n    return f'{ctx.input}>{ctx.node}'\n"
+        "workflow = Workflow('slow').add_node('a', step).add_node('b', step)"
+        ".add_node('c', step).add_edge('a', 'b').add_edge('b', 'c')\n"
+    )
+    from gecko_actors.workflow.target import load_workflow
+
+    runs = str(tmp_path / "runs")
+    run = load_workflow(f"{flow}:workflow").start("x", checkpoint=runs)
+    while run.status()["steps"] < 1:
+        time.sleep(0.05)
+    code, out = cli("cancel", run.run_id)
+    assert code == 0 and f"cancelled {run.run_id}" in out
+    with pytest.raises(WorkflowError, match="cancelled"):
+        run.result(timeout=60)
+    code, out = cli("resume", run.run_id, f"{flow}:workflow", "--checkpoint", runs)
+    assert code == 0, out
+    assert out.rstrip().endswith("result:\nx>a>b>c") and "▶ a" not in out  # a: committed
 
 
 @pytest.mark.usefixtures("ray_session")

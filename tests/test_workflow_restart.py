@@ -9,8 +9,9 @@ import pytest
 from test_cluster import run_scenario
 
 
-def test_run_resumes_after_ray_is_restarted(tmp_path: Path) -> None:
-    outcome = run_scenario("ray_restart.py", str(tmp_path))
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_run_resumes_after_ray_is_restarted(tmp_path: Path, scheme: str) -> None:
+    outcome = run_scenario("ray_restart.py", str(tmp_path), scheme)
     assert outcome["result"] == "in>a>b>c>d"
     nodes = outcome["nodes"]
     # Finished before the stop: never run again. In flight at the stop: run again at most once.

@@ -4,6 +4,7 @@ Ray, resume. Run in its own process by tests/test_workflow_restart.py. Prints "R
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,9 +28,16 @@ def build(ledger: Path, name: str = "restartable", seconds: float = 0.8) -> Work
     return wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
 
 
-def main(workdir: str) -> None:
+def main(workdir: str, scheme: str = "file") -> None:
     ledger = Path(workdir) / "ledger"
-    checkpoint = Path(workdir) / "runs"
+    checkpoint, server = str(Path(workdir) / "runs"), None
+    if scheme == "s3":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: moto helper
+        from s3util import AWS_ENV, MotoS3
+
+        os.environ.update(AWS_ENV)  # before Ray starts: its workers inherit them
+        server = MotoS3("gecko-restart").start()
+        checkpoint = server.uri()
     ga.init(num_cpus=2, include_dashboard=False)
     run = build(ledger).start("in", run_id="restart-1", checkpoint=checkpoint)
     while run.status()["nodes"].get("b", {}).get("state") != "done":
@@ -38,9 +46,11 @@ def main(workdir: str) -> None:
     ga.init(num_cpus=2, include_dashboard=False)
     result = build(ledger).resume("restart-1", checkpoint=checkpoint).result(timeout=120)
     ga.shutdown()
+    if server is not None:
+        server.stop()
     nodes = [line.split()[0] for line in ledger.read_text().splitlines()]
     print("RESULT " + json.dumps({"result": result, "nodes": nodes}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
