@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -357,6 +358,9 @@ class LanceVectorStore:
 
     def _connect(self) -> Any:
         if self._db is None:
+            # Lance's Rust side logs a deprecation warning on every hybrid search, which its
+            # Python API gives no way to avoid: only errors are logged unless LANCEDB_LOG says so.
+            os.environ.setdefault("LANCEDB_LOG", "error")
             import lancedb
 
             # timedelta(0): re-check the latest table version on every read, so writes by
