@@ -131,7 +131,7 @@ _PROMPTS = {
 
 def collect(ctx: NodeContext) -> str:
     """The team's answers as one brief for the writer (a failed member is left out)."""
-    topic = ctx.outputs["plan"].content.splitlines()[0].removeprefix("Plan for: ")
+    topic = ctx.outputs["topic"]
     answers = [o.content for o in ctx.input["outputs"] if o is not None]
     return f"Topic: {topic}\n\nFindings:\n" + "\n".join(f"- {a}" for a in answers)
 
@@ -170,13 +170,15 @@ def build(model: str | None = None, *, prefix: str = "demo") -> tuple[Any, list[
     planner, writer, critic = agent("planner"), agent("writer"), agent("critic")
     team = [agent("researcher", index=i) for i in range(1, RESEARCHERS + 1)]
     wf = (
-        Workflow("research", max_steps=4 + 3 * MAX_ROUNDS)
+        Workflow("research", max_steps=5 + 3 * MAX_ROUNDS)
+        .add_node("topic", lambda ctx: ctx.input.strip())
         .add_node("plan", planner)
         .add_node("research", Team(team))
         .add_node("collect", collect)
         .add_node("write", writer)
         .add_node("critic", critic)
         .add_node("decide", decide)
+        .add_edge("topic", "plan")
         .add_edge("plan", "research")
         .add_edge("research", "collect")
         .add_edge("collect", "write")

@@ -79,7 +79,7 @@ def test_demo_runs_the_research_workflow(tmp_path: Path) -> None:
     assert "For 50 agents that is about $43.20 a day." in out  # ...from the tools' results
     assert "Conclusion: run each agent as an actor" in out
     run_id = re.search(r"run (research-\w+)", out).group(1)
-    assert f"run {run_id} (research): succeeded, 9 step(s)" in out
+    assert f"run {run_id} (research): succeeded, 10 step(s)" in out
     code, status = cli("status", run_id, "--checkpoint", str(tmp_path / "runs"))
     assert code == 0 and "succeeded" in status and "decide" in status
 
