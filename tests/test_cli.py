@@ -147,9 +147,15 @@ def test_run_reads_json_input_from_a_file(flow: Path, tmp_path: Path) -> None:
     assert code == 0 and out.rstrip().endswith("result:\n['A', 1]!")
 
 
-def test_graph_prints_mermaid(flow: Path) -> None:
+def test_graph_prints_mermaid(flow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out = cli("graph", f"{flow}:workflow")
     assert code == 0 and out.startswith("flowchart TD") and "shout --> end" in out
+    # A module target imports from the current folder, as `python -m` would.
+    (flow.parent / "flows_mod.py").write_text(flow.read_text())
+    monkeypatch.chdir(flow.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(flow.parent))])
+    code, out = cli("graph", "flows_mod:build")
+    assert code == 0 and "shout --> end" in out
 
 
 @pytest.mark.parametrize(

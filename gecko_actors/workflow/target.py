@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def load_workflow(target: str) -> Any:
 def _load_module(location: str, target: str) -> Any:
     if location.endswith(".py") or "/" in location or "\\" in location:
         return _load_file(Path(location), target)
+    if os.getcwd() not in sys.path:  # as `python -m` does: modules of this folder import
+        sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(location)
     except ModuleNotFoundError as exc:
