@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gecko_actors import LanceVectorStore, LocalAgent, ScriptedModel, UserError
-from gecko_actors.ingest import ingest
+from gecko_actors.ingestion import ingest
 from gecko_actors.knowledge import RecursiveSplitter
 from gecko_actors.retrieval import retrieval_tool
 
@@ -88,3 +88,12 @@ def _count(store: LanceVectorStore) -> int:
     import asyncio
 
     return asyncio.run(store.count())
+
+
+def test_the_package_exports_the_functions_not_their_modules() -> None:
+    import gecko_actors
+    import gecko_actors.ingestion
+    import gecko_actors.retrieval
+
+    assert gecko_actors.ingest is gecko_actors.ingestion.ingest
+    assert gecko_actors.retrieval_tool is gecko_actors.retrieval.retrieval_tool
