@@ -10,7 +10,16 @@ import ray
 from pydantic import BaseModel
 
 from gecko_actors._actors.agent import AgentActor, AgentSpec
-from gecko_actors._actors.common import check_name, create, known, lookup, unwrap
+from gecko_actors._actors.common import (
+    CANCEL_GRACE,
+    await_cancellable,
+    cancel_and_wait_blocking,
+    check_name,
+    create,
+    known,
+    lookup,
+    unwrap,
+)
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, MessageInput
 from gecko_actors.core.prompt import PromptTemplate
@@ -165,11 +174,19 @@ class Agent:
         run_id: str | None = None,
         tool_context: ToolContext | None = None,
         timeout: float | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> AgentOutput:
-        """Run to the final answer (blocking)."""
+        """Run to the final answer (blocking).
+
+        A run that exceeds ``timeout`` is cancelled in the actor, and waited for (at most
+        ``cancel_grace`` seconds) until it has stopped, before ``GetTimeoutError`` is raised.
+        """
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
             return ray.get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            cancel_and_wait_blocking([ref], grace=cancel_grace)
+            raise
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
 
@@ -181,10 +198,20 @@ class Agent:
         response_model: type[BaseModel] | None = None,
         run_id: str | None = None,
         tool_context: ToolContext | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> AgentOutput:
-        """Run to the final answer (awaitable)."""
+        """Run to the final answer (awaitable).
+
+        Cancelling the awaiting coroutine (``task.cancel()``, ``asyncio.wait_for`` timing out)
+        cancels the run in the agent actor, with its model and tool calls, and waits until
+        the run has stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
+        the caller: a retry started then never runs beside the attempt it replaces. Async
+        tools are cancelled; a sync tool already running in a thread cannot be interrupted,
+        so the run's cancellation waits for it, bounded by the tool's timeout.
+        """
+        ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
-            return await self._submit(input, session_id, response_model, run_id, tool_context)
+            return await await_cancellable(ref, grace=cancel_grace)
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
 

@@ -13,7 +13,12 @@ from typing import Any, Literal
 import ray
 from tqdm import tqdm
 
-from gecko_actors._actors.common import unwrap
+from gecko_actors._actors.common import (
+    CANCEL_GRACE,
+    cancel_and_wait,
+    cancel_and_wait_blocking,
+    unwrap,
+)
 from gecko_actors.agent import Agent
 from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
 from gecko_actors.exceptions import TeamError, UserError
@@ -112,7 +117,7 @@ class Team:
                 raise self._timed_out(pending, timeout, result)
             ref = done[0]
             if self._settle(result, index[ref], partial(ray.get, ref), strategy, accept):
-                _cancel(pending)
+                cancel_and_wait_blocking(pending)
                 return result
         return self._finish(result, strategy, raise_on_error)
 
@@ -125,10 +130,39 @@ class Team:
         raise_on_error: bool = False,
         session_id: str | None = None,
         timeout: float | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> TeamResult:
-        """Awaitable :meth:`run`; it never blocks the event loop (workflow team nodes)."""
+        """Awaitable :meth:`run`; it never blocks the event loop (workflow team nodes).
+
+        Cancelling the awaiting coroutine cancels every member's run and waits until all of
+        them have stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
+        the caller; members cancelled by ``"first"`` or by ``timeout`` are waited for too.
+        """
         result, refs = self._start(input, strategy, session_id)
         slots = {asyncio.ensure_future(_resolve(ref)): i for i, ref in enumerate(refs)}
+        try:
+            await self._collect_async(result, refs, slots, strategy, accept, timeout, cancel_grace)
+        except asyncio.CancelledError:
+            for future in slots:
+                future.cancel()
+            await cancel_and_wait(refs, grace=cancel_grace)
+            raise
+        if result.winner is not None:
+            return result
+        return self._finish(result, strategy, raise_on_error)
+
+    async def _collect_async(
+        self,
+        result: TeamResult,
+        refs: list[Any],
+        slots: dict[asyncio.Future[Any], int],
+        strategy: Strategy,
+        accept: Callable[[AgentOutput], bool] | None,
+        timeout: float | None,
+        grace: float,
+    ) -> None:
+        """Fill ``result`` as members finish, until all did or a ``"first"`` team settled;
+        the members still running then are cancelled and waited for."""
         pending = set(slots)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
@@ -136,12 +170,12 @@ class Team:
                 pending, timeout=_left(deadline), return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
-                raise self._timed_out([refs[slots[f]] for f in pending], timeout, result)
+                await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
+                raise self._timed_out([], timeout, result)
             for future in done:
                 if self._settle(result, slots[future], future.result, strategy, accept):
-                    _cancel([refs[slots[f]] for f in pending])
-                    return result
-        return self._finish(result, strategy, raise_on_error)
+                    await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
+                    return
 
     def _start(
         self, input: MessageInput, strategy: Strategy, session_id: str | None
@@ -174,7 +208,8 @@ class Team:
     def _timed_out(
         self, pending: list[Any], timeout: float | None, result: TeamResult
     ) -> TeamError:
-        _cancel(pending)
+        """The error for a team past its ``timeout``, once ``pending`` runs have stopped."""
+        cancel_and_wait_blocking(pending)
         return TeamError(
             f"team {self.name!r} timed out after {timeout}s",
             hint="raise timeout=",
@@ -265,11 +300,6 @@ class Team:
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _cancel(refs: list[Any]) -> None:
-    for ref in refs:
-        ray.cancel(ref)
 
 
 async def _resolve(ref: Any) -> Any:

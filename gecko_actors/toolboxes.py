@@ -10,10 +10,10 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from gecko_actors._actors.common import check_name, create, lookup
+from gecko_actors._actors.common import cancel_and_wait, check_name, create, lookup
 from gecko_actors._actors.toolbox import ToolboxActor
 from gecko_actors.core.messages import ToolCall
-from gecko_actors.core.toolbox import ToolBox
+from gecko_actors.core.toolbox import ToolBox, gather_all, per_call
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult
 from gecko_actors.exceptions import UserError
 from gecko_actors.runtime import namespace
@@ -128,16 +128,32 @@ class RemoteToolBox:
         return name in self.names()
 
     async def execute_many(
-        self, calls: Sequence[ToolCall], context: ToolContext | None = None
+        self, calls: Sequence[ToolCall], context: ToolContext | Sequence[ToolContext] | None = None
     ) -> list[ToolResult]:
-        return list(await asyncio.gather(*(self.execute_call(c, context) for c in calls)))
+        """Run tool calls concurrently on the replicas; results in call order. ``context`` is
+        one for all calls or one per call; cancelling the caller cancels every call and
+        returns once all of them have stopped."""
+        contexts = per_call(context, len(calls))
+        return await gather_all(
+            self.execute_call(c, x) for c, x in zip(calls, contexts, strict=True)
+        )
 
     async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
+        """Run one call on a replica; a failure of the replica becomes an error result.
+
+        Cancelling the caller cancels the call in the replica (an async tool stops at its
+        next ``await``; a sync tool's thread is waited for until its timeout) and returns once
+        it has stopped; a replica that does not confirm in time is restarted.
+        """
         replica = self._replica()
+        ref = replica.execute_call.remote(call, context)
+        limit = self.timeout + _TRANSPORT_GRACE
         try:
-            return await asyncio.wait_for(
-                replica.execute_call.remote(call, context), self.timeout + _TRANSPORT_GRACE
-            )
+            return await asyncio.wait_for(_resolve(ref), limit)
+        except asyncio.CancelledError:
+            if not await cancel_and_wait([ref], grace=limit):
+                ray.kill(replica, no_restart=False)  # stuck: a new process is a stopped one
+            raise
         except RayActorError as exc:
             reason = f"its toolbox process died while running it ({type(exc).__name__})"
         except asyncio.TimeoutError:
@@ -180,6 +196,10 @@ class RemoteToolBox:
         handles = self._all()
         self._next = (self._next + 1) % len(handles)
         return handles[self._next]
+
+
+async def _resolve(ref: Any) -> Any:
+    return await ref
 
 
 def _toolbox_names() -> set[str]:

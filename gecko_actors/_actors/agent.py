@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class AgentActor:
         run_id: str | None,
         tool_context: ToolContext | None,
     ) -> AgentOutput:
+        """Run to the final answer; a ``ray.cancel`` of this task cancels the run and its
+        tool calls, and the task ends only once they have stopped."""
         try:
             output = await self.agent.arun(
                 input,
@@ -67,6 +70,11 @@ class AgentActor:
                 run_id=run_id,
                 tool_context=tool_context,
             )
+        except asyncio.CancelledError:
+            # ray.cancel(): the engine has cancelled the run's tool calls and waited for them;
+            # CancelledError must leave this coroutine for Ray to report TaskCancelledError.
+            metrics.agent_run(self.spec.name, "cancelled")
+            raise
         except Exception:
             metrics.agent_run(self.spec.name, "error")
             raise

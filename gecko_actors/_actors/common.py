@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from typing import Any
 
 import ray
 
 from gecko_actors.exceptions import GeckoError, UserError
+from gecko_actors.logging import get_logger
 from gecko_actors.runtime import ensure_initialized, namespace
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+_log = get_logger("gecko_actors.actors")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -77,3 +81,65 @@ def unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, GeckoError):
         exc = exc.cause
     return exc
+
+
+CANCEL_GRACE = 60.0
+"""Default seconds a cancelled call is waited for until it confirms it stopped: long enough
+for a sync tool's thread to reach its timeout (30 s by default) inside the cancelled run."""
+
+
+async def await_cancellable(ref: Any, *, grace: float = CANCEL_GRACE) -> Any:
+    """``await ref``, but when the awaiting coroutine is cancelled, cancel the Ray task too
+    and wait (up to ``grace`` seconds) until it has stopped, then re-raise CancelledError.
+
+    Awaiting an ObjectRef only watches the task: cancelling the watcher leaves the actor task
+    running. Ray cancels a running async-actor task by cancelling its asyncio task, and the
+    ref resolves only once that coroutine has returned (Ray's fiber waits for it), so a
+    resolved ref means the remote work has stopped (or finished just before)."""
+    try:
+        return await ref
+    except asyncio.CancelledError:
+        await cancel_and_wait([ref], grace=grace)
+        raise
+
+
+async def cancel_and_wait(refs: list[Any], *, grace: float = CANCEL_GRACE) -> bool:
+    """``ray.cancel`` each task and wait until every ref has resolved, at most ``grace``
+    seconds; True when all of them have. Their results and errors (TaskCancelledError most
+    often) are discarded. Further cancellations of the caller meanwhile are held back until
+    the wait ends: the caller asked for the work to stop, and must learn when it has."""
+    for ref in refs:
+        with contextlib.suppress(Exception):  # already finished, or its actor is gone
+            ray.cancel(ref)
+    waiting = {asyncio.ensure_future(_settled(ref)) for ref in refs}
+    deadline = asyncio.get_running_loop().time() + grace
+    while waiting:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        with contextlib.suppress(asyncio.CancelledError):
+            _, waiting = await asyncio.wait(waiting, timeout=left)
+    for future in waiting:
+        future.cancel()
+    if waiting:
+        _log.warning("cancelled Ray tasks did not stop in time", pending=len(waiting), grace=grace)
+    return not waiting
+
+
+def cancel_and_wait_blocking(refs: list[Any], *, grace: float = CANCEL_GRACE) -> bool:
+    """The blocking twin of :func:`cancel_and_wait`, for sync callers."""
+    for ref in refs:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref)
+    if not refs:
+        return True
+    _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=grace, fetch_local=False)
+    if pending:
+        _log.warning("cancelled Ray tasks did not stop in time", pending=len(pending), grace=grace)
+    return not pending
+
+
+async def _settled(ref: Any) -> None:
+    # A settled ref's value or error no longer matters: only that it settled.
+    with contextlib.suppress(Exception):
+        await ref

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from gecko_actors import metrics
@@ -21,6 +22,8 @@ _log = get_logger("gecko_actors.toolbox")
 
 
 class ToolboxActor:
+    """One replica: a core ToolBox served to many agents at once (an async actor)."""
+
     def __init__(self, name: str, tools: list[Tool], timeout: float, max_concurrency: int) -> None:
         self.name = name
         self.box = ToolBox(tools, timeout=timeout, max_concurrency=max_concurrency)
@@ -42,18 +45,35 @@ class ToolboxActor:
         return os.getpid()
 
     async def execute_call(self, call: ToolCall, context: ToolContext | None) -> ToolResult:
+        """Run one tool call. A ``ray.cancel`` of this task cancels the call; the task ends
+        once the tool has stopped (a sync tool: once its thread is done, or at its timeout,
+        when the thread is abandoned and this process recycled)."""
         self._in_flight += 1
+        started = time.monotonic()
         try:
             result = await self.box.execute_call(call, context)
+        except asyncio.CancelledError:
+            metrics.tool_call(call.name, "cancelled")
+            if time.monotonic() - started >= self._limit(call.name):
+                self._note_timeout(call.name)  # it waited up to the deadline: maybe abandoned
+            raise
         finally:
             self._in_flight -= 1
+            self._exit_soon_if_recycling()
         metrics.tool_call(call.name, "error" if result.is_error else "ok")
         if result.is_error and "did not finish within" in result.content:
             self._note_timeout(call.name)
+            self._exit_soon_if_recycling()
+        return result
+
+    def _limit(self, tool_name: str) -> float:
+        found = self.box.get(tool_name) if self.box.has(tool_name) else None
+        return found.timeout if found is not None and found.timeout else self.box.timeout
+
+    def _exit_soon_if_recycling(self) -> None:
         if self._recycle and self._in_flight == 0:
             # Exit after this reply is sent: Ray restarts the process without the hung thread.
             asyncio.get_running_loop().call_later(0.2, self._exit_if_idle)
-        return result
 
     def _exit_if_idle(self) -> None:
         # A call that arrived meanwhile finishes first; the last one to finish exits.

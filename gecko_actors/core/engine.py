@@ -2,11 +2,18 @@
 
 One engine serves many concurrent runs: all run state is local to the run. Runs on the same
 session are serialised (their histories would interleave); other sessions run concurrently.
+
+Cancelling the task that runs :meth:`ReActEngine.run` cancels the run: CancelledError is
+never swallowed here, the model call in flight is cancelled, and so are the tool calls in
+flight, which the cancellation waits for (see :meth:`ToolBox.execute_many`) so that a
+cancelled run has stopped when CancelledError leaves it. Nothing of a cancelled run is saved
+to its session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import uuid
 import weakref
@@ -190,6 +197,10 @@ class ReActEngine:
                 async for chunk in self._turns(run, streaming):
                     yield chunk
                 await self._save(run, new_input)
+            except asyncio.CancelledError:
+                log.info("agent run cancelled")
+                await self._emit("run_cancelled", run)
+                raise
             except Exception as exc:
                 await self._emit("run_failed", run, error=f"{type(exc).__name__}: {exc}")
                 log.warning("agent run failed", error=type(exc).__name__)
@@ -283,10 +294,12 @@ class ReActEngine:
             run.add(Message.tool_result(call.id, text, call.name))
 
     async def _execute_tools(self, run: _Run, calls: list[ToolCall]) -> None:
+        contexts = _call_contexts(run.tool_context, first=len(run.calls) + 1, count=len(calls))
         run.calls.extend(calls)
         for call in calls:
             await self._emit("tool_started", run, tool=call.name, tool_call_id=call.id)
-        results = await self.toolbox.execute_many(calls, run.tool_context)
+        # A cancellation here reaches every call in flight and returns once they stopped.
+        results = await self.toolbox.execute_many(calls, contexts)
         for call, result in zip(calls, results, strict=True):
             await _call_hook(self.hooks.on_tool_execute, call, result)
             await self._emit(
@@ -451,6 +464,21 @@ class AgentStream:
     async def text(self) -> str:
         """Consume the stream and return the whole answer."""
         return "".join([chunk async for chunk in self])
+
+
+def _call_contexts(context: ToolContext, *, first: int, count: int) -> list[ToolContext]:
+    """One context per tool call: the run's, with the call's own idempotency key.
+
+    Calls are numbered from 1 across the run's turns in the order the model issued them, so a
+    run retried or restarted with the same key (a workflow node's visit) gives a call the same
+    key when the model replays it, and a tool can de-duplicate its side effect by it.
+    """
+    if context.idempotency_key is None:
+        return [context] * count
+    return [
+        dataclasses.replace(context, idempotency_key=f"{context.idempotency_key}/call-{k}")
+        for k in range(first, first + count)
+    ]
 
 
 async def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult, tool
@@ -17,6 +17,8 @@ from gecko_actors.exceptions import (
     ToolTimeoutError,
     UserError,
 )
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +55,12 @@ class ToolBox:
     Registering a tool whose name is taken replaces the old one (last wins). Sync tools run in
     worker threads; a sync tool that overruns its timeout is abandoned, not killed (a thread
     cannot be), so CPU-heavy or hang-prone tools belong in a toolbox actor.
+
+    Cancelling a call (the task awaiting :meth:`execute` or :meth:`execute_many`) cancels an
+    async tool at its next ``await``. A sync tool cannot be interrupted: the cancellation
+    waits for its thread to finish, at most until the call's timeout, so that when
+    CancelledError comes out the tool has stopped, or has overrun its timeout and is abandoned
+    exactly as a timed-out call is.
 
     Args:
         tools: tools, or plain functions (wrapped with :func:`tool`).
@@ -161,7 +169,11 @@ class ToolBox:
         start = time.perf_counter()
         try:
             async with self._limit():
-                result = await asyncio.wait_for(found.execute(arguments, context), limit)
+                # The deadline bounds how long a cancelled sync tool's thread is waited for.
+                deadline = asyncio.get_running_loop().time() + limit
+                result = await asyncio.wait_for(
+                    found.execute(arguments, context, deadline=deadline), limit
+                )
         except asyncio.TimeoutError:
             stats.executions += 1
             stats.errors += 1
@@ -196,10 +208,18 @@ class ToolBox:
             )
 
     async def execute_many(
-        self, calls: Sequence[ToolCall], context: ToolContext | None = None
+        self, calls: Sequence[ToolCall], context: ToolContext | Sequence[ToolContext] | None = None
     ) -> list[ToolResult]:
-        """Run tool calls concurrently (bounded by ``max_concurrency``); results in call order."""
-        return list(await asyncio.gather(*(self.execute_call(c, context) for c in calls)))
+        """Run tool calls concurrently (bounded by ``max_concurrency``); results in call order.
+
+        ``context`` is one context for every call, or one per call (each with its own
+        idempotency key). Cancelling the caller cancels every call and returns once all of
+        them have stopped.
+        """
+        contexts = per_call(context, len(calls))
+        return await gather_all(
+            self.execute_call(c, x) for c, x in zip(calls, contexts, strict=True)
+        )
 
     def _limit(self) -> asyncio.Semaphore:
         # A semaphore belongs to one event loop; sync callers get a new loop per run.
@@ -208,6 +228,44 @@ class ToolBox:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
             self._semaphore_loop = loop
         return self._semaphore
+
+
+async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, except that when it is cancelled (or one awaitable fails) it
+    cancels the others and waits until every one has finished before raising.
+
+    Plain ``gather`` raises as soon as its first child is cancelled, while a sibling may still
+    be running (a sync tool waiting for its thread): "cancelled" would not mean "stopped".
+    """
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:  # re-raised below, once every sibling has stopped
+        for task in tasks:
+            # Once is enough: a second cancel would interrupt a sibling's own cleanup.
+            if not task.done() and not task.cancelling():
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:  # their outcomes are superseded by the error being raised
+            if not task.cancelled():
+                task.exception()
+        raise
+
+
+def per_call(
+    context: ToolContext | Sequence[ToolContext] | None, count: int
+) -> list[ToolContext | None]:
+    """``execute_many``'s context argument as one context per call."""
+    if context is None or isinstance(context, ToolContext):
+        return [context] * count
+    contexts = list(context)
+    if len(contexts) != count:
+        raise UserError(
+            f"got {len(contexts)} tool contexts for {count} tool calls",
+            hint="pass one ToolContext for all calls, or exactly one per call",
+        )
+    return contexts
 
 
 def _with_call_id(context: ToolContext | None, call_id: str) -> ToolContext:

@@ -26,14 +26,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from gecko_actors.exceptions import UserError
+from gecko_actors.logging import get_logger
+
+_log = get_logger("gecko_actors.tools")
 
 
 @dataclass(frozen=True)
 class ToolContext:
     """Facts about the current call, injected into a tool parameter annotated ``ToolContext``.
 
-    ``idempotency_key`` stays the same across retries of the same logical step, so a tool with
-    side effects can de-duplicate them.
+    Attributes:
+        agent, session_id, run_id: the agent run the call belongs to.
+        tool_call_id: the model's id for this call (not stable across retries).
+        idempotency_key: stable across retries and restarts of the same logical call, so a
+            tool with side effects can de-duplicate them (e.g. pass it to a payment API, or
+            use it as a primary key). A run given a context with key ``K`` (a workflow node's
+            visit, ``run_id/node/visit``) hands its ``k``-th tool call the key
+            ``K/call-k``: calls are counted from 1 across the run's turns, in the order the
+            model issued them, so a retried run whose model replays the same calls gives
+            each the same key. Without a key in the run's context, tools get ``None``.
+        attempt: which attempt of that logical step this is (1, 2, ...), passed unchanged to
+            every call of the run. It is a fencing token: a tool whose store remembers the
+            highest attempt seen for a key can refuse a write from a lower, stale attempt
+            that is still running somewhere.
     """
 
     agent: str | None = None
@@ -135,10 +150,20 @@ class Tool:
         }
 
     async def execute(
-        self, arguments: dict[str, Any], context: ToolContext | None = None
+        self,
+        arguments: dict[str, Any],
+        context: ToolContext | None = None,
+        *,
+        deadline: float | None = None,
     ) -> ToolResult:
         """Validate ``arguments`` and run the tool. Invalid arguments and exceptions raised by
-        the tool become an error result; nothing here raises."""
+        the tool become an error result; nothing else raises but cancellation.
+
+        Cancelling the caller cancels an async tool at its next ``await``. A sync tool runs in
+        a thread, which cannot be interrupted: the cancellation waits for the thread to finish,
+        until ``deadline`` (the event loop's clock; ``None``: however long it takes), so that
+        CancelledError means the tool has stopped unless it overran its deadline.
+        """
         start = time.perf_counter()
         try:
             kwargs = self.validate(arguments)
@@ -149,8 +174,8 @@ class Tool:
         if self.context_param:
             kwargs[self.context_param] = context or ToolContext()
         try:
-            value = await self._invoke(kwargs)
-        except Exception as exc:
+            value = await self._invoke(kwargs, deadline)
+        except Exception as exc:  # CancelledError is no Exception: it propagates
             return self._error(
                 f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", start, context
             )
@@ -174,10 +199,10 @@ class Tool:
         validated = self.args_model.model_validate(arguments)
         return {name: getattr(validated, name) for name in type(validated).model_fields}
 
-    async def _invoke(self, kwargs: dict[str, Any]) -> Any:
+    async def _invoke(self, kwargs: dict[str, Any], deadline: float | None) -> Any:
         if self.is_async:
             return await self.fn(**kwargs)
-        result = await _in_daemon_thread(self.fn, kwargs)
+        result = await _in_daemon_thread(self.fn, kwargs, deadline)
         return await result if inspect.isawaitable(result) else result
 
     def _error(self, text: str, start: float, context: ToolContext | None) -> ToolResult:
@@ -190,29 +215,60 @@ class Tool:
         )
 
 
-async def _in_daemon_thread(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+async def _in_daemon_thread(
+    fn: Callable[..., Any], kwargs: dict[str, Any], deadline: float | None = None
+) -> Any:
     """Run a sync tool in its own daemon thread, so it never blocks the event loop.
 
     Not the loop's default executor: ``asyncio.run`` waits for that executor's threads at
     shutdown, so one hung tool (abandoned at its timeout) would hang the whole program.
+
+    A thread cannot be interrupted, so a cancellation waits for it to finish (until
+    ``deadline`` on the loop's clock, if given) before CancelledError goes on.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    finished = asyncio.Event()
 
     def settle(ok: bool, value: Any) -> None:
+        finished.set()
         if not future.done():
             (future.set_result if ok else future.set_exception)(value)
 
     def work() -> None:
         try:
             value, ok = fn(**kwargs), True
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the awaiting coroutine, never lost
             value, ok = exc, False
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
             loop.call_soon_threadsafe(settle, ok, value)
 
-    threading.Thread(target=work, name=f"tool-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
-    return await future
+    name = f"tool-{getattr(fn, '__name__', 'fn')}"
+    threading.Thread(target=work, name=name, daemon=True).start()
+    try:
+        return await future
+    except asyncio.CancelledError:
+        await _wait_for_thread(finished, deadline, name)
+        raise
+
+
+async def _wait_for_thread(finished: asyncio.Event, deadline: float | None, name: str) -> None:
+    """Wait until a cancelled tool's thread has finished, or its deadline passed.
+
+    Further cancellations meanwhile are held back: the caller asked for the tool to stop and
+    must learn when it has (the deadline bounds the wait).
+    """
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.ensure_future(finished.wait())
+    while not waiter.done():
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            break
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({waiter}, timeout=left)
+    if not waiter.done():
+        waiter.cancel()
+        _log.warning("sync tool still running at its deadline; thread abandoned", thread=name)
 
 
 def _validation_text(exc: ValidationError) -> str:
