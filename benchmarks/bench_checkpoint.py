@@ -5,7 +5,9 @@ Run: python benchmarks/bench_checkpoint.py
 - bytes written per step at steps 10, 100 and 1,000 of a loop whose every step appends one
   message to a conversation: the per-step figure must stay flat (goal: step 1,000 <= 1.1 x
   step 10), because a step stores its own output, never the history;
-- the cost of committing a step to file:// vs running the step without a checkpoint.
+- the cost of committing a step to file:// (a fenced commit: an ownership check, the
+  content-addressed data object, then the marker created only if absent) vs running the step
+  without a checkpoint, and the same on memory://.
 """
 
 from __future__ import annotations
@@ -14,19 +16,26 @@ import tempfile
 import time
 
 from gecko_actors import Message
-from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
+from gecko_actors.checkpoint import CheckpointStore, Manifest, StateWrite, StepRecord
 
 
 def bytes_per_step(steps: int = 1000) -> None:
     store = CheckpointStore(f"file://{tempfile.mkdtemp()}")
-    store.write_manifest(Manifest("loop", "bench", "fp", input="hi", created_at=time.time()))
+    store.create_manifest(Manifest("loop", "bench", "fp", input="hi", created_at=time.time()))
+    epoch = store.claim("loop")
     written: dict[int, int] = {}
     conversation: list[Message] = []
     for seq in range(steps):
         message = Message.assistant(f"turn {seq}: " + "some words of a reply " * 8)
         conversation.append(message)  # the run's history grows...
         record = StepRecord(
-            seq=seq, node="chat", visit=seq + 1, output=message, state={}, attempts=1, duration=0.01
+            seq=seq,
+            node="chat",
+            visit=seq + 1,
+            output=message,
+            writes=(StateWrite("turns", seq + 1),),
+            duration=0.01,
+            epoch=epoch,
         )
         written[seq + 1] = store.commit_step("loop", record)  # ...a step's record does not
     at = {n: written[n] for n in (10, 100, 1000) if n in written}
@@ -37,8 +46,9 @@ def bytes_per_step(steps: int = 1000) -> None:
     )
 
 
-def commit_overhead(steps: int = 300) -> None:
-    store = CheckpointStore(f"file://{tempfile.mkdtemp()}")
+def commit_overhead(uri: str, steps: int = 300) -> None:
+    store = CheckpointStore(uri)
+    epoch = store.claim("overhead")
     output = {"answer": "x" * 200}
 
     def run(checkpoint: bool) -> float:
@@ -46,16 +56,19 @@ def commit_overhead(steps: int = 300) -> None:
         for seq in range(steps):
             value = dict(output, seq=seq)  # the "work" of a trivial node
             if checkpoint:
-                store.commit_step("overhead", StepRecord(seq, "n", seq + 1, value, {}, 1, 0.0))
+                record = StepRecord(seq, "n", seq + 1, value, epoch=epoch)
+                store.commit_step("overhead", record)
         return (time.perf_counter() - start) / steps
 
     bare, committed = run(False), run(True)
     print(
-        f"trivial step: {bare * 1e6:.1f} µs bare, {committed * 1e3:.2f} ms with a file:// commit "
+        f"trivial step: {bare * 1e6:.1f} µs bare, {committed * 1e3:.2f} ms with a "
+        f"{uri.split(':', 1)[0]}:// commit "
         f"(+{(committed - bare) * 1e3:.2f} ms per step)"
     )
 
 
 if __name__ == "__main__":
     bytes_per_step()
-    commit_overhead()
+    commit_overhead(f"file://{tempfile.mkdtemp()}")
+    commit_overhead("memory://bench")

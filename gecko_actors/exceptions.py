@@ -174,6 +174,19 @@ class CheckpointError(RunError):
     error_code = "checkpoint_error"
 
 
+class OwnershipLost(CheckpointError):
+    """Another engine took over the run: this engine must stop driving it.
+
+    Raised by the checkpoint store when a newer owner epoch has been claimed for the run, or
+    when the step this engine tried to commit was committed first with other content. Nothing
+    was written. ``run_id``, ``epoch`` (this engine's) and, where known, ``seq``, ``node`` and
+    ``owner_epoch`` (the newest claim, or the epoch of the engine whose commit won) say what
+    happened.
+    """
+
+    error_code = "ownership_lost"
+
+
 __all__ = [
     "CalculatorError",
     "CheckpointError",
@@ -181,6 +194,7 @@ __all__ = [
     "GeckoError",
     "ModelError",
     "ModelTimeoutError",
+    "OwnershipLost",
     "RunError",
     "ScriptExhaustedError",
     "StorageError",

@@ -1,8 +1,9 @@
-"""The checkpoint store, against a local directory and against S3 (moto on 127.0.0.1).
+"""The checkpoint store, against a local directory, S3 (moto on 127.0.0.1) and memory://.
 
-Every store test runs on both backends. The test's own view of the stored objects (to tamper
+Every store test runs on every backend. The test's own view of the stored objects (to tamper
 with them, or to prove what was written) goes around the store: plain files for ``file://``,
-boto3 for ``s3://``.
+boto3 for ``s3://``, the memory backend itself for ``memory://``. Fencing (two writers, owner
+epochs) is tested in ``test_checkpoint_fencing.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import hashlib
 import pickle
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -24,19 +26,28 @@ from gecko_actors.checkpoint import (
     RECORD_VERSION,
     CheckpointStore,
     Manifest,
+    StateWrite,
     StepRecord,
     decode_value,
     encode_value,
 )
+from gecko_actors.checkpoint.backends import MemoryBackend
+from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.core.messages import AgentOutput, Message, ToolCall, Usage
-from gecko_actors.exceptions import CheckpointError, UserError
+from gecko_actors.exceptions import CheckpointError, OwnershipLost, UserError
+from gecko_actors.workflow.graph import Next
 
 # --- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def store_uri(checkpoint_uri) -> str:
-    return checkpoint_uri
+@pytest.fixture(params=["file", "s3", "memory"])
+def store_uri(request, tmp_path) -> str:
+    """A fresh, empty store location on each backend."""
+    if request.param == "file":
+        return f"file://{tmp_path}/checkpoints"
+    if request.param == "s3":
+        return request.getfixturevalue("s3").uri()
+    return f"memory://test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
@@ -52,6 +63,8 @@ class Raw:
         self.scheme = parts.scheme
         if self.scheme == "file":
             self.root = Path(parts.path)
+        elif self.scheme == "memory":
+            self.memory = MemoryBackend(parse_uri(uri))
         else:
             self.bucket = parts.netloc
             self.prefix = parts.path.strip("/")
@@ -63,60 +76,100 @@ class Raw:
             path = self.root / key
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        elif self.scheme == "memory":
+            self.memory.put(key, data)
         else:
             self.client.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}", Body=data)
 
     def get(self, key: str) -> bytes:
         if self.scheme == "file":
             return (self.root / key).read_bytes()
+        if self.scheme == "memory":
+            data = self.memory.get(key)
+            assert data is not None, key
+            return data
         return self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")["Body"].read()
 
     def delete(self, key: str) -> None:
         if self.scheme == "file":
             (self.root / key).unlink()
+        elif self.scheme == "memory":
+            folder, _, name = key.rpartition("/")
+            before = self.memory.list(folder)
+            files = {e.name: self.memory.get(f"{folder}/{e.name}") for e in before if not e.is_dir}
+            assert name in files, key
+            self.memory.delete(folder)
+            for other, data in files.items():
+                if other != name:
+                    self.memory.put(f"{folder}/{other}", data)
         else:
             self.client.delete_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")
 
-    def keys(self) -> list[str]:
+    def keys(self, under: str = "") -> list[str]:
+        """Every object's key (relative to the root), sorted; only those starting with
+        ``under`` if given."""
         if self.scheme == "file":
-            if not self.root.exists():
-                return []
-            return sorted(
-                str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()
+            found = (
+                [str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()]
+                if self.root.exists()
+                else []
             )
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"{self.prefix}/"
-        )
-        cut = len(self.prefix) + 1
-        return sorted(obj["Key"][cut:] for page in pages for obj in page.get("Contents", []))
+        elif self.scheme == "memory":
+            found = []
+            folders = [""]
+            while folders:
+                folder = folders.pop()
+                for entry in self.memory.list(folder):
+                    key = f"{folder}/{entry.name}" if folder else entry.name
+                    (folders if entry.is_dir else found).append(key)
+        else:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/"
+            )
+            cut = len(self.prefix) + 1
+            found = [obj["Key"][cut:] for page in pages for obj in page.get("Contents", [])]
+        return sorted(k for k in found if k.startswith(under))
 
-    def plant_step(self, run_id: str, seq: int, data: bytes) -> None:
+    def data_key(self, run_id: str, seq: int) -> str:
+        """The key of the one data object of step ``seq``."""
+        (key,) = self.keys(f"{run_id}/steps/{seq:08d}-")
+        return key
+
+    def plant_step(
+        self, run_id: str, seq: int, data: bytes, *, version: int = RECORD_VERSION
+    ) -> None:
         """Put ``data`` as step ``seq`` with a commit marker that matches it."""
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{seq:08d}-{digest}.msgpack"
         marker = {
             "type": "commit",
-            "version": RECORD_VERSION,
+            "version": version,
             "run_id": run_id,
             "seq": seq,
-            "object": f"{seq:08d}.msgpack",
+            "object": name,
             "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": digest,
+            "epoch": 0,
         }
-        self.put(f"{run_id}/steps/{seq:08d}.msgpack", data)
+        self.put(f"{run_id}/steps/{name}", data)
         self.put(f"{run_id}/steps/{seq:08d}.commit", msgpack.packb(marker))
 
 
-def _step(seq: int, output=None, **changes) -> StepRecord:
+def make_step(seq: int, output=None, **changes) -> StepRecord:
+    """A valid StepRecord; ``changes`` override its fields."""
     fields = {
         "seq": seq,
         "node": "work",
         "visit": 1,
         "output": output,
-        "state": {},
         "attempts": 1,
         "duration": 0.5,
         "finished_at": 1_700_000_000.0 + seq,
     }
     return StepRecord(**{**fields, **changes})
+
+
+_step = make_step
 
 
 class Answer(BaseModel):
@@ -142,10 +195,12 @@ def test_manifest_round_trip_and_separate_status(store, store_uri):
         input={"question": "why?", "limits": [1, 2.5, None]},
         created_at=1_700_000_000.25,
     )
-    written = store.write_manifest(manifest)
+    assert store.create_manifest(manifest) == manifest
     assert store.read_manifest("run-1") == manifest
     before = raw.get("run-1/manifest.msgpack")
-    assert len(before) == written
+    # Created only if absent: a second engine gets the stored manifest back, not its own.
+    other = dataclasses.replace(manifest, fingerprint="0" * 64, input="another input")
+    assert store.create_manifest(other) == manifest
 
     assert store.update_status("run-1", "succeeded", result=AgentOutput(content="done")) > 0
     got = store.read_manifest("run-1")
@@ -190,12 +245,20 @@ def test_steps_round_trip_every_kind_of_value(store):
     )
     nested = {"list": [1, 2.5, None, True, {"deep": ["x", b"\x00"]}], "pair": (1, "two")}
     records = [
-        _step(0, output, state={"answer": "42"}, usage=usage, routes={"b": True, "c": False}),
+        _step(
+            0,
+            output,
+            writes=(StateWrite("answer", "42"), StateWrite("draft", deleted=True)),
+            usage=usage,
+            routes={"b": True, "c": False},
+            next=None,
+            epoch=3,
+        ),
         _step(1, {"__gecko__": "just a user key", **nested}),
         _step(2, b"\x00\xff binary \x80"),
-        _step(3, Message.user("hello"), next={"node": "work", "input": Message.user("again")}),
+        _step(3, Message.user("hello"), next=Next("work", Message.user("again"))),
         _step(4, usage),
-        _step(5, Point(1, 2), state={"point": Point(3, 4), "tags": ["a", "b"]}),
+        _step(5, Point(1, 2), writes=(StateWrite("point", Point(3, 4)), StateWrite("tags", ["a"]))),
         _step(6, Answer(title="t", score=1.0)),
         _step(7, None, node="join", visit=3, attempts=2),
     ]
@@ -210,9 +273,11 @@ def test_steps_round_trip_every_kind_of_value(store):
     assert first.structured == {"title": "six times seven", "score": 0.5}
     assert first == output.model_copy(update={"structured": first.structured})
     assert first.tool_calls == [call] and first.messages == output.messages
-    assert steps[0].state == {"answer": "42"}
-    assert steps[0].usage == usage.model_dump(mode="json")
+    assert steps[0].writes == (StateWrite("answer", "42"), StateWrite("draft", None, True))
+    assert isinstance(steps[0].writes, tuple)
+    assert steps[0].usage == usage and isinstance(steps[0].usage, Usage)
     assert steps[0].routes == {"b": True, "c": False}
+    assert (steps[0].epoch, steps[0].next, steps[0].attempts) == (3, None, 1)
 
     assert steps[1].output == {
         "__gecko__": "just a user key",
@@ -221,25 +286,56 @@ def test_steps_round_trip_every_kind_of_value(store):
     }
     assert steps[2].output == b"\x00\xff binary \x80"
     assert steps[3].output == Message.user("hello")
-    assert steps[3].next == {"node": "work", "input": Message.user("again")}
+    assert steps[3].next == Next("work", Message.user("again"))
+    assert isinstance(steps[3].next, Next) and steps[3].usage is None
     assert steps[4].output == usage and isinstance(steps[4].output, Usage)
     assert steps[5].output == {"x": 1, "y": 2}
-    assert steps[5].state == {"point": {"x": 3, "y": 4}, "tags": ["a", "b"]}
+    assert steps[5].writes == (StateWrite("point", {"x": 3, "y": 4}), StateWrite("tags", ["a"]))
     assert steps[6].output == {"title": "t", "score": 1.0}
     assert dataclasses.replace(steps[7]) == records[7]
     assert steps[7].finished_at == records[7].finished_at
+    # Every record that holds only values which come back as themselves round-trips whole.
+    assert steps[0] == dataclasses.replace(records[0], output=first)  # all but `structured`
+    for seq in (2, 3, 4, 7):
+        assert steps[seq] == records[seq], seq
+        assert store.read_step("run-v", seq) == records[seq]
+    with pytest.raises(CheckpointError, match="step 8 of run 'run-v' is not committed"):
+        store.read_step("run-v", 8)
+
+
+def test_invalid_step_fields_are_named_and_nothing_is_written(store, store_uri):
+    cases = [
+        ({"seq": -1}, "StepRecord.seq"),
+        ({"node": ""}, "StepRecord.node"),
+        ({"visit": 1.5}, "StepRecord.visit"),
+        ({"duration": -1}, "StepRecord.duration"),
+        ({"epoch": "1"}, "StepRecord.epoch"),
+        ({"usage": {"requests": 1}}, "StepRecord.usage .* expected a Usage"),
+        ({"next": {"node": "a", "input": 1}}, "StepRecord.next .* expected a Next"),
+        ({"routes": {"b": "yes"}}, "StepRecord.routes"),
+        ({"writes": {"k": 1}}, "StepRecord.writes"),
+        ({"writes": (("k", 1),)}, "StepRecord.writes .*item 0 is a tuple"),
+        ({"writes": (StateWrite("k", 1, deleted=True),)}, "a deletion with value None"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(UserError, match=message):
+            store.commit_step("run-bad", dataclasses.replace(_step(0, "ok"), **changes))
+    with pytest.raises(UserError, match=r"writes\[1\] \(state key 'bad'\) of type builtins.set"):
+        store.commit_step("run-bad", _step(0, writes=(StateWrite("ok", 1), StateWrite("bad", {1}))))
+    assert Raw(store_uri).keys() == []
 
 
 @pytest.mark.slow
 def test_bytes_per_step_stay_flat(store, store_uri):
     """A step costs the same whether it is the 10th or the 1,000th: history is never
-    rewritten. On S3 a commit is three requests (HEAD marker, PUT data, PUT marker) and moto
+    rewritten. On S3 a commit is three requests (LIST owners, PUT data, PUT marker) and moto
     answers them slowly in this process, so the commits run from 16 threads, as parallel
     branches of a run would."""
     payload = {"summary": "x" * 400, "scores": [0.5] * 10}
 
     def commit(seq: int) -> int:
-        record = _step(seq, payload, visit=seq + 1, state={"round": "r"}, usage={"tokens": 9})
+        writes = (StateWrite("round", "r"),)
+        record = _step(seq, payload, visit=seq + 1, writes=writes, usage=Usage(total_tokens=9))
         return store.commit_step("long-run", record)
 
     with ThreadPoolExecutor(1 if store_uri.startswith("file") else 16) as pool:
@@ -256,7 +352,7 @@ def test_a_value_that_cannot_be_encoded_writes_nothing(store, store_uri):
     with pytest.raises(UserError, match=r"output\['broken'\]\['deeper'\] of type builtins.object"):
         store.commit_step("run-e", bad)
     with pytest.raises(UserError, match="AgentOutput"):
-        store.commit_step("run-e", _step(0, "ok", state={"seen": {1, 2}}))
+        store.commit_step("run-e", _step(0, "ok", writes=(StateWrite("seen", {1, 2}),)))
     assert Raw(store_uri).keys() == []
     assert store.load_steps("run-e") == []
 
@@ -269,7 +365,7 @@ def test_a_torn_write_is_not_loaded(store, store_uri):
     raw.delete("run-t/steps/00000001.commit")
     assert [s.output for s in store.load_steps("run-t")] == ["first"]
     # A data object with no marker at all (never committed) is ignored too.
-    raw.put("run-t/steps/00000002.msgpack", b"\x93half a rec")
+    raw.put(f"run-t/steps/00000002-{'ab' * 32}.msgpack", b"\x93half a rec")
     assert [s.output for s in store.load_steps("run-t")] == ["first"]
     # The retried visit commits seq 1 again, with other content: it replaces the torn one.
     store.commit_step("run-t", _step(1, "second, retried"))
@@ -279,14 +375,16 @@ def test_a_torn_write_is_not_loaded(store, store_uri):
 def test_tampered_or_truncated_data_is_refused(store, store_uri):
     raw = Raw(store_uri)
     store.commit_step("run-x", _step(0, "a value of some length"))
-    key = "run-x/steps/00000000.msgpack"
+    key = raw.data_key("run-x", 0)
     good = raw.get(key)
     raw.put(key, good.replace(b"some", b"SOME"))
-    with pytest.raises(CheckpointError, match=r"00000000\.msgpack.*sha256") as info:
+    with pytest.raises(CheckpointError, match=r"00000000-[0-9a-f]{64}\.msgpack.*sha256") as info:
         store.load_steps("run-x")
-    assert info.value.uri.endswith("run-x/steps/00000000.msgpack")
+    assert info.value.uri.endswith(key)
+    with pytest.raises(CheckpointError, match="sha256"):
+        store.read_step("run-x", 0)
     raw.put(key, good[:-4])
-    with pytest.raises(CheckpointError, match=r"00000000\.msgpack.*truncated"):
+    with pytest.raises(CheckpointError, match=r"00000000-[0-9a-f]{64}\.msgpack.*truncated"):
         store.load_steps("run-x")
     raw.put(key, good)
     assert store.load_steps("run-x")[0].output == "a value of some length"
@@ -310,7 +408,7 @@ def test_a_pickle_payload_is_refused_and_never_executed(store, store_uri, tmp_pa
     flag = tmp_path / "pwned"
     payload = pickle.dumps(_Exploit(flag))
     raw.plant_step("run-p", 0, payload)  # with a marker that matches it
-    with pytest.raises(CheckpointError, match=r"00000000\.msgpack") as info:
+    with pytest.raises(CheckpointError, match=r"00000000-[0-9a-f]{64}\.msgpack") as info:
         store.load_steps("run-p")
     assert "not a valid msgpack record" in str(info.value)
     raw.put("run-p/manifest.msgpack", payload)
@@ -325,10 +423,10 @@ def test_a_pickle_payload_is_refused_and_never_executed(store, store_uri, tmp_pa
 def test_unknown_types_versions_and_tags_are_refused(store, store_uri):
     raw = Raw(store_uri)
     store.commit_step("scratch", _step(0, {"v": 1}))
-    template = msgpack.unpackb(raw.get("scratch/steps/00000000.msgpack"))
+    template = msgpack.unpackb(raw.get(raw.data_key("scratch", 0)))
     template["run_id"] = "run-u"
     cases = [
-        ({"version": RECORD_VERSION + 1}, "version 2"),
+        ({"version": RECORD_VERSION + 1}, f"version {RECORD_VERSION + 1}"),
         ({"type": "surprise"}, "unknown type 'surprise'"),
         ({"type": "manifest"}, "'manifest' record, not a 'step'"),
         ({"output": {"__gecko__": "os.system", "data": "rm -rf /"}}, "unknown tag 'os.system'"),
@@ -337,13 +435,18 @@ def test_unknown_types_versions_and_tags_are_refused(store, store_uri):
         ({"extra": 1}, "unexpected"),
         ({"run_id": "another-run"}, "belongs to run 'another-run'"),
         ({"seq": 5}, "holds step 5"),
-        ({"state": [1]}, "invalid 'state'"),
+        ({"writes": {"k": 1}}, "invalid 'writes'"),
+        ({"writes": [{"key": "k", "value": 1}]}, "malformed 'writes'"),
+        ({"writes": [{"key": "k", "value": 1, "deleted": True}]}, "malformed 'writes'"),
+        ({"usage": {"requests": "many"}}, "malformed 'usage'"),
+        ({"next": {"node": "a"}}, "malformed 'next'"),
+        ({"epoch": None}, "invalid 'epoch'"),
     ]
     for changes, message in cases:
         raw.plant_step("run-u", 0, msgpack.packb({**template, **changes}, datetime=False))
         with pytest.raises(CheckpointError, match=message) as info:
             store.load_steps("run-u")
-        assert "run-u/steps/00000000.msgpack" in str(info.value), changes
+        assert "run-u/steps/00000000-" in str(info.value), changes
     raw.put("run-u/steps/00000000.commit", msgpack.packb({"type": "commit", "version": 99}))
     with pytest.raises(CheckpointError, match=r"00000000\.commit.*version 99"):
         store.load_steps("run-u")
@@ -353,19 +456,40 @@ def test_unknown_types_versions_and_tags_are_refused(store, store_uri):
         store.read_manifest("run-u")
 
 
+def test_version_1_checkpoints_are_refused_clearly(store, store_uri):
+    raw = Raw(store_uri)
+    old_step = {"type": "step", "version": 1, "run_id": "old", "seq": 0, "node": "a"}
+    data = msgpack.packb(old_step)
+    # Version 1's layout: the data object named by seq, a marker without an epoch.
+    raw.put("old/steps/00000000.msgpack", data)
+    marker = {"type": "commit", "version": 1, "run_id": "old", "seq": 0}
+    marker |= {"object": "00000000.msgpack", "size": len(data), "sha256": "0" * 64}
+    raw.put("old/steps/00000000.commit", msgpack.packb(marker))
+    raw.put("old/manifest.msgpack", msgpack.packb({"type": "manifest", "version": 1}))
+    for load in (lambda: store.load_steps("old"), lambda: store.read_step("old", 0)):
+        with pytest.raises(CheckpointError, match=r"00000000\.commit.*version 1") as info:
+            load()
+        assert "written by another gecko_actors version" in str(info.value)
+    with pytest.raises(CheckpointError, match=r"manifest\.msgpack.*version 1") as info:
+        store.read_manifest("old")
+    assert "another gecko_actors version" in str(info.value)
+
+
 def test_recommit_is_idempotent_and_a_conflict_raises(store):
-    record = _step(0, {"answer": 42}, state={"k": "v"})
+    record = _step(0, {"answer": 42}, writes=(StateWrite("k", "v"),))
     assert store.commit_step("run-i", record) > 0
-    assert store.commit_step("run-i", record) == 0  # same bytes: nothing written
-    with pytest.raises(CheckpointError, match="already committed with different content"):
+    assert store.commit_step("run-i", record) == 0  # same content: already committed
+    with pytest.raises(OwnershipLost, match="committed first by another engine") as info:
         store.commit_step("run-i", dataclasses.replace(record, output={"answer": 43}))
+    assert isinstance(info.value, CheckpointError)
+    assert (info.value.seq, info.value.owner_epoch) == (0, 0)
     assert store.load_steps("run-i") == [record]
 
 
 def test_list_and_delete_runs(store, store_uri):
     assert store.list_runs() == []
     for run_id in ("run-b", "run-a"):
-        store.write_manifest(Manifest(run_id, "wf", "fp", None, time.time()))
+        store.create_manifest(Manifest(run_id, "wf", "fp", None, time.time()))
         store.commit_step(run_id, _step(0, run_id))
     Raw(store_uri).put("not-a-run/readme.txt", b"no manifest here")
     assert store.list_runs() == ["run-a", "run-b"]
@@ -430,6 +554,23 @@ def test_other_uri_mistakes():
         CheckpointStore("s3:///prefix")
     with pytest.raises(UserError, match="retries"):
         CheckpointStore("/tmp/x", retries=-1)
+    for uri in ("memory://", "memory://name?size=1", "memory://a/../b", "memory://a b"):
+        with pytest.raises(UserError, match="memory://name"):
+            CheckpointStore(uri)
+
+
+def test_gs_without_google_cloud_storage_says_what_to_install():
+    pytest.importorskip("pyarrow.fs")
+    try:
+        import google.cloud.storage  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("google-cloud-storage is installed")
+    backend = CheckpointStore("gs://bucket/prefix")._backend()
+    with pytest.raises(UserError, match="google-cloud-storage") as info:
+        backend.put_if_absent("run/owner/00000001.msgpack", b"claim")
+    assert "pip install google-cloud-storage" in str(info.value)
 
 
 def test_accepted_uris(tmp_path, s3):
@@ -444,9 +585,17 @@ def test_accepted_uris(tmp_path, s3):
     assert repr(remote) == f"CheckpointStore({uri!r})" and str(remote) == repr(remote)
     remote.commit_step("r", _step(0, "through the endpoint"))
     assert remote.load_steps("r")[0].output == "through the endpoint"
-    options = remote._filesystem().__reduce__()[1][0]
+    options = remote._backend().filesystem().__reduce__()[1][0]
     assert options["allow_delayed_open"] is True  # one PUT per object, not a multipart upload
     assert options["endpoint_override"] == f"127.0.0.1:{s3.port}"
+    # memory:// is per process: a copy of the store (only its URI travels) sees the same
+    # objects here, and would see its own process's memory elsewhere.
+    memory = CheckpointStore("memory://accepted-uris")
+    memory.commit_step("r", _step(0, "in memory"))
+    copy = pickle.loads(pickle.dumps(memory))
+    assert copy.load_steps("r")[0].output == "in memory"
+    memory.delete_run("r")
+    assert copy.load_steps("r") == [] and copy.list_runs() == []
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -457,9 +606,9 @@ def test_file_writes_that_fail_raise_after_retries(tmp_path):
     store = CheckpointStore(f"file://{tmp_path}/blocker/checkpoints", retries=2, backoff=0.01)
     with pytest.raises(CheckpointError, match="after 3 attempt") as info:
         store.commit_step("run-f", _step(0, "lost?"))
-    assert "run-f/steps/0000000" in str(info.value)
+    assert "step 0 of run 'run-f'" in str(info.value) and "checkpoints/run-f/" in str(info.value)
     with pytest.raises(CheckpointError, match=r"write checkpoint object .*manifest\.msgpack"):
-        store.write_manifest(Manifest("run-f", "wf", "fp", None, time.time()))
+        store.create_manifest(Manifest("run-f", "wf", "fp", None, time.time()))
 
 
 def test_s3_writes_fail_while_the_server_is_down_then_recover():
@@ -471,7 +620,7 @@ def test_s3_writes_fail_while_the_server_is_down_then_recover():
         with pytest.raises(CheckpointError, match="after 3 attempt") as info:
             store.commit_step("run-o", _step(1, "during the outage"))
         message = str(info.value)
-        assert "s3://gecko-outage/" in message and "run-o/steps/00000001" in message
+        assert "s3://gecko-outage/" in message and "step 1 of run 'run-o'" in message
         assert SECRET not in message and KEY_ID not in message
         with pytest.raises(CheckpointError):
             store.load_steps("run-o")

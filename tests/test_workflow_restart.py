@@ -9,14 +9,25 @@ import pytest
 from test_cluster import run_scenario
 
 
+@pytest.mark.timeout(300)  # two Ray start-ups, a SIGKILL sweep and a run: slow on a loaded host
 @pytest.mark.parametrize("scheme", ["file", "s3"])
 def test_run_resumes_after_ray_is_restarted(tmp_path: Path, scheme: str) -> None:
+    """Every process of the Ray instance (GCS, raylet, agents, the coordinator's and the
+    running node's workers) is SIGKILLed once b is done, as when the machine dies; a new Ray
+    in the same driver resumes the run from its checkpoint."""
     outcome = run_scenario("ray_restart.py", str(tmp_path), scheme)
+    assert outcome["survivors"] == []
+    assert {"gcs_server", "raylet"} <= set(outcome["killed"])
+    assert outcome["coordinator_killed"]
     assert outcome["result"] == "in>a>b>c>d"
-    nodes = outcome["nodes"]
-    # Finished before the stop: never run again. In flight at the stop: run again at most once.
+    nodes, before = outcome["nodes"], outcome["before_kill"]
+    # a and b were committed before the kill: executed once, never again after the resume.
+    assert nodes[:2] == ["a", "b"] and before in (2, 3)
+    assert "a" not in nodes[before:] and "b" not in nodes[before:]
     assert nodes.count("a") == 1 and nodes.count("b") == 1 and nodes.count("d") == 1
+    # c was in flight at the kill: run again at most once, with the same key.
     assert nodes.count("c") in (1, 2)
+    assert len({key for node, key in outcome["ledger"] if node == "c"}) == 1
 
 
 @pytest.mark.parametrize("where", ["data", "marker"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,14 +65,17 @@ class RetryPolicy:
 class NodeContext:
     """What a function node (and an edge condition) sees.
 
-    ``outputs`` holds each finished node's latest output; ``state`` is shared by the run's
-    nodes (a node's changes are checkpointed with its step). ``idempotency_key`` is the same
-    for every attempt of this visit, across coordinator restarts; in a map node each item
-    (``item`` is its index) has its own.
+    ``input`` is the visit's input; ``outputs`` holds the latest output of each node in this
+    visit's causal past (the nodes that, transitively, led to it). ``state`` is the node's own
+    copy of the run's state as those nodes left it: what the node assigns, deletes or changes
+    in it is its update, merged into the run's state when the step commits (see the README's
+    state rules). ``idempotency_key`` is the same for every attempt of this visit, across
+    restarts; in a map node each item (``item`` is its index) has its own. ``attempt`` counts
+    from 1: a fencing token with which a side effect can refuse a stale attempt.
     """
 
     input: Any
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     run_id: str = ""
     node: str = ""
@@ -108,7 +111,13 @@ class WorkflowGraph:
     """Nodes, edges and an entry point; build it with the chaining methods, then
     :meth:`validate`."""
 
-    def __init__(self, name: str, *, max_steps: int = 100) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_steps: int = 100,
+        reducers: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+    ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UserError(
                 f"workflow name {name!r} is invalid",
@@ -116,8 +125,16 @@ class WorkflowGraph:
             )
         if max_steps < 1:
             raise UserError(f"max_steps must be >= 1, got {max_steps}")
+        for key, reducer in (reducers or {}).items():
+            if not isinstance(key, str) or not callable(reducer):
+                raise UserError(
+                    f"reducer for state key {key!r} of workflow {name!r} is invalid",
+                    hint="reducers maps str keys to functions (old, update) -> merged, "
+                    "e.g. {'notes': operator.add}",
+                )
         self.name = name
         self.max_steps = max_steps
+        self.reducers: dict[str, Callable[[Any, Any], Any]] = dict(reducers or {})
         self.nodes: dict[str, Node] = {}
         self.edges: list[Edge] = []
         self.entry: str | None = None

@@ -11,9 +11,9 @@ from typing import Any
 import ray
 
 from gecko_actors._actors.common import lookup, unwrap
-from gecko_actors._actors.coordinator import launch
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.exceptions import UserError, WorkflowError
+from gecko_actors.workflow.coordinator import launch
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 

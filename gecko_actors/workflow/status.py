@@ -38,7 +38,7 @@ def node_entry(
     *,
     attempts: int = 0,
     duration: float | None = None,
-    usage: dict[str, Any] | None = None,
+    usage: Usage | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
     """One node's line of the status: the same keys whoever builds it."""
@@ -47,7 +47,7 @@ def node_entry(
         "visit": visit,
         "attempts": attempts,
         "duration": duration,
-        "tokens": (usage or {}).get("total_tokens", 0),
+        "tokens": usage.total_tokens if usage is not None else 0,
         "error": error,
     }
 

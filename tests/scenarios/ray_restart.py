@@ -1,5 +1,8 @@
-"""A workflow run outlives its whole Ray instance: start a run, stop Ray mid-run, start a new
-Ray, resume. Run in its own process by tests/test_workflow_restart.py. Prints "RESULT <json>"."""
+"""A workflow run outlives its whole Ray instance: start a run, SIGKILL every process of the
+instance mid-run (no graceful shutdown: the raylet, the GCS, the agents, the coordinator's and
+the nodes' workers; see hardkill.py), start a new Ray in the same driver, resume. Run in its own
+process by tests/test_workflow_restart.py: ``ray_restart.py WORKDIR file|s3``. Prints
+"RESULT <json>"."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import gecko_actors as ga
+import ray
+from hardkill import LocalRay, bounded
+
 from gecko_actors.workflow import NodeContext, Workflow
 
 
@@ -28,6 +34,42 @@ def build(ledger: Path, name: str = "restartable", seconds: float = 0.8) -> Work
     return wf.add_edge("a", "b").add_edge("b", "c").add_edge("c", "d")
 
 
+def wait_until_done(run: Any, node: str, limit: float = 90.0) -> dict[str, Any]:
+    """Poll the run's status until ``node`` is done; a status call may fail or hang now and
+    then (a coordinator starting, a slow store): retried until the deadline."""
+    deadline = time.monotonic() + limit
+    status: Any = None
+    error: BaseException | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(
+                f"node {node!r} of run {run.run_id!r} was not done within {limit:g}s; "
+                f"last status: {status!r}; last error: {error!r}"
+            )
+        try:
+            status = bounded(run.status, min(left, 10.0), "run.status()")
+        except Exception as exc:
+            error = exc
+        else:  # None: nothing to tell yet (no coordinator answered, no checkpoint)
+            if status and status["nodes"].get(node, {}).get("state") == "done":
+                return status
+            if status and status.get("status") in ("failed", "cancelled"):
+                raise RuntimeError(f"run {run.run_id!r} ended before {node!r} was done: {status}")
+        time.sleep(0.1)
+
+
+def coordinator_pid(run: Any) -> int | None:
+    try:
+        return bounded(
+            lambda: ray.get(run.actor.__ray_call__.remote(lambda _self: os.getpid())),
+            30,
+            "asking the coordinator for its pid",
+        )
+    except Exception:
+        return None
+
+
 def main(workdir: str, scheme: str = "file") -> None:
     ledger = Path(workdir) / "ledger"
     checkpoint, server = str(Path(workdir) / "runs"), None
@@ -36,20 +78,48 @@ def main(workdir: str, scheme: str = "file") -> None:
         from s3util import AWS_ENV, MotoS3
 
         os.environ.update(AWS_ENV)  # before Ray starts: its workers inherit them
-        server = MotoS3("gecko-restart").start()
+        server = MotoS3("gecko-restart").start()  # in this driver: it outlives the instance
         checkpoint = server.uri()
-    ga.init(num_cpus=2, include_dashboard=False)
-    run = build(ledger).start("in", run_id="restart-1", checkpoint=checkpoint)
-    while run.status()["nodes"].get("b", {}).get("state") != "done":
-        time.sleep(0.1)
-    ga.shutdown()  # the whole Ray instance is gone, mid-run
-    ga.init(num_cpus=2, include_dashboard=False)
-    result = build(ledger).resume("restart-1", checkpoint=checkpoint).result(timeout=120)
-    ga.shutdown()
-    if server is not None:
-        server.stop()
-    nodes = [line.split()[0] for line in ledger.read_text().splitlines()]
-    print("RESULT " + json.dumps({"result": result, "nodes": nodes}))
+    first, second = LocalRay(num_cpus=2, include_dashboard=False), None
+    try:
+        first.start()
+        run = build(ledger).start("in", run_id="restart-1", checkpoint=checkpoint)
+        wait_until_done(run, "b")
+        coordinator = coordinator_pid(run)
+        started = time.monotonic()
+        loss = first.kill()  # the whole Ray instance is gone, mid-run, without a word
+        kill_seconds = time.monotonic() - started
+        before = len(ledger.read_text().splitlines())  # nothing of the instance writes now
+        second = LocalRay(num_cpus=2, include_dashboard=False).start()
+        resumed = build(ledger).resume("restart-1", checkpoint=checkpoint)
+        result = resumed.result(timeout=120)
+        second.shutdown()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for instance in (first, second):
+            if instance is not None:
+                instance.cleanup()
+        if server is not None:
+            server.stop()
+    ledger_lines = [line.split() for line in ledger.read_text().splitlines()]
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "result": result,
+                "nodes": [node for node, _ in ledger_lines],
+                "ledger": ledger_lines,
+                "before_kill": before,
+                "killed": sorted(set(loss["killed"].values())),
+                "killed_pids": sorted(loss["killed"]),
+                "survivors": sorted(loss["survivors"].values()),
+                "coordinator_killed": coordinator is not None and coordinator in loss["killed"],
+                "kill_seconds": round(kill_seconds, 2),  # ray.shutdown() included
+                "reset_seconds": round(first.reset_seconds, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

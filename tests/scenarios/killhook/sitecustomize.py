@@ -13,21 +13,26 @@ import signal
 _WHERE = os.environ.get("GECKO_TEST_KILL_AT")
 
 if _WHERE:
-    from gecko_actors import checkpoint as _checkpoint
+    from gecko_actors.checkpoint import CheckpointStore as _Store
 
-    _put = _checkpoint.CheckpointStore._put
+    _put, _put_if_absent = _Store._put, _Store._put_if_absent
     _seq = os.environ["GECKO_TEST_KILL_SEQ"]
     _flag = os.environ["GECKO_TEST_KILL_FLAG"]  # created first: only the first writer dies
 
+    def _dies_here(path):
+        return f"/steps/{_seq}" in path and not os.path.exists(_flag)
+
     def _killing_put(self, path, data, run_id):
-        if f"/steps/{_seq}." in path and not os.path.exists(_flag):
-            if _WHERE == "data" and path.endswith(".msgpack"):
-                open(_flag, "w").close()
-                _put(self, path, data[: len(data) // 2], run_id)
-                os.kill(os.getpid(), signal.SIGKILL)
-            if _WHERE == "marker" and path.endswith(".commit"):
-                open(_flag, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
+        if _WHERE == "data" and _dies_here(path) and path.endswith(".msgpack"):
+            open(_flag, "w").close()
+            _put(self, path, data[: len(data) // 2], run_id)  # a truncated data object
+            os.kill(os.getpid(), signal.SIGKILL)
         return _put(self, path, data, run_id)
 
-    _checkpoint.CheckpointStore._put = _killing_put
+    def _killing_put_if_absent(self, path, data, run_id):
+        if _WHERE == "marker" and _dies_here(path) and path.endswith(".commit"):
+            open(_flag, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # the data is written, its marker is not
+        return _put_if_absent(self, path, data, run_id)
+
+    _Store._put, _Store._put_if_absent = _killing_put, _killing_put_if_absent

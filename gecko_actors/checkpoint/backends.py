@@ -1,0 +1,474 @@
+"""The few I/O primitives the checkpoint store needs, one class per kind of storage.
+
+Every backend offers ``put`` (replace an object whole), ``put_if_absent`` (create an object
+only if no object has that name: the fence of a commit), ``get``, ``list`` (one folder) and
+``delete`` (a folder and everything below it), on paths relative to the store's root. A
+transient failure is an ``OSError`` (or a pyarrow ``ArrowException``), which the store retries.
+
+How each creates an object only if absent, atomically:
+
+- ``file://``: write a temporary file, then ``os.link`` it to the final name (fails if the name
+  exists; a reader never sees a partial file);
+- ``memory://``: under a process-wide lock;
+- ``s3://``: a conditional PUT (``If-None-Match: *``) through boto3, since pyarrow's
+  S3FileSystem has none; the client is built from the same options as pyarrow's (endpoint,
+  scheme, region, timeouts, role) and the standard AWS credentials;
+- ``gs://``: an upload with ``if_generation_match=0`` through google-cloud-storage, which is
+  optional: without it the first fenced write is a UserError saying to
+  ``pip install google-cloud-storage``.
+
+Everything else on S3 and GCS goes through ``pyarrow.fs``. Object stores publish whatever a
+stream held when it is closed, even by an exception: every write is one call with all its bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from gecko_actors.checkpoint.location import Location
+from gecko_actors.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+__all__ = ["Backend", "Entry", "open_backend"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a listed folder: a file (with its size, where the backend knows it) or a
+    folder."""
+
+    name: str
+    size: int | None
+    is_dir: bool
+
+
+class Backend(ABC):
+    """Storage under one root; paths are ``/``-separated and relative to the root."""
+
+    #: Whether reads are slow enough (network round trips) to be worth overlapping.
+    parallel_reads = False
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+
+    @abstractmethod
+    def put(self, path: str, data: bytes) -> None:
+        """Create or replace the object at ``path`` with ``data``, whole."""
+
+    @abstractmethod
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Create the object at ``path`` unless one exists; False (and nothing written) if
+        it does. Atomic: of two concurrent callers, exactly one gets True."""
+
+    @abstractmethod
+    def get(self, path: str) -> bytes | None:
+        """The object's bytes, or None if there is no object at ``path``."""
+
+    @abstractmethod
+    def list(self, folder: str) -> list[Entry]:
+        """The files and folders directly inside ``folder`` ([] if it does not exist)."""
+
+    @abstractmethod
+    def delete(self, folder: str) -> None:
+        """Delete ``folder`` and everything in it (nothing happens if it does not exist)."""
+
+
+def open_backend(location: Location) -> Backend:
+    """The backend for a parsed location; clients are made lazily, at first use."""
+    kinds: dict[str, type[Backend]] = {
+        "file": FileBackend,
+        "memory": MemoryBackend,
+        "s3": S3Backend,
+        "gs": GcsBackend,
+    }
+    return kinds[location.scheme](location)
+
+
+# --- file:// ---------------------------------------------------------------------------------
+
+
+class FileBackend(Backend):
+    """A local (or mounted) directory, through ``os``: ``os.link`` is the atomic
+    create-if-absent that ``pyarrow.fs`` does not offer."""
+
+    def _abs(self, path: str) -> str:
+        return os.path.join(self.location.root, *path.split("/"))
+
+    def _write_aside(self, target: str, data: bytes) -> str:
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        # A hidden name that no reader of the store parses, in the same folder (so that the
+        # rename or link below stays on one filesystem).
+        tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "xb") as out:
+                out.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return tmp
+
+    def put(self, path: str, data: bytes) -> None:
+        """Write aside, then rename over the target: a reader sees the old or the new file."""
+        target = self._abs(path)
+        tmp = self._write_aside(target, data)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Write aside, then hard-link to the target, which fails if the target exists."""
+        target = self._abs(path)
+        tmp = self._write_aside(target, data)
+        try:
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def get(self, path: str) -> bytes | None:
+        """The file's bytes, or None if it does not exist."""
+        try:
+            with open(self._abs(path), "rb") as src:
+                return src.read()
+        except FileNotFoundError:
+            return None
+
+    def list(self, folder: str) -> list[Entry]:
+        """The folder's entries, from one ``scandir``."""
+        try:
+            with os.scandir(self._abs(folder)) as it:
+                return [
+                    Entry(e.name, None, True)
+                    if e.is_dir()
+                    else Entry(e.name, e.stat().st_size, False)
+                    for e in it
+                ]
+        except FileNotFoundError:
+            return []
+
+    def delete(self, folder: str) -> None:
+        """Remove the folder's tree."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self._abs(folder))
+
+
+# --- memory:// -------------------------------------------------------------------------------
+
+# Every memory store of this process: store name -> folder -> file name -> bytes. A memory
+# store is per process: a copy of the store object sent to another process (a Ray actor) finds
+# that process's own, empty, store under the same name.
+_MEMORY: dict[str, dict[str, dict[str, bytes]]] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+class MemoryBackend(Backend):
+    """A store held in this process's memory, for tests; one lock guards every memory store,
+    which makes ``put_if_absent`` atomic."""
+
+    def _split(self, path: str) -> tuple[dict[str, dict[str, bytes]], str, str]:
+        folder, _, name = path.rpartition("/")
+        return _MEMORY.setdefault(self.location.root, {}), folder, name
+
+    def put(self, path: str, data: bytes) -> None:
+        """Store ``bytes(data)`` under ``path``."""
+        with _MEMORY_LOCK:
+            folders, folder, name = self._split(path)
+            folders.setdefault(folder, {})[name] = bytes(data)
+
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """Store ``data`` unless ``path`` is taken, under the lock."""
+        with _MEMORY_LOCK:
+            folders, folder, name = self._split(path)
+            files = folders.setdefault(folder, {})
+            if name in files:
+                return False
+            files[name] = bytes(data)
+            return True
+
+    def get(self, path: str) -> bytes | None:
+        """The stored bytes, or None."""
+        with _MEMORY_LOCK:
+            folders, folder, name = self._split(path)
+            return folders.get(folder, {}).get(name)
+
+    def list(self, folder: str) -> list[Entry]:
+        """The folder's files, and the folders that have files somewhere below it."""
+        with _MEMORY_LOCK:
+            folders = _MEMORY.get(self.location.root, {})
+            entries = [Entry(n, len(d), False) for n, d in folders.get(folder, {}).items()]
+            prefix = f"{folder}/" if folder else ""
+            subdirs = {
+                f[len(prefix) :].split("/", 1)[0]
+                for f, files in folders.items()
+                if files and f.startswith(prefix) and f != folder
+            }
+        return entries + [Entry(name, None, True) for name in sorted(subdirs)]
+
+    def delete(self, folder: str) -> None:
+        """Forget every file at or below ``folder``."""
+        with _MEMORY_LOCK:
+            folders = _MEMORY.get(self.location.root, {})
+            for name in [f for f in folders if f == folder or f.startswith(f"{folder}/")]:
+                del folders[name]
+
+
+# --- object stores through pyarrow.fs --------------------------------------------------------
+
+
+class _ArrowBackend(Backend):
+    """``put``/``get``/``list``/``delete`` through a ``pyarrow.fs`` filesystem; subclasses
+    make the filesystem and the conditional put."""
+
+    parallel_reads = True
+
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
+        # Reentrant: making the filesystem reads the shared settings under the same lock.
+        self._lock = threading.RLock()
+        self._fs: FileSystem | None = None
+
+    @abstractmethod
+    def _make_filesystem(self) -> FileSystem: ...
+
+    def filesystem(self) -> FileSystem:
+        """The pyarrow filesystem, made at first use."""
+        with self._lock:
+            if self._fs is None:
+                self._fs = self._make_filesystem()
+            return self._fs
+
+    def _abs(self, path: str) -> str:
+        return f"{self.location.root.rstrip('/')}/{path}" if path else self.location.root
+
+    def put(self, path: str, data: bytes) -> None:
+        """One PUT with all the bytes."""
+        with self.filesystem().open_output_stream(self._abs(path), compression=None) as out:
+            out.write(data)
+
+    def get(self, path: str) -> bytes | None:
+        """One GET; None if the object does not exist."""
+        try:
+            with self.filesystem().open_input_stream(self._abs(path), compression=None) as src:
+                return src.read()
+        except FileNotFoundError:
+            return None
+
+    def list(self, folder: str) -> list[Entry]:
+        """One listing of the folder's objects and sub-folders."""
+        from pyarrow.fs import FileSelector, FileType
+
+        selector = FileSelector(self._abs(folder), allow_not_found=True)
+        return [
+            Entry(info.base_name, info.size, info.type == FileType.Directory)
+            for info in self.filesystem().get_file_info(selector)
+            if info.type in (FileType.File, FileType.Directory)
+        ]
+
+    def delete(self, folder: str) -> None:
+        """Delete every object under the folder."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem().delete_dir(self._abs(folder))
+
+
+class S3Backend(_ArrowBackend):
+    """S3 (or an S3-compatible server) through pyarrow, plus boto3 for conditional PUTs."""
+
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
+        self._settings: dict[str, Any] | None = None
+        self._client: Any = None
+
+    def settings(self) -> dict[str, Any]:
+        """The URI's options with the region resolved once, shared by both clients."""
+        from pyarrow import fs
+
+        with self._lock:
+            if self._settings is None:
+                options = dict(self.location.options)
+                if "region" not in options:
+                    if "endpoint_override" in options:
+                        region = os.environ.get("AWS_REGION") or os.environ.get(
+                            "AWS_DEFAULT_REGION"
+                        )
+                        options["region"] = region or None
+                    else:  # as FileSystem.from_uri does: ask S3 where the bucket lives
+                        bucket = self.location.root.split("/", 1)[0]
+                        options["region"] = fs.resolve_s3_region(bucket)
+                self._settings = options
+            return dict(self._settings)
+
+    def _make_filesystem(self) -> FileSystem:
+        from pyarrow import fs
+
+        kwargs = self.settings()
+        # Our own loop retries (with the store's backoff); the SDK's would multiply it (three
+        # attempts of a refused connection take ~6 s).
+        kwargs["retry_strategy"] = fs.AwsStandardS3RetryStrategy(max_attempts=1)
+        # One PUT per small object instead of a three-request multipart upload.
+        kwargs.setdefault("allow_delayed_open", True)
+        try:
+            return fs.S3FileSystem(**kwargs)
+        except TypeError:  # a pyarrow without allow_delayed_open
+            kwargs.pop("allow_delayed_open")
+            return fs.S3FileSystem(**kwargs)
+
+    def _make_client(self) -> Any:
+        return _boto3_s3_client(self.settings())
+
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """A PUT with ``If-None-Match: *``; S3 answers 412 if the key exists."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._client is None:
+            client = self._make_client()
+            with self._lock:
+                self._client = self._client or client
+        bucket, _, prefix = self.location.root.partition("/")
+        key = f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if error.get("Code") == "PreconditionFailed" or status == 412:
+                return False
+            # 409 ConditionalRequestConflict (a concurrent conditional write) and the rest
+            # are retried by the store like any failed request.
+            raise OSError(f"S3 error {error.get('Code', status)}: {error.get('Message')}") from exc
+        except BotoCoreError as exc:
+            raise OSError(str(exc)) from exc
+        return True
+
+
+def _boto3_s3_client(options: dict[str, Any]) -> Any:
+    """A boto3 S3 client configured like pyarrow's ``S3FileSystem`` from the same URI
+    options; credentials come from boto3's standard chain (AWS_* variables, profile, role)."""
+    try:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+    except ImportError:  # boto3 is a dependency; a trimmed environment may still lack it
+        raise ConfigurationError(
+            "fenced commits to s3:// need boto3 (pyarrow's S3 filesystem has no conditional PUT)",
+            hint="pip install boto3",
+        ) from None
+    endpoint = options.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
+    # pyarrow addresses buckets by path behind a custom endpoint, by host name otherwise.
+    style = "virtual" if options.get("force_virtual_addressing") or not endpoint else "path"
+    config: dict[str, Any] = {
+        # The store's own loop retries, with its backoff.
+        "retries": {"max_attempts": 1, "mode": "standard"},
+        "s3": {"addressing_style": style},
+    }
+    if "connect_timeout" in options:
+        config["connect_timeout"] = options["connect_timeout"]
+    if "request_timeout" in options:
+        config["read_timeout"] = options["request_timeout"]
+    if options.get("anonymous"):
+        config["signature_version"] = UNSIGNED
+    session = _assumed_role_session(options) if options.get("role_arn") else boto3.Session()
+    return session.client(
+        "s3",
+        region_name=options.get("region") or None,
+        endpoint_url=endpoint or None,
+        verify=options.get("tls_ca_file_path") or None,
+        config=Config(**config),
+    )
+
+
+def _assumed_role_session(options: dict[str, Any]) -> Any:
+    """A boto3 session whose credentials assume ``role_arn`` (refreshed before they expire),
+    as pyarrow does for the same URI option."""
+    import boto3
+    import botocore.session
+    from botocore.credentials import (
+        AssumeRoleCredentialFetcher,
+        CredentialProvider,
+        DeferredRefreshableCredentials,
+    )
+
+    extra = {"RoleSessionName": options.get("session_name") or "gecko-actors"}
+    if options.get("external_id"):
+        extra["ExternalId"] = options["external_id"]
+    source = botocore.session.Session()  # the standard chain's credentials assume the role
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=source.create_client,
+        source_credentials=source.get_credentials(),
+        role_arn=options["role_arn"],
+        extra_args=extra,
+    )
+
+    class AssumeRole(CredentialProvider):
+        METHOD = "gecko-assume-role"
+
+        def load(self) -> Any:
+            return DeferredRefreshableCredentials(fetcher.fetch_credentials, self.METHOD)
+
+    core = botocore.session.Session()
+    core.get_component("credential_provider").insert_before("env", AssumeRole())
+    return boto3.session.Session(botocore_session=core)
+
+
+class GcsBackend(_ArrowBackend):
+    """Google Cloud Storage through pyarrow, plus google-cloud-storage (optional) for
+    conditional uploads."""
+
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
+        self._bucket: Any = None
+
+    def _make_filesystem(self) -> FileSystem:
+        from pyarrow import fs
+
+        options = self.location.options
+        query = f"?{urlencode(options)}" if options else ""
+        return fs.FileSystem.from_uri(f"gs://{self.location.root}{query}")[0]
+
+    def _make_bucket(self) -> Any:
+        try:
+            from google.cloud import storage
+        except ImportError:
+            raise ConfigurationError(
+                f"fenced commits to {self.location.display()!r} need google-cloud-storage "
+                "(pyarrow's GCS filesystem has no create-if-absent write)",
+                hint="pip install google-cloud-storage",
+            ) from None
+        return storage.Client().bucket(self.location.root.split("/", 1)[0])
+
+    def put_if_absent(self, path: str, data: bytes) -> bool:
+        """An upload with ``if_generation_match=0``: GCS refuses it if the object exists."""
+        if self._bucket is None:
+            bucket = self._make_bucket()
+            with self._lock:
+                self._bucket = self._bucket or bucket
+        from google.api_core import exceptions as gexc
+
+        _, _, prefix = self.location.root.partition("/")
+        key = f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
+        try:
+            self._bucket.blob(key).upload_from_string(data, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            return False
+        except gexc.GoogleAPIError as exc:
+            raise OSError(f"GCS error: {exc}") from exc
+        return True

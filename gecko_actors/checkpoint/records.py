@@ -1,0 +1,529 @@
+"""The records of a checkpoint: what a run is (:class:`Manifest`), what each committed node
+visit did (:class:`StepRecord`, with its :class:`StateWrite` list), and how each record becomes
+a msgpack map and back.
+
+Every stored object is a msgpack map with a ``type`` and a ``version``; reading one accepts
+only the known types, the current :data:`RECORD_VERSION`, exactly the expected keys and value
+types, and plain data with no msgpack extension types. Anything else is a
+:class:`~gecko_actors.exceptions.CheckpointError` naming the object. Writing validates every
+field first and names the bad one in a :class:`~gecko_actors.exceptions.UserError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from gecko_actors.checkpoint.codec import check_plain, decode_value, encode_field
+from gecko_actors.core.messages import Usage
+from gecko_actors.exceptions import CheckpointError, UserError
+from gecko_actors.workflow.graph import Next
+
+__all__ = [
+    "MAX_EPOCH",
+    "MAX_SEQ",
+    "RECORD_VERSION",
+    "STATUSES",
+    "TERMINAL",
+    "Manifest",
+    "Marker",
+    "StateWrite",
+    "StepRecord",
+    "apply_status",
+    "corrupt",
+    "data_name",
+    "manifest_data",
+    "manifest_from",
+    "marker_data",
+    "marker_from",
+    "owner_data",
+    "pack",
+    "status_data",
+    "step_data",
+    "step_from",
+    "unpack",
+    "validate_epoch",
+    "validate_run_id",
+    "validate_status",
+]
+
+#: The version of every record this gecko_actors writes, and the only one it reads.
+#: 2: content-addressed step data, owner epochs, typed step records with state writes.
+RECORD_VERSION = 2
+#: The statuses a run can have.
+STATUSES = ("running", "succeeded", "failed", "cancelled")
+#: The statuses of a finished run.
+TERMINAL = frozenset(("succeeded", "failed", "cancelled"))
+#: Sequence numbers and epochs are written with 8 digits in object names.
+MAX_SEQ = 10**8 - 1
+MAX_EPOCH = 10**8 - 1
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a run is: created once when it starts. Its status lives in a separate small
+    object (see ``CheckpointStore.update_status``), merged in by
+    ``CheckpointStore.read_manifest``."""
+
+    run_id: str
+    workflow: str
+    fingerprint: str
+    input: Any
+    created_at: float
+    status: str = "running"  # running | succeeded | failed | cancelled
+    result: Any = None
+    error: str | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """One write a node made to the run's state: a new value for ``key``, or its deletion."""
+
+    key: str
+    value: Any = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One committed visit of a node. ``writes`` are the state writes it made, in the order
+    they are applied; ``epoch`` is the owner epoch of the engine that committed it.
+
+    ``seq`` is the commit order (0-based); the visit's idempotency key is
+    ``f"{run_id}/{node}/{visit}"``. ``next`` is the ``Next(node, input)`` jump the node
+    returned; ``routes`` maps each outgoing edge's target to its condition's outcome, so that
+    a resumed run replays the decisions instead of evaluating the conditions again.
+    """
+
+    seq: int
+    node: str
+    visit: int
+    output: Any
+    writes: tuple[StateWrite, ...] = ()
+    attempts: int = 1
+    duration: float = 0.0
+    usage: Usage | None = None
+    next: Next | None = None
+    routes: dict[str, bool] | None = None
+    epoch: int = 0
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A step's commit marker: which content-addressed data object is step ``seq``, its
+    size and sha256, and the epoch of the engine that committed it."""
+
+    seq: int
+    object: str
+    size: int
+    sha256: str
+    epoch: int
+
+
+_STATUS_FIELDS = ("status", "result", "error", "updated_at", "finished_at", "epoch")
+_KEYS = {
+    "manifest": frozenset(["type", "version", *(f.name for f in dataclasses.fields(Manifest))]),
+    "status": frozenset(("type", "version", "run_id", *_STATUS_FIELDS)),
+    "step": frozenset(
+        ["type", "version", "run_id", *(f.name for f in dataclasses.fields(StepRecord))]
+    ),
+    "commit": frozenset(
+        ["type", "version", "run_id", *(f.name for f in dataclasses.fields(Marker))]
+    ),
+    "owner": frozenset(("type", "version", "run_id", "epoch", "claimed_at", "holder")),
+}
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def validate_run_id(run_id: Any) -> str:
+    """``run_id`` if it is a valid run id (it becomes a folder name), else a UserError."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise UserError(
+            f"invalid run_id {run_id!r:.80}",
+            hint="a run_id is 1-200 letters, digits, '_', '-' or '.', not starting with '.'",
+        )
+    return run_id
+
+
+def validate_status(status: Any) -> str:
+    """``status`` if it is one of :data:`STATUSES`, else a UserError."""
+    if status not in STATUSES:
+        raise UserError(f"invalid run status {status!r:.40}", hint=f"use one of {STATUSES}")
+    return status
+
+
+def validate_epoch(epoch: Any, what: str = "epoch") -> int:
+    """``epoch`` if it is an int from 0 to :data:`MAX_EPOCH`, else a UserError naming
+    ``what``."""
+    if not _is_count(epoch) or epoch > MAX_EPOCH:
+        raise UserError(f"invalid {what} {epoch!r:.40}: expected an int from 0 to {MAX_EPOCH}")
+    return epoch
+
+
+def corrupt(where: str, run_id: str | None, problem: str) -> CheckpointError:
+    """The error for a stored object (``where``, its URI) that is damaged or not ours."""
+    return CheckpointError(
+        f"checkpoint object {where!r} {problem}",
+        hint="the checkpoint is damaged or was written by something else; restore it, or "
+        "delete the run and start it again",
+        uri=where,
+        run_id=run_id,
+    )
+
+
+# --- bytes <-> maps --------------------------------------------------------------------------
+
+
+class _RefusedExtension(Exception):
+    pass
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise _RefusedExtension(code)
+
+
+def pack(record: dict[str, Any]) -> bytes:
+    """A record map as msgpack bytes (with no extension types: values are already plain)."""
+    try:
+        return msgpack.packb(record, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # encode_value should prevent this
+        raise UserError(f"cannot serialise a checkpoint record: {exc}") from None
+
+
+def unpack(raw: bytes, kind: str, run_id: str, where: str) -> dict[str, Any]:
+    """Decode the untrusted bytes of the ``kind`` record of run ``run_id`` stored at
+    ``where``: plain data only, a known type, the current version, exactly its keys."""
+    try:
+        rec = msgpack.unpackb(
+            raw, raw=False, strict_map_key=True, ext_hook=_refuse_ext, use_list=True
+        )
+    except _RefusedExtension as exc:
+        raise corrupt(where, run_id, f"holds msgpack extension type {exc}") from None
+    except Exception as exc:  # any decoding failure of untrusted bytes
+        raise corrupt(
+            where, run_id, f"is not a valid msgpack record ({type(exc).__name__}: {exc!s:.200})"
+        ) from None
+    try:
+        check_plain(rec)
+    except (CheckpointError, RecursionError):
+        raise corrupt(where, run_id, "holds something other than plain data") from None
+    if type(rec) is not dict or "type" not in rec or "version" not in rec:
+        raise corrupt(where, run_id, "is not a gecko_actors checkpoint record")
+    if rec["type"] not in _KEYS:
+        raise corrupt(where, run_id, f"holds a record of unknown type {rec['type']!r:.60}")
+    if rec["type"] != kind:
+        raise corrupt(where, run_id, f"holds a {rec['type']!r} record, not a {kind!r}")
+    if rec["version"] != RECORD_VERSION:
+        error = corrupt(
+            where,
+            run_id,
+            f"holds {kind!r} record version {rec['version']!r:.40}; this gecko_actors "
+            f"reads version {RECORD_VERSION}",
+        )
+        error.hint = (
+            "it was written by another gecko_actors version: use that version to finish or "
+            "inspect the run"
+        )
+        raise error
+    keys = set(rec)
+    if keys != _KEYS[kind]:
+        missing, extra = sorted(_KEYS[kind] - keys), sorted(keys - _KEYS[kind])
+        raise corrupt(
+            where, run_id, f"is a malformed {kind!r} record (missing {missing}, unexpected {extra})"
+        )
+    if rec["run_id"] != run_id:
+        raise corrupt(where, run_id, f"belongs to run {rec['run_id']!r:.80}")
+    return rec
+
+
+def _expect(rec: dict[str, Any], where: str, run_id: str, **types: Any) -> None:
+    for key, allowed in types.items():
+        allowed = allowed if isinstance(allowed, tuple) else (allowed,)
+        if not any(rec[key] is None if t is None else type(rec[key]) is t for t in allowed):
+            raise CheckpointError(
+                f"checkpoint object {where!r} has an invalid {key!r}",
+                hint="the checkpoint was tampered with or written by something else",
+                uri=where,
+                run_id=run_id,
+            )
+
+
+def _status_of(rec: dict[str, Any], where: str, run_id: str) -> str:
+    if rec["status"] not in STATUSES:
+        raise CheckpointError(
+            f"checkpoint object {where!r} has the unknown status {rec['status']!r:.40}",
+            uri=where,
+            run_id=run_id,
+        )
+    return rec["status"]
+
+
+def _decode_at(data: Any, where: str, run_id: str) -> Any:
+    try:
+        return decode_value(data)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"checkpoint object {where!r}: {exc.message}", hint=exc.hint, uri=where, run_id=run_id
+        ) from None
+
+
+def _header(kind: str, run_id: str) -> dict[str, Any]:
+    return {"type": kind, "version": RECORD_VERSION, "run_id": run_id}
+
+
+# --- manifest and status ---------------------------------------------------------------------
+
+
+def manifest_data(manifest: Manifest) -> dict[str, Any]:
+    """The record map of a manifest, after checking every field."""
+    run_id = validate_run_id(manifest.run_id)
+    validate_status(manifest.status)
+    for name in ("workflow", "fingerprint"):
+        if not isinstance(getattr(manifest, name), str):
+            raise UserError(f"Manifest.{name} must be a str", run_id=run_id)
+    if not _is_number(manifest.created_at):
+        raise UserError("Manifest.created_at must be a number (time.time())", run_id=run_id)
+    if manifest.error is not None and not isinstance(manifest.error, str):
+        raise UserError("Manifest.error must be a str or None", run_id=run_id)
+    if manifest.finished_at is not None and not _is_number(manifest.finished_at):
+        raise UserError("Manifest.finished_at must be a number or None", run_id=run_id)
+    return {
+        **_header("manifest", run_id),
+        "workflow": str(manifest.workflow),
+        "fingerprint": str(manifest.fingerprint),
+        "input": encode_field(manifest.input, "input", run_id=run_id),
+        "created_at": float(manifest.created_at),
+        "status": manifest.status,
+        "result": encode_field(manifest.result, "result", run_id=run_id),
+        "error": manifest.error,
+        "finished_at": None if manifest.finished_at is None else float(manifest.finished_at),
+    }
+
+
+def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
+    """The :class:`Manifest` of an unpacked manifest record."""
+    _expect(rec, where, run_id, workflow=str, fingerprint=str, status=str)
+    _expect(rec, where, run_id, created_at=(int, float))
+    _expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
+    return Manifest(
+        run_id=run_id,
+        workflow=rec["workflow"],
+        fingerprint=rec["fingerprint"],
+        input=_decode_at(rec["input"], where, run_id),
+        created_at=rec["created_at"],
+        status=_status_of(rec, where, run_id),
+        result=_decode_at(rec["result"], where, run_id),
+        error=rec["error"],
+        finished_at=rec["finished_at"],
+    )
+
+
+def status_data(
+    run_id: str, status: str, result: Any, error: str | None, epoch: int | None, now: float
+) -> dict[str, Any]:
+    """The record map of a run's status, after checking every field."""
+    validate_status(status)
+    if error is not None and not isinstance(error, str):
+        raise UserError("error must be a str or None", run_id=run_id)
+    return {
+        **_header("status", run_id),
+        "status": status,
+        "result": encode_field(result, "result", run_id=run_id),
+        "error": error,
+        "updated_at": now,
+        "finished_at": now if status in TERMINAL else None,
+        "epoch": epoch,
+    }
+
+
+def apply_status(manifest: Manifest, rec: dict[str, Any], where: str) -> Manifest:
+    """``manifest`` with the status of an unpacked status record merged in."""
+    run_id = manifest.run_id
+    _expect(rec, where, run_id, status=str, error=(str, None), epoch=(int, None))
+    _expect(rec, where, run_id, updated_at=(int, float), finished_at=(int, float, None))
+    return dataclasses.replace(
+        manifest,
+        status=_status_of(rec, where, run_id),
+        result=_decode_at(rec["result"], where, run_id),
+        error=rec["error"],
+        finished_at=rec["finished_at"],
+    )
+
+
+def owner_data(run_id: str, epoch: int, holder: str, now: float) -> dict[str, Any]:
+    """The record map of an owner claim (``holder`` says which process took it, for people
+    reading the store)."""
+    return {**_header("owner", run_id), "epoch": epoch, "claimed_at": now, "holder": holder}
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def step_data(run_id: str, r: StepRecord) -> dict[str, Any]:
+    """The record map of a step, after checking every field (a UserError names the bad one)
+    and encoding every value: nothing is written for a step that fails here."""
+
+    def bad(field: str, expected: str) -> UserError:
+        value = getattr(r, field, None)
+        return UserError(
+            f"invalid StepRecord.{field} {value!r:.60}: expected {expected}",
+            run_id=run_id,
+            node=getattr(r, "node", None),
+        )
+
+    if not isinstance(r, StepRecord):
+        raise UserError(f"expected a StepRecord, got {type(r).__name__}", run_id=run_id)
+    if not _is_count(r.seq) or r.seq > MAX_SEQ:
+        raise bad("seq", f"an int from 0 to {MAX_SEQ}")
+    if not isinstance(r.node, str) or not r.node:
+        raise bad("node", "a non-empty str")
+    if not _is_count(r.visit):
+        raise bad("visit", "an int >= 0")
+    if not _is_count(r.attempts):
+        raise bad("attempts", "an int >= 0")
+    if not _is_number(r.duration) or r.duration < 0:
+        raise bad("duration", "a number of seconds >= 0")
+    if not _is_number(r.finished_at):
+        raise bad("finished_at", "a number (time.time())")
+    if not _is_count(r.epoch) or r.epoch > MAX_EPOCH:
+        raise bad("epoch", f"an int from 0 to {MAX_EPOCH} (the engine's owner epoch)")
+    if r.usage is not None and not isinstance(r.usage, Usage):
+        raise bad("usage", "a Usage or None")
+    if r.next is not None and (not isinstance(r.next, Next) or not isinstance(r.next.node, str)):
+        raise bad("next", "a Next(node: str, input) or None")
+    routes = r.routes
+    if routes is not None and (
+        not isinstance(routes, dict)
+        or not all(isinstance(k, str) and isinstance(v, bool) for k, v in routes.items())
+    ):
+        raise bad("routes", "None or a dict of target node -> bool")
+    if not isinstance(r.writes, (tuple, list)):
+        raise bad("writes", "a tuple of StateWrite")
+    at = {"run_id": run_id, "node": r.node}
+    writes = []
+    for i, write in enumerate(r.writes):
+        if not isinstance(write, StateWrite):
+            raise bad("writes", f"a tuple of StateWrite (item {i} is a {type(write).__name__})")
+        if not isinstance(write.key, str) or type(write.deleted) is not bool:
+            raise bad("writes", f"StateWrite(key: str, value, deleted: bool) at item {i}")
+        if write.deleted and write.value is not None:
+            raise bad("writes", f"a deletion with value None (item {i}, key {write.key!r:.40})")
+        value = encode_field(write.value, f"writes[{i}] (state key {write.key!r:.40})", **at)
+        writes.append({"key": str.__str__(write.key), "value": value, "deleted": write.deleted})
+    return {
+        **_header("step", run_id),
+        "seq": r.seq,
+        "node": str.__str__(r.node),
+        "visit": r.visit,
+        "output": encode_field(r.output, "output", **at),
+        "writes": writes,
+        "attempts": r.attempts,
+        "duration": float(r.duration),
+        # Usage is stored as its plain fields (not a tagged value): a step always has one type.
+        "usage": None if r.usage is None else r.usage.model_dump(mode="json", exclude_none=True),
+        "next": None
+        if r.next is None
+        else {
+            "node": str.__str__(r.next.node),
+            "input": encode_field(r.next.input, "next input", **at),
+        },
+        "routes": None if routes is None else {str(k): bool(v) for k, v in routes.items()},
+        "epoch": r.epoch,
+        "finished_at": float(r.finished_at),
+    }
+
+
+def step_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> StepRecord:
+    """The :class:`StepRecord` of an unpacked step record (typed: ``Usage``, ``Next`` and a
+    tuple of :class:`StateWrite`, never dicts)."""
+    _expect(rec, where, run_id, seq=int, node=str, visit=int, attempts=int, epoch=int)
+    _expect(rec, where, run_id, duration=(int, float), finished_at=(int, float))
+    _expect(rec, where, run_id, writes=list, usage=(dict, None), next=(dict, None))
+    _expect(rec, where, run_id, routes=(dict, None))
+    if rec["seq"] != seq:
+        raise corrupt(where, run_id, f"holds step {rec['seq']}, not {seq}")
+    writes = []
+    for item in rec["writes"]:
+        if (
+            type(item) is not dict
+            or set(item) != {"key", "value", "deleted"}
+            or type(item["key"]) is not str
+            or type(item["deleted"]) is not bool
+            or (item["deleted"] and item["value"] is not None)
+        ):
+            raise corrupt(where, run_id, "has a malformed 'writes'")
+        value = _decode_at(item["value"], where, run_id)
+        writes.append(StateWrite(item["key"], value, item["deleted"]))
+    jump = rec["next"]
+    if jump is not None:
+        if set(jump) != {"node", "input"} or type(jump["node"]) is not str:
+            raise corrupt(where, run_id, "has a malformed 'next'")
+        jump = Next(jump["node"], _decode_at(jump["input"], where, run_id))
+    usage = rec["usage"]
+    if usage is not None:
+        try:
+            usage = Usage.model_validate(usage)
+        except ValidationError:
+            raise corrupt(where, run_id, "has a malformed 'usage'") from None
+    routes = rec["routes"]
+    if routes is not None and not all(type(v) is bool for v in routes.values()):
+        raise corrupt(where, run_id, "has a malformed 'routes'")
+    return StepRecord(
+        seq=seq,
+        node=rec["node"],
+        visit=rec["visit"],
+        output=_decode_at(rec["output"], where, run_id),
+        writes=tuple(writes),
+        attempts=rec["attempts"],
+        duration=rec["duration"],
+        usage=usage,
+        next=jump,
+        routes=routes,
+        epoch=rec["epoch"],
+        finished_at=rec["finished_at"],
+    )
+
+
+def marker_data(run_id: str, marker: Marker) -> dict[str, Any]:
+    """The record map of a commit marker."""
+    return {**_header("commit", run_id), **dataclasses.asdict(marker)}
+
+
+def marker_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> Marker:
+    """The :class:`Marker` of an unpacked commit record, checked to be step ``seq``'s and to
+    name the data object its hash says."""
+    _expect(rec, where, run_id, seq=int, object=str, size=int, sha256=str, epoch=int)
+    if (
+        rec["seq"] != seq
+        or not _SHA256.fullmatch(rec["sha256"])
+        or rec["object"] != data_name(seq, rec["sha256"])
+        or rec["size"] < 0
+    ):
+        raise corrupt(where, run_id, "is not the commit marker of its step")
+    return Marker(seq, rec["object"], rec["size"], rec["sha256"], rec["epoch"])
+
+
+def data_name(seq: int, sha256: str) -> str:
+    """The name of step ``seq``'s data object with this content hash: two writers of one
+    seq never overwrite each other's data."""
+    return f"{seq:08d}-{sha256}.msgpack"

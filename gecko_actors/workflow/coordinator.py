@@ -1,0 +1,194 @@
+"""The coordinator actor: a thin Ray shell around one run's :class:`RunEngine`.
+
+Its constructor loads the run from the checkpoint, so a restart by Ray is a resume: committed
+nodes never run again, and the visit that was in flight runs again with the same idempotency
+key. All the semantics live in ``engine.py``; this module adds what needs Ray: the actor, its
+name (``workflow/<run_id>``), and killable tasks for function nodes that need them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from typing import Any
+
+import ray
+
+from gecko_actors._actors.common import create, lookup
+from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.exceptions import WorkflowError
+from gecko_actors.logging import get_logger
+from gecko_actors.settings import load_settings
+from gecko_actors.workflow.engine import RunEngine
+from gecko_actors.workflow.execution import LocalExecutor, Result, TaskAttempt, call_node
+from gecko_actors.workflow.graph import Node, NodeContext, WorkflowGraph
+from gecko_actors.workflow.status import run_status
+
+_log = get_logger("gecko_actors.workflow")
+
+
+def _node_task(fn: Any, ctx: NodeContext) -> Any:
+    """A function node as a Ray generator task: the first yield says it is running (its
+    timeout counts from there), the second is ``(value, writes)``."""
+    yield None
+    result = call_node(fn, ctx)
+    yield asyncio.run(result) if inspect.iscoroutine(result) else result
+
+
+_node_task_remote = ray.remote(_node_task)
+
+
+class RayTaskAttempt:
+    """A function node in a Ray task of its own, which ``stop`` kills (``force=True``: Ray
+    cannot interrupt a running task otherwise) and waits for."""
+
+    def __init__(self, node: Node, ctx: NodeContext) -> None:
+        options: dict[str, Any] = {"max_retries": 0, "num_cpus": 0, **node.resources}
+        self._gen = _node_task_remote.options(**options).remote(node.target, ctx)
+        self._running = False
+        self._over = False
+
+    async def started(self) -> None:
+        await self._next()
+        self._running = True
+
+    async def result(self) -> Result:
+        if not self._running:
+            await self.started()
+        try:
+            return await self._next()
+        finally:
+            self._over = True
+
+    async def stop(self) -> None:
+        if self._over:
+            return
+        ray.cancel(self._gen, force=True)
+        try:  # "stopped" is when Ray reports the task's end: cancelled, or its worker killed
+            while True:
+                await self._next()
+        except (StopAsyncIteration, ray.exceptions.RayError):
+            pass
+        self._over = True
+
+    async def _next(self) -> Any:
+        ref = await self._gen.__anext__()
+        return await ref
+
+
+class RayExecutor(LocalExecutor):
+    """The coordinator's executor: a function node that asks for CPUs/GPUs, or a sync one
+    with a timeout, runs as a killable Ray task; everything else as in
+    :class:`LocalExecutor` (no process is created on a run's critical path)."""
+
+    def start(self, node: Node, ctx: NodeContext) -> TaskAttempt | RayTaskAttempt:  # type: ignore[override]
+        if node.kind == "function" and (
+            node.resources
+            or (node.timeout is not None and not inspect.iscoroutinefunction(node.target))
+        ):
+            return RayTaskAttempt(node, ctx)
+        return super().start(node, ctx)
+
+
+def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
+    """The coordinator of ``run_id``: the live one, or a new one that starts or resumes the
+    run from its checkpoint. Blocking (it may read the checkpoint)."""
+    return lookup(f"workflow/{run_id}") or create(
+        ray.remote(CoordinatorActor),
+        f"workflow/{run_id}",
+        (run_id, graph, uri, input, load_settings().workflow_linger),
+        get_if_exists=True,
+        max_concurrency=1000,
+    )
+
+
+class CoordinatorActor:
+    """Drives one run (``workflow/<run_id>``); handles reach it through ``WorkflowRun``."""
+
+    def __init__(
+        self, run_id: str, graph: WorkflowGraph, uri: str, input: Any, linger: float = 60.0
+    ) -> None:
+        self.run_id = run_id
+        self.linger = linger
+        self.events: list[dict[str, Any]] = []
+        store = CheckpointStore(uri)
+        self.engine = RunEngine(graph, run_id, store, RayExecutor(store), on_event=self._event)
+        manifest = self.engine.open(input)
+        self.engine.outcome, self.engine.value = manifest.status, manifest.result
+        self.done = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None
+        self._exit: asyncio.Task[Any] | None = None
+        self._driver: asyncio.Task[Any] | None = None  # a drive that reopen started
+        if manifest.status != "running":
+            self.done.set()
+        # Resume by ourselves, or retire: the call runs once the constructor has returned.
+        me = ray.get_runtime_context().current_actor
+        (me.drive if manifest.status == "running" else me.retire).remote()
+
+    async def drive(self) -> None:
+        """Drive the run to its end (nothing when it is being driven or is over)."""
+        if self._task is not None or self.done.is_set():
+            return
+        self._task = asyncio.current_task()
+        try:
+            durable = await self.engine.run()
+        finally:
+            self._task = None
+            self.done.set()
+        if durable:  # handles find the outcome in the checkpoint once we are gone
+            self._exit = asyncio.create_task(self.retire())
+
+    async def retire(self) -> None:
+        """Exit after ``linger`` seconds: a finished run frees its process. ``reopen``
+        cancels it."""
+        self._exit = asyncio.current_task()
+        await asyncio.sleep(self.linger)
+        # Not exit_actor(): from a call we made to ourselves, it waits for its own reply.
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    async def reopen(self) -> None:
+        """Continue a failed or cancelled run from its last committed step; nothing for a run
+        that is running or succeeded."""
+        if self._task is not None or self.engine.outcome in ("running", "succeeded"):
+            return
+        if self._exit is not None:
+            self._exit.cancel()
+        self.events = []  # the stream of this drive, as a new coordinator's would be
+        self.done.clear()
+        self._driver = asyncio.create_task(self.drive())
+        while self._task is None and not self.done.is_set():
+            await asyncio.sleep(0)  # until drive has begun, so status() says running
+
+    async def result(self) -> Any:
+        await self.done.wait()
+        engine = self.engine
+        if engine.outcome == "succeeded":
+            return engine.value
+        if engine.failure is not None:
+            raise engine.failure
+        manifest = engine.manifest
+        error = f": {manifest.error}" if manifest.error else ""
+        raise WorkflowError(
+            f"workflow run {self.run_id!r} {engine.outcome}{error}",
+            hint="resume it with wf.resume(run_id, checkpoint=...)",
+            run_id=self.run_id,
+        )
+
+    def status(self) -> dict[str, Any]:
+        engine = self.engine
+        status = "running" if not self.done.is_set() else engine.outcome
+        error = str(engine.failure) if engine.failure else engine.manifest.error
+        return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
+
+    def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
+        return self.events[index:], self.done.is_set()
+
+    async def cancel(self) -> None:
+        """Stop the run; returns once its running attempts have stopped."""
+        self.engine.cancel()
+        await self.done.wait()
+
+    def _event(self, kind: str, **data: Any) -> None:
+        self.events.append({"type": kind, "run_id": self.run_id, "time": time.time(), **data})
+        _log.info(kind, run_id=self.run_id, **{k: v for k, v in data.items() if k != "error"})

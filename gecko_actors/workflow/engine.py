@@ -1,0 +1,495 @@
+"""The run engine: drives one workflow run to its end, Ray-free.
+
+It schedules ready visits (``schedule.py``), runs their attempts through an
+:class:`Executor`, validates each outcome, commits it to a
+:class:`~gecko_actors.checkpoint.CheckpointStore`, and only then lets the run go on. The
+coordinator actor is a thin shell around it, and tests drive it in plain asyncio.
+
+The rules it keeps (the README's durable-workflow section says them to users):
+
+- **Only good steps are committed.** A step is checked before its commit: its output, state
+  writes and jump input must be checkpointable, a jump must name a node, ``max_steps`` must not
+  be exceeded and no write may conflict (see ``state.py``). A step that fails a check fails the
+  node; nothing of it is stored, so a resume after the fix runs the node again.
+- **The same values after a restart.** Every output, state write and jump input is normalised
+  at the commit to what the checkpoint holds (plain data; gecko_actors' own messages keep
+  their type), in a fresh run as in a resumed one.
+- **Confirmed cancellation.** A timed-out attempt is stopped (and the engine waits until it
+  has) before the retry starts; the timeout counts from the moment the attempt runs.
+- **One writer per run.** The engine takes an owner epoch when it opens the run and commits
+  with it; when the store says another engine took over
+  (:class:`~gecko_actors.exceptions.OwnershipLost`), it stops driving the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from gecko_actors.checkpoint import (
+    CheckpointStore,
+    Manifest,
+    StateWrite,
+    StepRecord,
+    decode_value,
+    encode_value,
+)
+from gecko_actors.core.messages import Usage
+from gecko_actors.exceptions import GeckoError, OwnershipLost, UserError, WorkflowError
+from gecko_actors.workflow.execution import Outputs
+from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
+from gecko_actors.workflow.schedule import Scheduler, Visit
+from gecko_actors.workflow.state import fold
+from gecko_actors.workflow.status import entry_of, node_entry, usage_of
+
+EventSink = Callable[..., None]
+
+
+class Attempt(Protocol):
+    """One running attempt of a node, as an executor started it."""
+
+    async def started(self) -> None:
+        """Return once the attempt's code is running (a node's timeout counts from here)."""
+
+    async def result(self) -> tuple[Any, tuple[StateWrite, ...]]:
+        """The node's value and the state writes it made."""
+
+    async def stop(self) -> None:
+        """Cancel the attempt and return only once its code no longer runs."""
+
+
+class Executor(Protocol):
+    """Runs node attempts: where and how each kind of node runs is the executor's choice."""
+
+    def start(self, node: Node, ctx: NodeContext) -> Attempt:
+        """Start one attempt of ``node`` with ``ctx`` (its ``state`` is the node's snapshot)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeOutcome:
+    """What a visit's last attempt produced, before it is checked and committed."""
+
+    value: Any
+    writes: tuple[StateWrite, ...]
+    attempts: int
+    duration: float
+
+
+class RunEngine:
+    """Drives run ``run_id`` of ``graph``: ``open`` it, then ``drive`` it to its end."""
+
+    def __init__(
+        self,
+        graph: WorkflowGraph,
+        run_id: str,
+        store: CheckpointStore,
+        executor: Executor,
+        *,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.graph = graph
+        self.run_id = run_id
+        self.store = store
+        self.executor = executor
+        self.on_event = on_event or (lambda kind, **data: None)
+        self.epoch = 0
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.outcome = "running"  # then succeeded | failed | cancelled
+        self.failure: GeckoError | None = None
+        self.value: Any = None  # the run's result once it succeeded
+        self._driver: asyncio.Task[Any] | None = None
+        self._cancelled = False  # a cancel() that came before the drive began
+
+    # --- opening: load the checkpoint and replay it -------------------------------------
+
+    def open(self, input: Any) -> Manifest:
+        """Create the run (or find it) and replay its committed steps, so that ``status``
+        answers before the run is driven. Blocking: call it from a thread in an event loop."""
+        created = Manifest(
+            self.run_id, self.graph.name, self.graph.fingerprint(), input, time.time()
+        )
+        self.manifest = self.store.create_manifest(created)
+        self._reload()
+        return self.manifest
+
+    def take_over(self) -> None:
+        """Take an owner epoch, then reload the committed steps: everything committed before
+        our claim is seen, and any later commit by an older owner is refused by the store."""
+        self.epoch = self.store.claim(self.run_id)
+        self.store.update_status(self.run_id, "running", epoch=self.epoch)
+        self._reload()
+
+    def replay(self, records: list[StepRecord]) -> None:
+        """Rebuild the run's progress from its committed steps, as they were decided."""
+        self.sched = Scheduler(self.graph, self.run_id)
+        self.history: list[tuple[StateWrite, ...]] = []
+        self.writers: dict[str, list[tuple[int, str]]] = {}  # key -> (seq, node) that wrote it
+        self.output_seqs: dict[str, list[int]] = {}  # node -> the seq of each of its steps
+        self.nodes = {}
+        self.sched.start(self.manifest.input)
+        for record in records:
+            self.sched.take_ready()
+            self._apply(record)
+        self.sched.requeue_running()  # visits in flight when the last engine stopped run again
+
+    def _reload(self) -> None:
+        self.replay(self.store.load_steps(self.run_id))
+
+    @property
+    def seq(self) -> int:
+        """The seq of the next step to commit."""
+        return len(self.history)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The run's state: every committed write, merged in commit order."""
+        return fold(self.history, self.graph.reducers)
+
+    def result(self) -> Any:
+        return self.sched.result()
+
+    # --- driving --------------------------------------------------------------------------
+
+    async def run(self) -> bool:
+        """Drive the run to its end, then record its outcome (``outcome``, ``failure``,
+        ``value``) in the store. Returns False when the outcome could not be stored (the
+        store is down, or another engine owns the run): a resume finishes it."""
+        self.outcome, self.failure = "running", None
+        try:
+            await asyncio.to_thread(self.take_over)
+        except GeckoError as exc:
+            self.outcome, self.failure = "failed", exc
+            return await self._record_outcome()
+        self.on_event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
+        try:
+            self.value, self.outcome = await self.drive(), "succeeded"
+        except asyncio.CancelledError:
+            _uncancel()
+            self.outcome = "cancelled"
+            self.failure = WorkflowError(
+                f"workflow run {self.run_id!r} was cancelled",
+                hint="resume it with wf.resume(run_id, checkpoint=...)",
+                run_id=self.run_id,
+            )
+        except Exception as exc:
+            self.outcome = "failed"
+            self.failure = (
+                exc
+                if isinstance(exc, GeckoError)
+                else WorkflowError(
+                    f"workflow run {self.run_id!r} failed: {describe(exc)}", run_id=self.run_id
+                )
+            )
+        finally:
+            self._driver, self._cancelled = None, False
+        return await self._record_outcome()
+
+    async def _record_outcome(self) -> bool:
+        error = None if self.failure is None else str(self.failure)
+        durable = not isinstance(self.failure, OwnershipLost)  # the status is the new owner's
+        if durable:
+            try:
+                await asyncio.to_thread(
+                    self.store.update_status,
+                    self.run_id,
+                    self.outcome,
+                    result=self.value,
+                    error=error,
+                    epoch=self.epoch,
+                )
+            except GeckoError as exc:
+                # Not durable (storage down, or taken over): the run counts as failed here, and
+                # a resume finishes it from the committed steps. The first error says most.
+                self.failure = self.failure or exc
+                self.outcome, error, durable = "failed", str(self.failure), False
+        kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
+        self.on_event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
+        return durable
+
+    async def drive(self) -> Any:
+        """Run ready visits until none is left; returns the run's result. Raises the node's
+        WorkflowError when a node fails, and OwnershipLost when another engine took over."""
+        self._driver = asyncio.current_task()
+        if self._cancelled:
+            raise asyncio.CancelledError
+        running: dict[asyncio.Task[NodeOutcome], Visit] = {}
+        try:
+            while True:
+                for visit in self.sched.take_ready():
+                    running[asyncio.create_task(self._attempts(visit))] = visit
+                if not running:
+                    return self.sched.result()
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    for task in sorted(done, key=lambda t: running[t].node):
+                        visit = running.pop(task)
+                        await self._commit(visit, task.result())
+                except _Behind:
+                    # The engine we replaced committed a step just before it saw our claim:
+                    # that step is valid. Start again from what is committed.
+                    await _stop_all(running)
+                    running.clear()
+                    await asyncio.to_thread(self._reload)
+        finally:
+            await _stop_all(running)
+
+    def cancel(self) -> None:
+        """Stop driving: running attempts are stopped; committed steps stay."""
+        self._cancelled = True
+        if self._driver is not None:
+            self._driver.cancel()
+
+    async def _attempts(self, visit: Visit) -> NodeOutcome:
+        node = self.graph.nodes[visit.node]
+        start = time.perf_counter()
+        self.nodes[visit.node] = node_entry("running", visit.visit)
+        snapshot = self.snapshot(visit)
+        for attempt in range(1, node.retry.attempts + 1):
+            ctx = self.context(visit, attempt, snapshot)
+            self.nodes[visit.node]["attempts"] = attempt
+            self.on_event("node_started", node=visit.node, visit=visit.visit, attempt=attempt)
+            try:
+                value, writes = await self._attempt(node, ctx)
+                return NodeOutcome(value, writes, attempt, time.perf_counter() - start)
+            except Exception as exc:
+                error = describe(exc)
+                if attempt == node.retry.attempts:
+                    raise self._failed(visit, attempt, error, start) from None
+                self.on_event("node_retried", node=visit.node, attempt=attempt, error=error)
+                await asyncio.sleep(node.retry.delay(attempt))
+        raise AssertionError("unreachable: a node has at least one attempt")
+
+    async def _attempt(self, node: Node, ctx: NodeContext) -> tuple[Any, tuple[StateWrite, ...]]:
+        """One attempt: of the node, or of each item of a map node (in parallel, on the same
+        snapshot; their writes merge in item order)."""
+        if not node.fan_out:
+            return await self._one(node, ctx)
+        if not isinstance(ctx.input, list):
+            raise UserError(
+                f"map node {node.name!r} needs a list input, got {type(ctx.input).__name__}",
+                node=node.name,
+            )
+        items = [
+            asyncio.create_task(self._one(node, dataclasses.replace(ctx, input=x, item=i)))
+            for i, x in enumerate(ctx.input)
+        ]
+        try:
+            results = await asyncio.gather(*items)
+        finally:  # one item failed (or we are cancelled): stop the others before retrying
+            await _stop_all(dict.fromkeys(items))
+        return [value for value, _ in results], tuple(w for _, ws in results for w in ws)
+
+    async def _one(self, node: Node, ctx: NodeContext) -> tuple[Any, tuple[StateWrite, ...]]:
+        """One attempt, stopped (and waited for) when it times out or is cancelled."""
+        attempt = self.executor.start(node, ctx)
+        try:
+            await attempt.started()
+            return await asyncio.wait_for(attempt.result(), node.timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"timed out after {node.timeout}s") from None
+        finally:
+            await attempt.stop()  # a no-op once it has finished
+
+    def _failed(self, visit: Visit, attempt: int, error: str, start: float) -> WorkflowError:
+        self.nodes[visit.node].update(
+            state="failed", error=error, duration=time.perf_counter() - start
+        )
+        self.on_event("node_error", node=visit.node, attempt=attempt, error=error)
+        return WorkflowError(
+            f"node {visit.node!r} of workflow run {self.run_id!r} failed after {attempt} "
+            f"attempt(s): {error}",
+            hint="fix the node (or raise its retry attempts), then resume the run with "
+            "wf.resume(run_id, checkpoint=...)",
+            run_id=self.run_id,
+            node=visit.node,
+            attempt=attempt,
+        )
+
+    # --- what a node sees -------------------------------------------------------------------
+
+    def snapshot(self, visit: Visit) -> dict[str, Any]:
+        """The state left by ``visit``'s causal ancestors, in commit order."""
+        return fold(
+            (w for seq, w in enumerate(self.history) if visit.after(seq)), self.graph.reducers
+        )
+
+    def context(self, visit: Visit, attempt: int, snapshot: Mapping[str, Any]) -> NodeContext:
+        """The context of one attempt; the executor copies ``snapshot`` into its state."""
+        return NodeContext(
+            copy.deepcopy(visit.input),
+            self.outputs(visit),
+            dict(snapshot),
+            self.run_id,
+            visit.node,
+            visit.visit,
+            attempt,
+        )
+
+    def outputs(self, visit: Visit, extra: Mapping[str, Any] | None = None) -> Outputs:
+        """The latest output of each node in ``visit``'s causal past (what ``ctx.outputs``
+        holds: the same whenever the visit runs, whatever ran beside it). An older output of
+        a node that has run again since is read from the checkpoint when accessed."""
+        seqs: dict[str, int] = {}
+        for node, node_seqs in self.output_seqs.items():
+            seq = next((s for s in reversed(node_seqs) if visit.after(s)), None)
+            if seq is not None:
+                seqs[node] = seq
+        values = {n: self.sched.outputs[n] for n, s in seqs.items() if s == self.output_seqs[n][-1]}
+        return Outputs({**values, **(extra or {})}, seqs, self.store, self.run_id)
+
+    # --- committing -------------------------------------------------------------------------
+
+    async def _commit(self, visit: Visit, outcome: NodeOutcome) -> None:
+        if not self.sched.is_current(visit):
+            return  # a Next jump re-readied this node while it ran: this visit's result is void
+        try:
+            record = await self._checked(visit, outcome)
+        except GeckoError as exc:
+            raise self._failed(visit, outcome.attempts, describe(exc), time.perf_counter()) from exc
+        try:
+            await asyncio.to_thread(self.store.commit_step, self.run_id, record)
+        except OwnershipLost as exc:
+            winner = getattr(exc, "owner_epoch", None)
+            if winner is not None and winner < self.epoch:
+                raise _Behind from exc
+            self.on_event("run_taken_over", node=visit.node, epoch=self.epoch)
+            raise
+        self._apply(record)
+        self.on_event(
+            "node_completed",
+            node=visit.node,
+            visit=visit.visit,
+            attempts=record.attempts,
+            duration=record.duration,
+            tokens=self.nodes[visit.node]["tokens"],
+        )
+
+    async def _checked(self, visit: Visit, outcome: NodeOutcome) -> StepRecord:
+        """The step record of ``outcome`` once it passed every check, with its values
+        normalised to what the checkpoint holds."""
+        jump = outcome.value if isinstance(outcome.value, Next) else None
+        output = None if jump else normalised(outcome.value, "output", visit.node)
+        if jump is not None:
+            jump = Next(jump.node, normalised(jump.input, "Next input", visit.node))
+        writes = tuple(
+            w
+            if w.deleted
+            else StateWrite(w.key, normalised(w.value, f"state[{w.key!r}]", visit.node))
+            for w in outcome.writes
+        )
+        self.sched.check(visit.node, jump)
+        self._check_conflicts(visit, writes)
+        routes = None if jump else await self._routes(visit, output)
+        usage = usage_of(output)
+        return StepRecord(
+            seq=self.seq,
+            node=visit.node,
+            visit=visit.visit,
+            output=output,
+            writes=writes,
+            attempts=outcome.attempts,
+            duration=outcome.duration,
+            usage=usage if isinstance(usage, Usage) else None,
+            next=jump,
+            routes=routes,
+            epoch=self.epoch,
+            finished_at=time.time(),
+        )
+
+    def _check_conflicts(self, visit: Visit, writes: tuple[StateWrite, ...]) -> None:
+        """Two writes to a key without a reducer by causally concurrent visits (or two items
+        of one map visit) are an error: which one wins would depend on timing."""
+        seen: set[str] = set()
+        for write in writes:
+            if write.key in self.graph.reducers:
+                continue
+            if write.key in seen:
+                raise _conflict(self.run_id, write.key, visit.node, visit.node)
+            seen.add(write.key)
+            for seq, node in self.writers.get(write.key, ()):
+                if not visit.after(seq):
+                    raise _conflict(self.run_id, write.key, node, visit.node)
+
+    async def _routes(self, visit: Visit, output: Any) -> dict[str, bool] | None:
+        edges = [e for e in self.graph.successors(visit.node) if e.when is not None]
+        if not edges:
+            return None
+        seen = NodeContext(
+            output,
+            self.outputs(visit, {visit.node: output}),
+            self.snapshot(visit),
+            self.run_id,
+            visit.node,
+            visit.visit,
+        )
+        routes = {}
+        for edge in edges:
+            verdict = edge.when(seen)
+            routes[edge.target] = bool(await verdict if inspect.isawaitable(verdict) else verdict)
+        return routes
+
+    def _apply(self, record: StepRecord) -> None:
+        """Let a committed step move the run on (live, and when replaying the checkpoint)."""
+        self.history.append(record.writes)
+        for write in record.writes:
+            self.writers.setdefault(write.key, []).append((record.seq, record.node))
+        self.output_seqs.setdefault(record.node, []).append(record.seq)
+        self.sched.finish(
+            record.node, record.visit, record.output, record.routes, record.next, record.seq
+        )
+        self.nodes[record.node] = entry_of(record)
+
+
+class _Behind(Exception):
+    """A step this engine meant to commit was committed by the engine it replaced."""
+
+
+async def _stop_all(running: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks still running and wait until each has stopped."""
+    running = list(running)
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def _uncancel() -> None:
+    """Let the current task go on after it caught its own cancellation (to record it)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
+        task.uncancel()
+
+
+def normalised(value: Any, what: str, node: str) -> Any:
+    """``value`` as the checkpoint will give it back (a UserError naming ``what`` and the node
+    when it cannot be stored)."""
+    try:
+        return decode_value(encode_value(value))
+    except GeckoError as exc:
+        raise UserError(f"node {node!r}: {what}: {exc.message}", hint=exc.hint, node=node) from None
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the error a node raised (not the Ray task error around it)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
+        exc = cause
+    return str(exc) if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+
+
+def _conflict(run_id: str, key: str, first: str, second: str) -> WorkflowError:
+    both = f"node {first!r}" if first == second else f"nodes {first!r} and {second!r}"
+    return WorkflowError(
+        f"{both} both wrote state key {key!r} in parallel (in workflow run {run_id!r}): "
+        "which value wins would depend on timing",
+        hint=f"declare a reducer for it, e.g. Workflow(..., reducers={{{key!r}: operator.add}}), "
+        "or let only one of them write it",
+        run_id=run_id,
+        node=second,
+        key=key,
+    )
