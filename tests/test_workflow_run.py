@@ -334,3 +334,32 @@ def test_a_finished_coordinator_exits_and_its_handle_reads_the_checkpoint(
     assert "succeeded" in run.summary() and list(run.events()) == []
     again = wf.resume(run.run_id, checkpoint=checkpoint_uri)  # a new coordinator, same answer
     assert again.result(timeout=60) == 20
+
+
+def read_upstream(ctx: NodeContext) -> dict:
+    """A node that reads other nodes' outputs: in a Ray task, they are asked of the
+    coordinator on access (nothing but a handle travels with the task)."""
+    import os
+
+    return {"a": ctx.outputs["a"], "names": sorted(ctx.outputs), "pid": os.getpid()}
+
+
+def test_where_function_nodes_run_and_what_they_read(tmp_path: Path) -> None:
+    wf = (
+        Workflow(unique("where"))
+        .add_node("a", lambda ctx: {"big": "x" * 50_000})
+        .add_node("in_process", read_upstream)  # a sync function: a coordinator thread
+        .add_node("killable", read_upstream, timeout=60)  # sync with a timeout: a Ray task
+        .add_node("sized", read_upstream, num_cpus=0.5)  # asks for resources: a Ray task
+        .add_edge("a", "in_process")
+        .add_edge("a", "killable")
+        .add_edge("a", "sized")
+    )
+    run = wf.start(None, checkpoint=tmp_path)
+    result = run.result(timeout=120)
+    coordinator_pid = ray.get(run.actor.__ray_call__.remote(lambda self: __import__("os").getpid()))
+    for node in ("in_process", "killable", "sized"):
+        assert result[node]["a"] == {"big": "x" * 50_000}
+        assert result[node]["names"] == ["a"]
+    assert result["in_process"]["pid"] == coordinator_pid
+    assert result["killable"]["pid"] != coordinator_pid != result["sized"]["pid"]

@@ -9,8 +9,12 @@ name (``workflow/<run_id>``), and killable tasks for function nodes that need th
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import inspect
 import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import ray
@@ -43,11 +47,12 @@ class RayTaskAttempt:
     """A function node in a Ray task of its own, which ``stop`` kills (``force=True``: Ray
     cannot interrupt a running task otherwise) and waits for."""
 
-    def __init__(self, node: Node, ctx: NodeContext) -> None:
+    def __init__(self, node: Node, ctx: NodeContext, on_over: Callable[[], None]) -> None:
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 0, **node.resources}
         self._gen = _node_task_remote.options(**options).remote(node.target, ctx)
         self._running = False
         self._over = False
+        self._on_over = on_over
 
     async def started(self) -> None:
         await self._next()
@@ -59,7 +64,7 @@ class RayTaskAttempt:
         try:
             return await self._next()
         finally:
-            self._over = True
+            self._end()
 
     async def stop(self) -> None:
         if self._over:
@@ -70,25 +75,77 @@ class RayTaskAttempt:
                 await self._next()
         except (StopAsyncIteration, ray.exceptions.RayError):
             pass
-        self._over = True
+        self._end()
+
+    def _end(self) -> None:
+        if not self._over:
+            self._over = True
+            self._on_over()
 
     async def _next(self) -> Any:
         ref = await self._gen.__anext__()
         return await ref
 
 
+class LentOutputs(Mapping[str, Any]):
+    """``ctx.outputs`` in a Ray task: each output the node reads is asked of the coordinator
+    (then kept), so a dispatch sends the same few bytes however many outputs the run has."""
+
+    def __init__(self, coordinator: Any, key: str) -> None:
+        self._coordinator, self._key = coordinator, key
+        self._cache: dict[str, Any] = {}
+        self._names: list[str] | None = None
+
+    def __getitem__(self, node: str) -> Any:
+        if node not in self._cache:
+            found, value = ray.get(self._coordinator.lent_output.remote(self._key, node))
+            if not found:
+                raise KeyError(node)
+            self._cache[node] = value
+        return copy.deepcopy(self._cache[node])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def _all(self) -> list[str]:
+        if self._names is None:
+            self._names = ray.get(self._coordinator.lent_names.remote(self._key))
+        return self._names
+
+
 class RayExecutor(LocalExecutor):
     """The coordinator's executor: a function node that asks for CPUs/GPUs, or a sync one
     with a timeout, runs as a killable Ray task; everything else as in
-    :class:`LocalExecutor` (no process is created on a run's critical path)."""
+    :class:`LocalExecutor` (no process is created on a run's critical path).
+
+    A task's ``ctx.outputs`` is lent: the coordinator keeps the attempt's outputs in
+    ``lent`` while the task runs and answers the task's reads (``lent_output``).
+    """
+
+    def __init__(self, store: CheckpointStore, coordinator: Any = None) -> None:
+        super().__init__(store)
+        self.coordinator = coordinator
+        self.lent: dict[str, Mapping[str, Any]] = {}
 
     def start(self, node: Node, ctx: NodeContext) -> TaskAttempt | RayTaskAttempt:  # type: ignore[override]
         if node.kind == "function" and (
             node.resources
             or (node.timeout is not None and not inspect.iscoroutinefunction(node.target))
         ):
-            return RayTaskAttempt(node, ctx)
+            return RayTaskAttempt(node, *self.lend(ctx))
         return super().start(node, ctx)
+
+    def lend(self, ctx: NodeContext) -> tuple[NodeContext, Callable[[], None]]:
+        """The context to send to a task, and what to call when the task is over."""
+        if self.coordinator is None:  # no actor to ask: outputs travel as checkpoint refs
+            return ctx, lambda: None
+        key = uuid.uuid4().hex
+        self.lent[key] = ctx.outputs
+        sent = dataclasses.replace(ctx, outputs=LentOutputs(self.coordinator, key))
+        return sent, lambda: self.lent.pop(key, None)
 
 
 def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
@@ -113,7 +170,8 @@ class CoordinatorActor:
         self.linger = linger
         self.events: list[dict[str, Any]] = []
         store = CheckpointStore(uri)
-        self.engine = RunEngine(graph, run_id, store, RayExecutor(store), on_event=self._event)
+        self.executor = RayExecutor(store, ray.get_runtime_context().current_actor)
+        self.engine = RunEngine(graph, run_id, store, self.executor, on_event=self._event)
         manifest = self.engine.open(input)
         self.engine.outcome, self.engine.value = manifest.status, manifest.result
         self.done = asyncio.Event()
@@ -180,6 +238,16 @@ class CoordinatorActor:
         status = "running" if not self.done.is_set() else engine.outcome
         error = str(engine.failure) if engine.failure else engine.manifest.error
         return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
+
+    def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
+        """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs)."""
+        outputs = self.executor.lent.get(key)
+        if outputs is None or node not in outputs:
+            return False, None
+        return True, outputs[node]
+
+    def lent_names(self, key: str) -> list[str]:
+        return sorted(self.executor.lent.get(key, {}))
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
         return self.events[index:], self.done.is_set()
