@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -37,6 +38,16 @@ def checkpoint_uri(request, tmp_path) -> str:
     if request.param == "file":
         return f"file://{tmp_path}/checkpoints"
     return request.getfixturevalue("s3").uri()
+
+
+@pytest.fixture(params=["file", "s3", "memory"])
+def store_uri(request, tmp_path) -> str:
+    """A fresh, empty checkpoint store on each backend (``memory://`` too: it needs no Ray)."""
+    if request.param == "file":
+        return f"file://{tmp_path}/checkpoints"
+    if request.param == "s3":
+        return request.getfixturevalue("s3").uri()
+    return f"memory://test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import pickle
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -38,16 +37,6 @@ from gecko_actors.exceptions import CheckpointError, OwnershipLost, UserError
 from gecko_actors.workflow.graph import Next
 
 # --- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["file", "s3", "memory"])
-def store_uri(request, tmp_path) -> str:
-    """A fresh, empty store location on each backend."""
-    if request.param == "file":
-        return f"file://{tmp_path}/checkpoints"
-    if request.param == "s3":
-        return request.getfixturevalue("s3").uri()
-    return f"memory://test-{uuid.uuid4().hex}"
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pickle
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,16 +28,6 @@ from gecko_actors.checkpoint import CheckpointStore, Manifest, StateWrite
 from gecko_actors.checkpoint.backends import MemoryBackend
 from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.exceptions import CheckpointError, OwnershipLost
-
-
-@pytest.fixture(params=["file", "s3", "memory"])
-def store_uri(request, tmp_path) -> str:
-    """A fresh, empty store location on each backend."""
-    if request.param == "file":
-        return f"file://{tmp_path}/checkpoints"
-    if request.param == "s3":
-        return request.getfixturevalue("s3").uri()
-    return f"memory://fencing-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(autouse=True)

@@ -309,7 +309,8 @@ async def test_downstream_sees_the_same_values_with_or_without_a_restart() -> No
 # --- two engines on one run --------------------------------------------------------------------
 
 
-async def test_an_engine_whose_run_was_taken_over_stops_without_corrupting_it() -> None:
+def gated_chain(name: str) -> tuple[WorkflowGraph, asyncio.Event, list[str]]:
+    """a → b → c, where b waits for the returned gate; every execution is listed in order."""
     gate = asyncio.Event()
     runs: list[str] = []
 
@@ -319,8 +320,12 @@ async def test_an_engine_whose_run_was_taken_over_stops_without_corrupting_it() 
             await gate.wait()
         return ctx.node
 
-    wf = WorkflowGraph("owners").add_node("a", step).add_node("b", step).add_node("c", step)
-    wf.add_edge("a", "b").add_edge("b", "c")
+    wf = WorkflowGraph(name).add_node("a", step).add_node("b", step).add_node("c", step)
+    return wf.add_edge("a", "b").add_edge("b", "c"), gate, runs
+
+
+async def test_an_engine_whose_run_was_taken_over_stops_without_corrupting_it() -> None:
+    wf, gate, runs = gated_chain("owners")
     store = memory_store()
     old = engine(wf, store)
     old_task = asyncio.create_task(old.run())
@@ -341,17 +346,7 @@ async def test_an_engine_whose_run_was_taken_over_stops_without_corrupting_it() 
 
 
 async def test_a_step_the_replaced_engine_committed_late_is_taken_as_committed() -> None:
-    gate = asyncio.Event()
-    runs: list[str] = []
-
-    async def step(ctx: NodeContext) -> str:
-        runs.append(ctx.node)
-        if ctx.node == "b":
-            await gate.wait()
-        return ctx.node
-
-    wf = WorkflowGraph("late").add_node("a", step).add_node("b", step).add_node("c", step)
-    wf.add_edge("a", "b").add_edge("b", "c")
+    wf, gate, runs = gated_chain("late")
     store = memory_store()
     new = engine(wf, store)
     old_epoch = store.claim("r1")  # the engine being replaced

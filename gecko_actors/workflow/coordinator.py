@@ -62,9 +62,14 @@ class RayTaskAttempt:
         if not self._running:
             await self.started()
         try:
-            return await self._next()
-        finally:
-            self._end()
+            value = await self._next()
+        except asyncio.CancelledError:
+            raise  # only our wait ended (a timeout, a cancel): the task runs on until stop()
+        except BaseException:
+            self._end()  # the task ended with an error
+            raise
+        self._end()
+        return value
 
     async def stop(self) -> None:
         if self._over:
