@@ -156,6 +156,9 @@ def test_invalid_graph_fails_before_any_actor(tmp_path: Path) -> None:
     before = set(ray.util.list_named_actors())
     with pytest.raises(UserError, match="ghost"):
         wf.start(None, checkpoint=tmp_path)
+    fine = Workflow(unique("in-memory")).add_node("a", lambda ctx: 1)
+    with pytest.raises(UserError, match="memory:// store lives in one process"):
+        fine.start(None, checkpoint="memory://runs")
     assert set(ray.util.list_named_actors()) == before
 
 

@@ -21,9 +21,17 @@ DEFAULT_CHECKPOINT = "gecko_runs"
 
 
 def checkpoint_uri(checkpoint: str | Path | None) -> str:
+    """The store URI of ``checkpoint`` (a local folder by default), as every process sees it."""
     if checkpoint is None or isinstance(checkpoint, Path) or "://" not in str(checkpoint):
         # A local folder: resolved here, on the driver, since the actor may run elsewhere.
         return f"file://{Path(checkpoint or DEFAULT_CHECKPOINT).resolve()}"
+    if str(checkpoint).strip().lower().startswith("memory://"):
+        raise UserError(
+            f"a workflow on Ray cannot checkpoint to {checkpoint!r}: a memory:// store lives "
+            "in one process, and the run's coordinator is another one",
+            hint="use a folder, file://, s3:// or gs://; to test a workflow in one process, "
+            "drive gecko_actors.workflow.engine.RunEngine on a memory:// store",
+        )
     return str(checkpoint)
 
 
