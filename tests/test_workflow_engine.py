@@ -372,3 +372,129 @@ async def test_a_step_the_replaced_engine_committed_late_is_taken_as_committed()
 def test_bad_reducers_are_user_errors() -> None:
     with pytest.raises(UserError, match="reducer"):
         WorkflowGraph("r", reducers={"k": "not callable"})  # type: ignore[dict-item]
+
+
+# --- found in review: each of these failed before its fix ------------------------------------
+
+
+async def test_an_update_its_reducer_cannot_merge_fails_the_node_and_is_not_committed() -> None:
+    def a(ctx: NodeContext) -> None:
+        ctx.state["notes"] = ["a"]
+
+    def b(ctx: NodeContext) -> None:
+        ctx.state["notes"] = "b"  # a str: list + str raises
+
+    wf = WorkflowGraph("bad-merge", reducers={"notes": operator.add})
+    wf.add_node("a", a).add_node("b", b).add_node("c", value(1)).add_edge("a", "b")
+    wf.add_edge("b", "c")
+    eng = await run(wf)
+    assert eng.outcome == "failed" and eng.failure.node == "b"
+    assert "'notes'" in str(eng.failure) and "add" in str(eng.failure)
+    assert [s.node for s in eng.store.load_steps("r1")] == ["a"]
+
+
+async def test_a_visit_made_void_by_a_jump_is_stopped_and_its_failure_ignored() -> None:
+    effects: list[tuple[int, str]] = []
+
+    async def x(ctx: NodeContext) -> str:
+        effects.append((ctx.visit, "start"))
+        if ctx.visit == 1:
+            await asyncio.sleep(5)
+            raise RuntimeError("the void visit failed late")
+        return "x2"
+
+    def j(ctx: NodeContext) -> Any:
+        return Next("x", "again") if ctx.visit == 1 else "j2"
+
+    wf = WorkflowGraph("void").add_node("s", value(None)).add_node("x", x).add_node("j", j)
+    wf.add_edge("s", "x").add_edge("s", "j")
+    eng = await run(wf)
+    assert eng.outcome == "succeeded", eng.failure
+    assert effects == [(1, "start"), (2, "start")]  # visit 1 never got past its sleep
+    assert [(s.node, s.visit) for s in eng.store.load_steps("r1")] == [("s", 1), ("j", 1), ("x", 2)]
+
+
+async def test_conditions_see_the_state_the_node_just_wrote() -> None:
+    def decide(ctx: NodeContext) -> None:
+        ctx.state["ok"] = True
+
+    wf = (
+        WorkflowGraph("cond-state")
+        .add_node("n", decide)
+        .add_node("yes", value("yes"))
+        .add_node("no", value("no"))
+        .add_edge("n", "yes", when=lambda c: c.state.get("ok"))
+        .add_edge("n", "no", when=lambda c: not c.state.get("ok"))
+    )
+    assert (await run(wf)).value == "yes"
+
+
+async def test_a_condition_that_raises_fails_its_node_naming_the_edge() -> None:
+    def broken(ctx: NodeContext) -> bool:
+        return ctx.input["missing"]
+
+    wf = WorkflowGraph("cond-error").add_node("n", value({})).add_node("m", value(1))
+    wf.add_edge("n", "m", when=broken)
+    eng = await run(wf)
+    assert eng.outcome == "failed" and eng.failure.node == "n"
+    assert "broken" in str(eng.failure) and "'n' → 'm'" in str(eng.failure)
+    assert eng.store.load_steps("r1") == []
+
+
+async def test_cancelling_twice_still_waits_for_the_running_thread() -> None:
+    started, ended = threading.Event(), threading.Event()
+
+    def slow(ctx: NodeContext) -> None:
+        started.set()
+        time.sleep(0.5)
+        ended.set()
+
+    eng = engine(WorkflowGraph("cancel-twice").add_node("n", slow), memory_store())
+    task = asyncio.create_task(eng.run())
+    await asyncio.to_thread(started.wait)
+    eng.cancel()
+    await asyncio.sleep(0.05)
+    eng.cancel()
+    task.cancel()  # and a cancel of the task that runs it
+    await asyncio.gather(task, return_exceptions=True)
+    assert ended.is_set()  # run() returned only once the thread had
+
+
+async def test_a_cancel_after_the_run_ended_does_not_cancel_its_resume() -> None:
+    flaky = {"fail": True}
+
+    def node(ctx: NodeContext) -> str:
+        if flaky["fail"]:
+            raise RuntimeError("first time")
+        return "ok"
+
+    eng = engine(WorkflowGraph("late-cancel").add_node("n", node), memory_store())
+    await eng.run()
+    assert eng.outcome == "failed"
+    eng.cancel()  # nothing to cancel
+    flaky["fail"] = False
+    await eng.run()
+    assert eng.outcome == "succeeded" and eng.value == "ok"
+
+
+async def test_the_input_has_the_same_type_in_a_fresh_and_a_resumed_run() -> None:
+    wf = WorkflowGraph("input-type").add_node("n", lambda ctx: type(ctx.input).__name__)
+    assert (await run(wf, Report(title="t", score=1.0))).value == "dict"
+
+
+async def test_rebinding_state_replaces_it_and_key_order_is_no_write() -> None:
+    def start(ctx: NodeContext) -> None:
+        ctx.state["d"] = {"a": 1, "b": 2}
+        ctx.state["gone"] = 1
+
+    def reorder(ctx: NodeContext) -> None:
+        ctx.state["d"] = {"b": 2, "a": 1}  # assigned: a write, though equal
+
+    def rebind(ctx: NodeContext) -> None:
+        ctx.state = {"d": {"b": 2, "a": 1}, "new": 1}
+
+    wf = WorkflowGraph("rebind").add_node("start", start).add_node("reorder", reorder)
+    wf.add_node("rebind", rebind).add_edge("start", "reorder").add_edge("reorder", "rebind")
+    eng = await run(wf)
+    assert eng.outcome == "succeeded", eng.failure
+    assert eng.state == {"d": {"a": 1, "b": 2}, "new": 1}

@@ -207,6 +207,8 @@ class CoordinatorActor:
         cancels it."""
         self._exit = asyncio.current_task()
         await asyncio.sleep(self.linger)
+        if self._task is not None or not self.done.is_set():
+            return  # a reopen that came first is driving the run again: it retires later
         # Not exit_actor(): from a call we made to ourselves, it waits for its own reply.
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
@@ -244,12 +246,13 @@ class CoordinatorActor:
         error = str(engine.failure) if engine.failure else engine.manifest.error
         return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
 
-    def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
-        """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs)."""
+    async def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
+        """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs);
+        read in a thread, since an older output comes from the checkpoint."""
         outputs = self.executor.lent.get(key)
         if outputs is None or node not in outputs:
             return False, None
-        return True, outputs[node]
+        return True, await asyncio.to_thread(outputs.__getitem__, node)
 
     def lent_names(self, key: str) -> list[str]:
         return sorted(self.executor.lent.get(key, {}))

@@ -40,11 +40,17 @@ from gecko_actors.checkpoint import (
     encode_value,
 )
 from gecko_actors.core.messages import Usage
-from gecko_actors.exceptions import GeckoError, OwnershipLost, UserError, WorkflowError
-from gecko_actors.workflow.execution import Outputs
+from gecko_actors.exceptions import (
+    CheckpointError,
+    GeckoError,
+    OwnershipLost,
+    UserError,
+    WorkflowError,
+)
+from gecko_actors.workflow.execution import Outputs, wait_out
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
-from gecko_actors.workflow.state import fold
+from gecko_actors.workflow.state import apply, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
 
 EventSink = Callable[..., None]
@@ -110,6 +116,8 @@ class RunEngine:
     def open(self, input: Any) -> Manifest:
         """Create the run (or find it) and replay its committed steps, so that ``status``
         answers before the run is driven. Blocking: call it from a thread in an event loop."""
+        entry = self.graph.entry or "input"
+        input = normalised(input, "the run's input", entry)  # as a resumed run will see it
         created = Manifest(
             self.run_id, self.graph.name, self.graph.fingerprint(), input, time.time()
         )
@@ -128,6 +136,7 @@ class RunEngine:
         """Rebuild the run's progress from its committed steps, as they were decided."""
         self.sched = Scheduler(self.graph, self.run_id)
         self.history: list[tuple[StateWrite, ...]] = []
+        self._state: dict[str, Any] = {}  # every committed write, merged in commit order
         self.writers: dict[str, list[tuple[int, str]]] = {}  # key -> (seq, node) that wrote it
         self.output_seqs: dict[str, list[int]] = {}  # node -> the seq of each of its steps
         self.nodes = {}
@@ -145,13 +154,14 @@ class RunEngine:
         """The seq of the next step to commit."""
         return len(self.history)
 
+    def result(self) -> Any:
+        """The run's result as its committed steps decide it (see ``Scheduler.result``)."""
+        return self.sched.result()
+
     @property
     def state(self) -> dict[str, Any]:
-        """The run's state: every committed write, merged in commit order."""
-        return fold(self.history, self.graph.reducers)
-
-    def result(self) -> Any:
-        return self.sched.result()
+        """The run's state: every committed write, merged in commit order (a copy)."""
+        return copy.deepcopy(self._state)
 
     # --- driving --------------------------------------------------------------------------
 
@@ -162,8 +172,9 @@ class RunEngine:
         self.outcome, self.failure = "running", None
         try:
             await asyncio.to_thread(self.take_over)
-        except GeckoError as exc:
-            self.outcome, self.failure = "failed", exc
+        except Exception as exc:
+            self.outcome, self.failure = "failed", _as_gecko(exc, self.run_id)
+            self._cancelled = False
             return await self._record_outcome()
         self.on_event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
         try:
@@ -177,14 +188,7 @@ class RunEngine:
                 run_id=self.run_id,
             )
         except Exception as exc:
-            self.outcome = "failed"
-            self.failure = (
-                exc
-                if isinstance(exc, GeckoError)
-                else WorkflowError(
-                    f"workflow run {self.run_id!r} failed: {describe(exc)}", run_id=self.run_id
-                )
-            )
+            self.outcome, self.failure = "failed", _as_gecko(exc, self.run_id)
         finally:
             self._driver, self._cancelled = None, False
         return await self._record_outcome()
@@ -202,10 +206,10 @@ class RunEngine:
                     error=error,
                     epoch=self.epoch,
                 )
-            except GeckoError as exc:
+            except Exception as exc:
                 # Not durable (storage down, or taken over): the run counts as failed here, and
                 # a resume finishes it from the committed steps. The first error says most.
-                self.failure = self.failure or exc
+                self.failure = self.failure or _as_gecko(exc, self.run_id)
                 self.outcome, error, durable = "failed", str(self.failure), False
         kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
         self.on_event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
@@ -228,7 +232,9 @@ class RunEngine:
                 try:
                     for task in sorted(done, key=lambda t: running[t].node):
                         visit = running.pop(task)
-                        await self._commit(visit, task.result())
+                        if self.sched.is_current(visit):  # else void: see _stop_void
+                            await self._commit(visit, task.result())
+                        await self._stop_void(running, task)
                 except _Behind:
                     # The engine we replaced committed a step just before it saw our claim:
                     # that step is valid. Start again from what is committed.
@@ -238,8 +244,21 @@ class RunEngine:
         finally:
             await _stop_all(running)
 
+    async def _stop_void(
+        self, running: dict[asyncio.Task[NodeOutcome], Visit], *finished: asyncio.Task[Any]
+    ) -> None:
+        """Stop the visits a Next jump made void (their region was reset), before the new pass
+        starts the node again; ``finished`` tasks are collected with them."""
+        void = [t for t, v in running.items() if not self.sched.is_current(v)]
+        for task in void:
+            running.pop(task)
+        await _stop_all([*void, *finished])
+
     def cancel(self) -> None:
-        """Stop driving: running attempts are stopped; committed steps stay."""
+        """Stop driving: running attempts are stopped; committed steps stay. Nothing happens
+        to a run that is over, and asking twice is asking once."""
+        if self.outcome != "running" or self._cancelled:
+            return
         self._cancelled = True
         if self._driver is not None:
             self._driver.cancel()
@@ -248,7 +267,10 @@ class RunEngine:
         node = self.graph.nodes[visit.node]
         start = time.perf_counter()
         self.nodes[visit.node] = node_entry("running", visit.visit)
-        snapshot = self.snapshot(visit)
+        try:
+            snapshot = self.snapshot(visit)
+        except Exception as exc:  # a reducer that cannot merge what was committed
+            raise self._failed(visit, 0, describe(exc), start) from None
         for attempt in range(1, node.retry.attempts + 1):
             ctx = self.context(visit, attempt, snapshot)
             self.nodes[visit.node]["attempts"] = attempt
@@ -314,6 +336,8 @@ class RunEngine:
 
     def snapshot(self, visit: Visit) -> dict[str, Any]:
         """The state left by ``visit``'s causal ancestors, in commit order."""
+        if visit.ancestors == (1 << self.seq) - 1:  # every committed step: the run's state
+            return self.state
         return fold(
             (w for seq, w in enumerate(self.history) if visit.after(seq)), self.graph.reducers
         )
@@ -350,7 +374,8 @@ class RunEngine:
         try:
             record = await self._checked(visit, outcome)
         except GeckoError as exc:
-            raise self._failed(visit, outcome.attempts, describe(exc), time.perf_counter()) from exc
+            started = time.perf_counter() - outcome.duration
+            raise self._failed(visit, outcome.attempts, describe(exc), started) from exc
         try:
             await asyncio.to_thread(self.store.commit_step, self.run_id, record)
         except OwnershipLost as exc:
@@ -384,7 +409,9 @@ class RunEngine:
         )
         self.sched.check(visit.node, jump)
         self._check_conflicts(visit, writes)
-        routes = None if jump else await self._routes(visit, output)
+        after = self._merged(visit, self.snapshot(visit), writes)  # what its conditions see
+        self._merged(visit, self.state, writes)  # the run's state must take the update too
+        routes = None if jump else await self._routes(visit, output, after)
         usage = usage_of(output)
         return StepRecord(
             seq=self.seq,
@@ -401,6 +428,27 @@ class RunEngine:
             finished_at=time.time(),
         )
 
+    def _merged(
+        self, visit: Visit, state: dict[str, Any], writes: tuple[StateWrite, ...]
+    ) -> dict[str, Any]:
+        """``state`` with ``writes`` merged in; a reducer that fails is the node's error (a
+        step whose update cannot be merged is never committed)."""
+        for write in writes:
+            try:
+                apply(state, (write,), self.graph.reducers)
+            except Exception as exc:
+                reducer = self.graph.reducers.get(write.key)
+                raise WorkflowError(
+                    f"node {visit.node!r}: the reducer {_name(reducer)} of state key "
+                    f"{write.key!r} cannot merge its update: {describe(exc)}",
+                    hint="make the node write what the reducer expects (with a reducer, "
+                    "assign the update itself), or fix the reducer",
+                    run_id=self.run_id,
+                    node=visit.node,
+                    key=write.key,
+                ) from None
+        return state
+
     def _check_conflicts(self, visit: Visit, writes: tuple[StateWrite, ...]) -> None:
         """Two writes to a key without a reducer by causally concurrent visits (or two items
         of one map visit) are an error: which one wins would depend on timing."""
@@ -415,27 +463,49 @@ class RunEngine:
                 if not visit.after(seq):
                     raise _conflict(self.run_id, write.key, node, visit.node)
 
-    async def _routes(self, visit: Visit, output: Any) -> dict[str, bool] | None:
+    async def _routes(
+        self, visit: Visit, output: Any, state: dict[str, Any]
+    ) -> dict[str, bool] | None:
+        """The outcome of each condition on the node's outgoing edges: they see its output as
+        ``input`` and the state as the node left it. One that raises fails the node."""
         edges = [e for e in self.graph.successors(visit.node) if e.when is not None]
         if not edges:
             return None
         seen = NodeContext(
             output,
             self.outputs(visit, {visit.node: output}),
-            self.snapshot(visit),
+            state,
             self.run_id,
             visit.node,
             visit.visit,
         )
         routes = {}
         for edge in edges:
-            verdict = edge.when(seen)
-            routes[edge.target] = bool(await verdict if inspect.isawaitable(verdict) else verdict)
+            try:
+                verdict = edge.when(seen)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+            except Exception as exc:
+                raise WorkflowError(
+                    f"the condition {_name(edge.when)} of edge {edge.source!r} → "
+                    f"{edge.target!r} raised {describe(exc)}",
+                    hint="fix the condition, then resume the run",
+                    run_id=self.run_id,
+                    node=visit.node,
+                ) from None
+            routes[edge.target] = bool(verdict)
         return routes
 
     def _apply(self, record: StepRecord) -> None:
         """Let a committed step move the run on (live, and when replaying the checkpoint)."""
+        if record.seq != self.seq:
+            raise CheckpointError(
+                f"step {record.seq} of run {self.run_id!r} follows step {self.seq - 1}",
+                hint="the checkpoint is damaged: restore the missing step or delete the run",
+                run_id=self.run_id,
+            )
         self.history.append(record.writes)
+        apply(self._state, record.writes, self.graph.reducers)
         for write in record.writes:
             self.writers.setdefault(write.key, []).append((record.seq, record.node))
         self.output_seqs.setdefault(record.node, []).append(record.seq)
@@ -449,13 +519,24 @@ class _Behind(Exception):
     """A step this engine meant to commit was committed by the engine it replaced."""
 
 
-async def _stop_all(running: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks still running and wait until each has stopped."""
-    running = list(running)
-    for task in running:
+async def _stop_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has stopped (their results are collected)."""
+    tasks = list(tasks)
+    for task in tasks:
         task.cancel()
-    if running:
-        await asyncio.gather(*running, return_exceptions=True)
+    if tasks:
+        await wait_out(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def _as_gecko(exc: Exception, run_id: str) -> GeckoError:
+    """``exc`` if it is ours, else a WorkflowError that says what it was."""
+    if isinstance(exc, GeckoError):
+        return exc
+    return WorkflowError(f"workflow run {run_id!r} failed: {describe(exc)}", run_id=run_id)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", type(fn).__name__)
 
 
 def _uncancel() -> None:

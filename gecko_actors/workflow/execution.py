@@ -38,7 +38,7 @@ from gecko_actors.core.messages import AgentOutput, Message
 from gecko_actors.core.tools import ToolContext
 from gecko_actors.exceptions import WorkflowError
 from gecko_actors.workflow.graph import Node, NodeContext, WorkflowGraph
-from gecko_actors.workflow.state import StateView, writes_of
+from gecko_actors.workflow.state import StateView, as_view, writes_of
 
 Result = tuple[Any, tuple[StateWrite, ...]]
 # Sync function nodes get threads of their own: the event loop's default pool (cores + 4
@@ -54,12 +54,28 @@ def call_node(fn: Callable[[NodeContext], Any], ctx: NodeContext) -> Any:
     ctx.state = StateView(snapshot)
     value = fn(ctx)
     if inspect.isawaitable(value):
-        return _finish_async(value, snapshot, ctx.state)
-    return value, writes_of(snapshot, ctx.state)
+        return _finish_async(value, snapshot, ctx)
+    return value, writes_of(snapshot, as_view(ctx.state))
 
 
-async def _finish_async(awaitable: Any, snapshot: dict[str, Any], view: StateView) -> Result:
-    return await awaitable, writes_of(snapshot, view)
+async def _finish_async(awaitable: Any, snapshot: dict[str, Any], ctx: NodeContext) -> Result:
+    value = await awaitable
+    return value, writes_of(snapshot, as_view(ctx.state))
+
+
+async def wait_out(awaitable: Any) -> Any:
+    """Await ``awaitable`` to its end even if we are cancelled meanwhile (a second cancel
+    must not cut short the wait for an attempt to stop), then let the cancellation through."""
+    future = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = cancelled or not future.done() or future.cancelled()
+    if cancelled:
+        raise asyncio.CancelledError
+    return future.result()
 
 
 class TaskAttempt:
@@ -77,7 +93,7 @@ class TaskAttempt:
     async def stop(self) -> None:
         if not self.task.done():
             self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await wait_out(asyncio.gather(self.task, return_exceptions=True))
 
 
 class ThreadAttempt(TaskAttempt):
@@ -85,18 +101,18 @@ class ThreadAttempt(TaskAttempt):
     until it returns (its result is then thrown away)."""
 
     def __init__(self, fn: Callable[[NodeContext], Any], ctx: NodeContext) -> None:
-        loop = asyncio.get_running_loop()
-        self.future = loop.run_in_executor(_NODE_THREADS, call_node, fn, ctx)
+        self.job = _NODE_THREADS.submit(call_node, fn, ctx)
         super().__init__(self._run())
 
     async def _run(self) -> Result:
-        value = await asyncio.shield(self.future)
+        value = await asyncio.shield(asyncio.wrap_future(self.job))
         if inspect.isawaitable(value):  # a sync function that returned a coroutine
             value = await value
         return value
 
     async def stop(self) -> None:
-        await asyncio.gather(self.future, return_exceptions=True)
+        if not self.job.cancel():  # one still queued for a thread never starts
+            await wait_out(asyncio.gather(asyncio.wrap_future(self.job), return_exceptions=True))
         await super().stop()
 
 

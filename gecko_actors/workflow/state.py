@@ -88,10 +88,32 @@ def _rebuild_view(data: dict[str, Any], touched: list[str]) -> StateView:
     return view
 
 
+def as_view(state: Mapping[str, Any]) -> StateView:
+    """The node's state as a view: a node that rebound ``ctx.state`` to a new dict replaced
+    the whole state (every key it holds is a write, every key it lacks a deletion)."""
+    if isinstance(state, StateView):
+        return state
+    view = StateView()
+    dict.update(view, state)
+    view.touched = list(state)
+    return view
+
+
+def _canonical(value: Any) -> Any:
+    """Encoded data with dict keys in sorted order: equal data, equal bytes."""
+    if isinstance(value, dict):
+        return [[k, _canonical(value[k])] for k in sorted(value)]
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Equal as checkpointed data (NaN equals NaN; 1 and 1.0 differ, as they do when stored)."""
+    """Equal as checkpointed data (NaN equals NaN; key order does not count; 1 and 1.0
+    differ, as they do when stored)."""
     try:
-        return msgpack.packb(encode_value(a)) == msgpack.packb(encode_value(b))
+        pack = msgpack.packb
+        return pack(_canonical(encode_value(a))) == pack(_canonical(encode_value(b)))
     except (GeckoError, TypeError, ValueError):
         try:
             return bool(a == b)
