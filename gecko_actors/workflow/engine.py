@@ -47,7 +47,7 @@ from gecko_actors.exceptions import (
     UserError,
     WorkflowError,
 )
-from gecko_actors.workflow.execution import Outputs, wait_out
+from gecko_actors.workflow.execution import Outputs, describe, wait_out
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
 from gecko_actors.workflow.state import apply, fold
@@ -553,14 +553,6 @@ def normalised(value: Any, what: str, node: str) -> Any:
         return decode_value(encode_value(value))
     except GeckoError as exc:
         raise UserError(f"node {node!r}: {what}: {exc.message}", hint=exc.hint, node=node) from None
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` of the error a node raised (not the Ray task error around it)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
-        exc = cause
-    return str(exc) if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
 
 
 def _conflict(run_id: str, key: str, first: str, second: str) -> WorkflowError:

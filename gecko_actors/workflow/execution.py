@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from gecko_actors._redact import redact
 from gecko_actors.checkpoint import CheckpointStore, StateWrite
 from gecko_actors.core.messages import AgentOutput, Message
 from gecko_actors.core.tools import ToolContext
@@ -146,7 +147,7 @@ class LocalExecutor:
     async def _team(self, node: Node, ctx: NodeContext) -> Result:
         result = await node.target.arun(agent_input(ctx.input))
         # Checkpointable form: errors as text (exceptions are not data).
-        errors = [None if e is None else f"{type(e).__name__}: {e}" for e in result.errors]
+        errors = [None if e is None else redact(describe(e)) for e in result.errors]
         if all(errors):
             raise WorkflowError(
                 f"every member of team node {node.name!r} failed: {errors}",
@@ -174,6 +175,14 @@ class LocalExecutor:
 
 async def _await_node(fn: Callable[[NodeContext], Any], ctx: NodeContext) -> Result:
     return await call_node(fn, ctx)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the error a node raised (not the Ray task error around it)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and type(exc).__name__.startswith("RayTaskError"):
+        exc = cause
+    return str(exc) if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
 
 
 def agent_input(value: Any) -> Any:
