@@ -117,9 +117,21 @@ class WorkflowRun:
                 return
             time.sleep(0 if batch else poll)
 
-    def cancel(self) -> None:
-        """Stop the run; its committed steps stay, and ``resume`` continues it."""
-        self._ask("cancel")
+    def cancel(self, timeout: float | None = None) -> None:
+        """Stop the run and return once its running attempts have stopped (a sync function
+        node in a thread is waited for until it returns); its committed steps stay, and
+        ``resume`` continues it. After ``timeout`` seconds a ``WorkflowError`` says the run
+        is still stopping (the cancel goes on)."""
+        try:
+            self._ask("cancel", timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise WorkflowError(
+                f"workflow run {self.run_id!r} is still stopping after {timeout}s: a node "
+                "that cannot be interrupted (a sync function in a thread) is still running",
+                hint="wait for it (run.result() raises once it is cancelled), or give such "
+                "nodes a timeout so that they run as killable Ray tasks",
+                run_id=self.run_id,
+            ) from None
 
     def reopen(self) -> bool:
         """Continue a failed or cancelled run from its last committed step; False when the
