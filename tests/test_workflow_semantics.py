@@ -510,3 +510,23 @@ async def test_two_engines_on_one_run_the_replaced_one_stops_and_the_checkpoint_
     later = await asyncio.to_thread(engine)  # a third engine, resuming later
     assert later.manifest.status == "succeeded" and later.manifest.result == "c"
     assert later.result() == "c" and runs == ["a", "b", "b", "c"]
+
+
+@ray_test
+def test_cancel_with_a_timeout_says_when_a_thread_keeps_the_run_stopping(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+
+    def stubborn(ctx: NodeContext) -> str:
+        started.touch()
+        time.sleep(3)  # a sync function in a coordinator thread: it cannot be interrupted
+        return "done"
+
+    run = Workflow(unique("stubborn")).add_node("n", stubborn).start(None, checkpoint=tmp_path)
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(WorkflowError, match="still stopping"):
+        run.cancel(timeout=0.2)
+    with pytest.raises(WorkflowError, match="cancelled"):
+        run.result(timeout=60)
+    assert run.status()["status"] == "cancelled"
