@@ -20,7 +20,7 @@ from gecko_actors._actors.gateway import (
 from gecko_actors.core.embedders import LiteLLMEmbedder
 from gecko_actors.core.litellm_model import LiteLLMModel
 from gecko_actors.core.messages import Usage
-from gecko_actors.core.ratelimit import RateLimits
+from gecko_actors.core.ratelimit import RateLimits, Reservation
 from gecko_actors.exceptions import UserError
 from gecko_actors.runtime import ensure_initialized, namespace
 
@@ -120,6 +120,13 @@ class ModelGateway:
     def limiter_stats(self) -> dict[str, Any] | None:
         handle = lookup(self.limiter_name) if self.limiter_name else None
         return ray.get(handle.stats.remote()) if handle is not None else None
+
+    def limiter_reservations(self) -> list[Reservation]:
+        """The latest reservations the limiter granted (see
+        :meth:`~gecko_actors.core.ratelimit.SlidingWindowLimiter.recent_reservations`), oldest
+        first, with start times on the limiter's clock; empty if the gateway has no limits."""
+        handle = lookup(self.limiter_name) if self.limiter_name else None
+        return ray.get(handle.recent_reservations.remote()) if handle is not None else []
 
     def kill(self) -> None:
         for name in [*self.replica_names, self.limiter_name]:

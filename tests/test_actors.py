@@ -54,7 +54,6 @@ PRESENT_ENV = "PATH"
 MISSING_ENV = "GECKO_TEST_SURELY_NOT_SET_XYZ"
 LIMIT = 4  # requests per window of the limited gateway
 WINDOW = 1.0  # seconds
-EPSILON = 0.1  # seconds of transport jitter allowed when checking arrivals at the server
 
 
 def unique(prefix: str) -> str:
@@ -265,13 +264,38 @@ def failed_gateway(gateways: SimpleNamespace) -> SimpleNamespace:
     return SimpleNamespace(error=gateways.failed_error, label=gateways.failed_label)
 
 
-def assert_window_respected(arrivals: list[float], limit: int) -> None:
-    """No WINDOW-long span starting at an arrival holds more than `limit` arrivals. EPSILON
-    allows for transport jitter between the limiter's start time and the server's clock."""
-    arrivals = sorted(arrivals)
-    for i, start in enumerate(arrivals):
-        inside = [t for t in arrivals[i:] if t < start + WINDOW - EPSILON]
-        assert len(inside) <= limit, (i, [round(t - arrivals[0], 3) for t in arrivals])
+def granted_since(gateway: ModelGateway, reservations_before: float) -> list[float]:
+    """The start times the gateway's limiter granted after its `reservations_before`-th
+    reservation (ids are consecutive from 1), on the limiter's own clock, in booking order."""
+    recent = gateway.limiter_reservations()
+    return [r.start_at for r in recent if r.id > reservations_before]
+
+
+def assert_grants_within_limit(starts: list[float], limit: int) -> None:
+    """No window ``(t - WINDOW, t]`` holds more than `limit` of the limiter's start times.
+
+    Only windows ending at a start need checking: any window's starts are a subset of those in
+    the window ending at its latest start. ``end - WINDOW < start`` is the very comparison the
+    limiter makes, on the same floats, so the check needs no slack.
+    """
+    for end in starts:
+        inside = [s for s in starts if end - WINDOW < s <= end]
+        assert len(inside) <= limit, (end, [round(s - starts[0], 3) for s in starts])
+
+
+def assert_arrivals_follow_grants(arrivals: list[float], starts: list[float]) -> None:
+    """The k-th arrival at the server came no earlier than the k-th granted start.
+
+    A replica sends a request only after sleeping until its reservation's start, so each
+    arrival is later than some start of its own. Which one is unknown (replicas are not in
+    step, so arrivals need not come in the order of the grants), but pairing each arrival with
+    its own start means at least k starts precede the k-th arrival. Load only delays arrivals,
+    so it cannot break this; a replica that sent without waiting would. The limiter runs on
+    this machine (the tests' Ray is local), so its monotonic clock is the server's.
+    """
+    assert len(arrivals) == len(starts), (len(arrivals), len(starts))
+    for k, (arrival, start) in enumerate(zip(sorted(arrivals), sorted(starts), strict=True)):
+        assert arrival >= start, (k, arrival - start)
 
 
 # --- 1. spawning, running, finding ------------------------------------------------------------
@@ -412,8 +436,9 @@ def test_gateway_limit_holds_across_replicas_and_agents(
     names = [unique(f"gw{i}") for i in range(3)]
     agents = [spawn_agent(n, model=gw) for n in names]
     # Warm up both replicas (an agent's calls go round robin), so that first-request costs
-    # inside litellm do not skew the measured arrivals.
+    # inside litellm are paid before the burst.
     ray.get([agents[0].submit("warm up") for _ in range(2)])
+    burst_before = gw.limiter_stats()["reservations"]
     first = len(llm.arrivals)
 
     run_id = uuid.uuid4().hex
@@ -423,9 +448,19 @@ def test_gateway_limit_holds_across_replicas_and_agents(
     outputs = ray.get(refs)
     assert [o.content for o in outputs] == ["pong"] * 12
 
+    # The limit is checked on the start times the limiter granted, on its own clock: when the
+    # requests then reached the server depends on how busy the machine was.
+    granted = granted_since(gw, reservations_before)
+    assert len(granted) == 14  # the warm-up and the burst, every one of them granted
+    assert_grants_within_limit(granted, LIMIT)
+    # A limiter that did not limit would grant each request at its booking time. The 12 are
+    # submitted together and book as their agents reach the model, well within one WINDOW of
+    # each other, so more than LIMIT grants would share a window and the check above fail.
+    # (A stall of the whole machine could spread the bookings out and hide such a bug, but no
+    # delay can make a limiting limiter fail.)
     arrivals = llm.arrivals[first:]
     assert len(arrivals) == 12
-    assert_window_respected(arrivals, LIMIT)
+    assert_arrivals_follow_grants(arrivals, granted_since(gw, burst_before))
 
     # Usage: every call was one request of 10 prompt + 2 completion tokens.
     per_agent = [gw.usage(agent=n) for n in names]
@@ -455,9 +490,16 @@ def test_retry_after_pauses_the_limiter(
     after = gw.limiter_stats()
     # The 429 came after `before` was read, and paused every replica for 1 s from then on.
     assert after["paused_until"] >= before["paused_until"] + 1.0
-    # The retry (num_retries=1) honoured Retry-After.
+    # Both attempts asked the limiter, and it started the retry no earlier than the pause's end
+    # (the limiter's own clock and record).
+    attempt, retry = granted_since(gw, before["reservations"])
+    assert attempt < after["paused_until"] <= retry
+    # The retry (num_retries=1) honoured Retry-After: the pause began after the 429 left the
+    # server, and the retry was sent after it ended. A lower bound that sleeps guarantee
+    # (load only adds to it), compared on the one monotonic clock of this machine.
     rejected, retried = llm.arrivals[first:]
-    assert retried - rejected >= 1.0 - EPSILON
+    assert_arrivals_follow_grants([rejected, retried], [attempt, retry])
+    assert retried - rejected >= 1.0
     # The retry is the gateway's, not a new run: one run, two model attempts, one usage.
     assert gw.usage(agent=agent.name).requests == 1
 
@@ -466,15 +508,20 @@ def test_gateway_retries_count_against_the_limit(
     spawn_agent: Callable[..., Agent], limited_gateway: ModelGateway, llm: FakeLLM
 ) -> None:
     agent = spawn_agent(unique("burst"), model=limited_gateway)
-    time.sleep(WINDOW)  # let earlier tests' requests leave the window
+    time.sleep(WINDOW)  # let earlier tests' requests leave the window: the burst must wait
+    before = limited_gateway.limiter_stats()["reservations"]
     first = len(llm.arrivals)
     # One 429 that asks for no wait: the retry goes out at once.
     llm.queue.append(FakeReply.rate_limit(retry_after=0))
     outputs = ray.get([agent.submit(f"burst {i}") for i in range(LIMIT)])
     assert [o.content for o in outputs] == ["pong"] * LIMIT
+    # The retry asked the limiter too: LIMIT + 1 grants, never more than LIMIT in a window
+    # (so one of them waited for the window to move on), each before its arrival.
+    granted = granted_since(limited_gateway, before)
+    assert len(granted) == LIMIT + 1
+    assert_grants_within_limit(granted, LIMIT)
     arrivals = llm.arrivals[first:]
-    assert len(arrivals) == LIMIT + 1
-    assert_window_respected(arrivals, LIMIT)
+    assert_arrivals_follow_grants(arrivals, granted)
 
 
 def test_limits_asked_of_a_running_gateway_are_enforced(

@@ -22,7 +22,12 @@ from gecko_actors.core.engine import current_run
 from gecko_actors.core.litellm_model import read_key
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
-from gecko_actors.core.ratelimit import RateLimits, SlidingWindowLimiter, estimate_tokens
+from gecko_actors.core.ratelimit import (
+    RateLimits,
+    Reservation,
+    SlidingWindowLimiter,
+    estimate_tokens,
+)
 from gecko_actors.exceptions import ModelError
 from gecko_actors.logging import get_logger
 
@@ -53,6 +58,9 @@ class LimiterActor:
 
     def stats(self) -> dict[str, float]:
         return self._limiter.stats()
+
+    def recent_reservations(self) -> list[Reservation]:
+        return self._limiter.recent_reservations()
 
 
 class GatewayActor:

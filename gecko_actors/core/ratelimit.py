@@ -20,6 +20,7 @@ import bisect
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from gecko_actors.exceptions import UserError
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and framing tokens every chat format adds per message
 DEFAULT_COMPLETION_TOKENS = 256  # assumed answer length when the call sets no max_tokens
+RESERVATIONS_KEPT = 1024  # how many of the latest reservations recent_reservations() reports
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class SlidingWindowLimiter:
         self._paused_until = clock()
         self._total_waited = 0.0
         self._reservations = 0
+        self._recent: deque[Reservation] = deque(maxlen=RESERVATIONS_KEPT)
 
     # --- public API ---------------------------------------------------------------------
 
@@ -158,7 +161,9 @@ class SlidingWindowLimiter:
         delay = max(0.0, start - now)
         self._total_waited += delay
         self._reservations += 1
-        return Reservation(id=entry.id, start_at=start, delay=delay)
+        reservation = Reservation(id=entry.id, start_at=start, delay=delay)
+        self._recent.append(reservation)
+        return reservation
 
     def settle(self, reservation_id: int, actual_tokens: int) -> None:
         """Replace a reservation's estimate with the tokens the provider actually billed.
@@ -226,6 +231,19 @@ class SlidingWindowLimiter:
             "total_waited": self._total_waited,
             "reservations": float(self._reservations),
         }
+
+    def recent_reservations(self) -> list[Reservation]:
+        """The latest reservations booked, oldest first: what the limiter granted, on its clock.
+
+        Lets a caller check the guarantee from the limiter's own record (every window of
+        ``start_at`` values within the limits) rather than from when requests were seen
+        elsewhere. Ids are consecutive, so ``id > n`` selects those booked after the ``n``-th.
+
+        Returns:
+            At most :data:`RESERVATIONS_KEPT` reservations, in booking order (which is also
+            ``start_at`` order).
+        """
+        return list(self._recent)
 
     # --- internals ----------------------------------------------------------------------
 
