@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
+import stat
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -359,6 +363,24 @@ def test_a_torn_write_is_not_loaded(store, store_uri):
     assert [s.output for s in store.load_steps("run-t")] == ["first", "second, retried"]
 
 
+def test_a_missing_commit_marker_before_the_last_is_an_error(store, store_uri):
+    """A gap in the markers (a manual or partial delete, a lifecycle rule) would make the
+    engine's next seq differ from the stored one, and its next commit collide forever."""
+    raw = Raw(store_uri)
+    for seq in range(4):
+        store.commit_step("run-g", _step(seq, f"step {seq}"))
+    raw.delete("run-g/steps/00000002.commit")
+    with pytest.raises(CheckpointError, match=r"run 'run-g'.*step 2 is missing") as info:
+        store.load_steps("run-g")
+    assert (info.value.run_id, info.value.seq) == ("run-g", 2)
+    assert info.value.uri.endswith("run-g/steps/00000002.commit")
+    assert "restore the missing step or delete the run" in str(info.value)
+    raw.delete("run-g/steps/00000000.commit")  # the first missing one is named
+    with pytest.raises(CheckpointError, match="step 0 is missing") as info:
+        store.load_steps("run-g")
+    assert info.value.seq == 0
+
+
 def test_tampered_or_truncated_data_is_refused(store, store_uri):
     raw = Raw(store_uri)
     store.commit_step("run-x", _step(0, "a value of some length"))
@@ -583,6 +605,82 @@ def test_accepted_uris(tmp_path, s3):
     assert copy.load_steps("r")[0].output == "in memory"
     memory.delete_run("r")
     assert copy.load_steps("r") == [] and copy.list_runs() == []
+
+
+# --- file:// --------------------------------------------------------------------------------
+
+
+def test_file_listings_stay_complete_while_another_thread_writes(tmp_path):
+    """A write's temporary file can vanish between the listing of its name and its stat: the
+    listing still holds every committed object, never [] (with [], a taking-over engine would
+    re-run committed steps, and a fenced-out engine's owner check would let it through)."""
+    store = CheckpointStore(f"file://{tmp_path}/checkpoints", retries=0)
+    epoch = store.claim("run")
+    records = [_step(seq, f"step {seq}", epoch=epoch) for seq in range(3)]
+    for record in records:
+        store.commit_step("run", record)
+    backend = store._backend()
+    steps = sorted(e.name for e in backend.list("run/steps"))
+    assert len(steps) == 6 and not any(name.startswith(".") for name in steps)
+    data_name = next(name for name in steps if name.startswith("00000002-"))
+    data = backend.get(f"run/steps/{data_name}")
+    marker = backend.get("run/steps/00000002.commit")
+    stop = threading.Event()
+
+    def writer() -> None:  # a retried commit of step 2: temporary files come and go
+        while not stop.is_set():
+            backend.put(f"run/steps/{data_name}", data)
+            backend.put_if_absent("run/steps/00000002.commit", marker)
+            backend.put_if_absent("run/owner/00000001.msgpack", b"a rival claim")
+
+    thread = threading.Thread(target=writer)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the two threads often
+    thread.start()
+    try:
+        for i in range(2000):
+            assert sorted(e.name for e in backend.list("run/steps")) == steps, i
+            assert store.current_epoch("run") == epoch, i
+            if i % 50 == 0:
+                assert store.load_steps("run") == records, i
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+
+
+@pytest.mark.parametrize("how", ["put", "put_if_absent"])
+def test_file_writes_are_synced_before_they_are_published(tmp_path, monkeypatch, how):
+    """The data reaches the disk before its name points at it (else a power loss can leave a
+    marker naming an empty file), and the folder after (so that the name survives too)."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link, real_replace = os.fsync, os.link, os.replace
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "file"
+        if kind == "file":  # the whole data is written (not just buffered) when it is synced
+            assert info.st_size == len(b"the data")
+        events.append(("fsync", kind))
+        real_fsync(fd)
+
+    def publish(real, name):
+        def call(src, dst, *args, **kwargs):
+            events.append((name, os.path.basename(dst)))
+            return real(src, dst, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", publish(real_link, "link"))
+    monkeypatch.setattr(os, "replace", publish(real_replace, "replace"))
+    backend = CheckpointStore(f"file://{tmp_path}/checkpoints")._backend()
+    (tmp_path / "checkpoints" / "run").mkdir(parents=True)
+    getattr(backend, how)("run/object", b"the data")
+    step = "link" if how == "put_if_absent" else "replace"
+    assert events == [("fsync", "file"), (step, "object"), ("fsync", "folder")]
+    assert (tmp_path / "checkpoints" / "run" / "object").read_bytes() == b"the data"
+    assert os.listdir(tmp_path / "checkpoints" / "run") == ["object"]
 
 
 # --- failures --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from test_checkpoint import Raw, make_step
 from gecko_actors.checkpoint import CheckpointStore, Manifest, StateWrite
 from gecko_actors.checkpoint.backends import MemoryBackend
 from gecko_actors.checkpoint.location import parse_uri
-from gecko_actors.exceptions import CheckpointError, OwnershipLost
+from gecko_actors.exceptions import CheckpointError, ConfigurationError, OwnershipLost, UserError
 
 
 @pytest.fixture(autouse=True)
@@ -323,3 +323,77 @@ def test_every_interleaving_of_two_engines_keeps_one_writer():
     for n, order in enumerate(orders):
         _two_engines(order, n)
     assert len(orders) == 512
+
+
+# --- S3-compatible servers that ignore If-None-Match -----------------------------------------
+
+
+def _client_of(backend: Any, monkeypatch: pytest.MonkeyPatch, put_object: Callable) -> Any:
+    """Make ``backend`` use a boto3 client whose ``put_object`` is ``put_object(real, **kw)``."""
+    client = backend._make_client()
+    real = client.put_object
+    monkeypatch.setattr(client, "put_object", lambda **kw: put_object(real, **kw))
+    monkeypatch.setattr(backend, "_make_client", lambda: client)
+    return client
+
+
+def test_s3_checks_once_that_the_server_honours_conditional_writes(s3, monkeypatch):
+    uri = s3.uri()
+    store = CheckpointStore(uri, retries=0)
+    keys: list[str] = []
+
+    def put_object(real: Callable, **kw: Any) -> Any:
+        keys.append(kw["Key"])
+        return real(**kw)
+
+    _client_of(store._backend(), monkeypatch, put_object)
+    epoch = store.claim("run")
+    store.commit_step("run", make_step(0, "fenced", epoch=epoch))
+    store.commit_step("run", make_step(1, "fenced too", epoch=epoch))
+    prefix = parse_uri(uri).root.partition("/")[2]
+    probes = [key for key in keys if key.startswith(f"{prefix}/.gecko-fence-probe/")]
+    assert len(probes) == 2 and probes[0] == probes[1]  # the same object, twice, once
+    assert len(keys) == 5  # the probe's two PUTs, then the claim and two markers
+    assert Raw(uri).keys(under=".gecko-fence-probe") == []  # deleted afterwards
+    assert [s.output for s in store.load_steps("run")] == ["fenced", "fenced too"]
+
+
+def test_s3_servers_that_ignore_if_none_match_are_refused(s3, monkeypatch):
+    """Such a server stores every conditional PUT: two engines would both commit a seq, so
+    the store refuses it at the first fenced write, before writing anything of the run."""
+    uri = s3.uri()
+    store = CheckpointStore(uri, retries=2, backoff=0.01)
+
+    def ignoring_the_condition(real: Callable, **kw: Any) -> Any:
+        kw.pop("IfNoneMatch", None)
+        return real(**kw)
+
+    _client_of(store._backend(), monkeypatch, ignoring_the_condition)
+    with pytest.raises(ConfigurationError, match="does not support conditional writes") as info:
+        store.claim("run")
+    assert isinstance(info.value, UserError)
+    assert f"127.0.0.1:{s3.port}" in str(info.value) and "fenced" in str(info.value)
+    with pytest.raises(ConfigurationError):
+        store.create_manifest(Manifest("run", "wf", "fp", None, time.time()))
+    assert Raw(uri).keys() == []  # no claim, no manifest, no probe left behind
+
+
+def test_s3_servers_that_reject_if_none_match_are_refused():
+    """A server that answers 501 to the header cannot fence either: a ConfigurationError, not
+    a transient error retried until the store gives up."""
+    from botocore.exceptions import ClientError
+
+    from gecko_actors.checkpoint import s3
+
+    class Client:
+        meta = type("Meta", (), {"endpoint_url": "http://s3.example"})()
+
+        def put_object(self, **kw: Any) -> None:
+            response = {
+                "Error": {"Code": "NotImplemented", "Message": "If-None-Match"},
+                "ResponseMetadata": {"HTTPStatusCode": 501},
+            }
+            raise ClientError(response, "PutObject")
+
+    with pytest.raises(ConfigurationError, match=r"'http://s3\.example' does not support"):
+        s3.put_if_absent(Client(), "bucket", "run/steps/00000000.commit", b"marker")

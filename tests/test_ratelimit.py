@@ -162,6 +162,17 @@ def test_fourth_request_waits_for_the_first_to_age_out() -> None:
     assert fourth.delay == pytest.approx(0.75)
 
 
+def test_recent_reservations_are_the_grants_in_order_and_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(ratelimit, "RESERVATIONS_KEPT", 5)
+    lim, _ = limiter(rpm=2, window=1.0, now=0.0)
+    granted = [lim.reserve() for _ in range(7)]
+    recent = lim.recent_reservations()
+    assert recent == granted[-5:]  # the latest 5, oldest first
+    assert [r.id for r in recent] == list(range(granted[2].id, granted[2].id + 5))
+    starts = [r.start_at for r in recent]
+    assert starts == sorted(starts) and starts[2] - starts[0] >= 1.0  # 2 per window
+
+
 def test_token_limit_waits_until_enough_tokens_age_out() -> None:
     lim, clock = limiter(tpm=1000, window=1.0)
     first = lim.reserve(500)

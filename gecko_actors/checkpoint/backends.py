@@ -7,12 +7,15 @@ transient failure is an ``OSError`` (or a pyarrow ``ArrowException``), which the
 
 How each creates an object only if absent, atomically:
 
-- ``file://``: write a temporary file, then ``os.link`` it to the final name (fails if the name
-  exists; a reader never sees a partial file);
+- ``file://``: write a temporary file and fsync it, then ``os.link`` it to the final name
+  (fails if the name exists; a reader never sees a partial file), then fsync the folder, so
+  that after a power loss a name never points at data that did not reach the disk;
 - ``memory://``: under a process-wide lock;
 - ``s3://``: a conditional PUT (``If-None-Match: *``) through boto3, since pyarrow's
-  S3FileSystem has none; the client is built from the same options as pyarrow's (endpoint,
-  scheme, region, timeouts, role) and the standard AWS credentials;
+  S3FileSystem has none (see :mod:`gecko_actors.checkpoint.s3`); the client is built from the
+  same options as pyarrow's (endpoint, scheme, region, timeouts, role) and the standard AWS
+  credentials. Before its first conditional PUT, each backend checks once that the server
+  honours the condition (some S3-compatible servers ignore it, which would lose the fence);
 - ``gs://``: an upload with ``if_generation_match=0`` through google-cloud-storage, which is
   optional: without it the first fenced write is a UserError saying to
   ``pip install google-cloud-storage``.
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from gecko_actors.checkpoint import s3
 from gecko_actors.checkpoint.location import Location
 from gecko_actors.exceptions import ConfigurationError
 
@@ -99,20 +103,36 @@ def open_backend(location: Location) -> Backend:
 
 class FileBackend(Backend):
     """A local (or mounted) directory, through ``os``: ``os.link`` is the atomic
-    create-if-absent that ``pyarrow.fs`` does not offer."""
+    create-if-absent that ``pyarrow.fs`` does not offer. Names starting with a dot (our
+    temporary files) are never listed."""
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.location.root, *path.split("/"))
 
+    def _make_folder(self, folder: str) -> None:
+        """Create ``folder`` and its missing parents, syncing the parent of each new one."""
+        if os.path.isdir(folder):
+            return
+        parent = os.path.dirname(folder)
+        if parent != folder:
+            self._make_folder(parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder)
+        _sync_folder(parent)
+
     def _write_aside(self, target: str, data: bytes) -> str:
         folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
+        self._make_folder(folder)
         # A hidden name that no reader of the store parses, in the same folder (so that the
         # rename or link below stays on one filesystem).
         tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
         try:
             with open(tmp, "xb") as out:
                 out.write(data)
+                out.flush()
+                # On the disk before any name points at it: otherwise a power loss can keep
+                # the name (a commit marker's link) and lose the data.
+                os.fsync(out.fileno())
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -129,6 +149,7 @@ class FileBackend(Backend):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        _sync_folder(os.path.dirname(target))
 
     def put_if_absent(self, path: str, data: bytes) -> bool:
         """Write aside, then hard-link to the target, which fails if the target exists."""
@@ -136,12 +157,13 @@ class FileBackend(Backend):
         tmp = self._write_aside(target, data)
         try:
             os.link(tmp, target)
-            return True
         except FileExistsError:
             return False
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        _sync_folder(os.path.dirname(target))
+        return True
 
     def get(self, path: str) -> bytes | None:
         """The file's bytes, or None if it does not exist."""
@@ -152,22 +174,45 @@ class FileBackend(Backend):
             return None
 
     def list(self, folder: str) -> list[Entry]:
-        """The folder's entries, from one ``scandir``."""
+        """The folder's entries, from one ``scandir``, without dot names (our temporary
+        files, which come and go while another thread or process writes)."""
         try:
-            with os.scandir(self._abs(folder)) as it:
-                return [
-                    Entry(e.name, None, True)
-                    if e.is_dir()
-                    else Entry(e.name, e.stat().st_size, False)
-                    for e in it
-                ]
-        except FileNotFoundError:
+            it = os.scandir(self._abs(folder))
+        except FileNotFoundError:  # only a missing folder is an empty listing
             return []
+        entries = []
+        with it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir():
+                        entries.append(Entry(entry.name, None, True))
+                    else:
+                        entries.append(Entry(entry.name, entry.stat().st_size, False))
+                except FileNotFoundError:  # deleted since it was listed
+                    continue
+        return entries
 
     def delete(self, folder: str) -> None:
         """Remove the folder's tree."""
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._abs(folder))
+
+
+def _sync_folder(folder: str) -> None:
+    """fsync a folder, so that the names just created or renamed in it survive a power loss;
+    best effort, where the OS cannot open or sync a folder (Windows, some mounts)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # --- memory:// -------------------------------------------------------------------------------
@@ -295,6 +340,8 @@ class S3Backend(_ArrowBackend):
         super().__init__(location)
         self._settings: dict[str, Any] | None = None
         self._client: Any = None
+        self._probe_lock = threading.Lock()
+        self._fence_checked = False  # whether the server is known to honour If-None-Match
 
     def settings(self) -> dict[str, Any]:
         """The URI's options with the region resolved once, shared by both clients."""
@@ -331,102 +378,23 @@ class S3Backend(_ArrowBackend):
             return fs.S3FileSystem(**kwargs)
 
     def _make_client(self) -> Any:
-        return _boto3_s3_client(self.settings())
+        return s3.boto3_s3_client(self.settings())
 
     def put_if_absent(self, path: str, data: bytes) -> bool:
-        """A PUT with ``If-None-Match: *``; S3 answers 412 if the key exists."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """A PUT with ``If-None-Match: *``; S3 answers 412 if the key exists. The first one
+        checks that the server honours the condition (a ConfigurationError if not)."""
         if self._client is None:
             client = self._make_client()
             with self._lock:
                 self._client = self._client or client
         bucket, _, prefix = self.location.root.partition("/")
-        key = f"{prefix.strip('/')}/{path}" if prefix.strip("/") else path
-        try:
-            self._client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if error.get("Code") == "PreconditionFailed" or status == 412:
-                return False
-            # 409 ConditionalRequestConflict (a concurrent conditional write) and the rest
-            # are retried by the store like any failed request.
-            raise OSError(f"S3 error {error.get('Code', status)}: {error.get('Message')}") from exc
-        except BotoCoreError as exc:
-            raise OSError(str(exc)) from exc
-        return True
-
-
-def _boto3_s3_client(options: dict[str, Any]) -> Any:
-    """A boto3 S3 client configured like pyarrow's ``S3FileSystem`` from the same URI
-    options; credentials come from boto3's standard chain (AWS_* variables, profile, role)."""
-    try:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
-    except ImportError:  # boto3 is a dependency; a trimmed environment may still lack it
-        raise ConfigurationError(
-            "fenced commits to s3:// need boto3 (pyarrow's S3 filesystem has no conditional PUT)",
-            hint="pip install boto3",
-        ) from None
-    endpoint = options.get("endpoint_override")
-    if endpoint and "://" not in endpoint:
-        endpoint = f"{options.get('scheme', 'https')}://{endpoint}"
-    # pyarrow addresses buckets by path behind a custom endpoint, by host name otherwise.
-    style = "virtual" if options.get("force_virtual_addressing") or not endpoint else "path"
-    config: dict[str, Any] = {
-        # The store's own loop retries, with its backoff.
-        "retries": {"max_attempts": 1, "mode": "standard"},
-        "s3": {"addressing_style": style},
-    }
-    if "connect_timeout" in options:
-        config["connect_timeout"] = options["connect_timeout"]
-    if "request_timeout" in options:
-        config["read_timeout"] = options["request_timeout"]
-    if options.get("anonymous"):
-        config["signature_version"] = UNSIGNED
-    session = _assumed_role_session(options) if options.get("role_arn") else boto3.Session()
-    return session.client(
-        "s3",
-        region_name=options.get("region") or None,
-        endpoint_url=endpoint or None,
-        verify=options.get("tls_ca_file_path") or None,
-        config=Config(**config),
-    )
-
-
-def _assumed_role_session(options: dict[str, Any]) -> Any:
-    """A boto3 session whose credentials assume ``role_arn`` (refreshed before they expire),
-    as pyarrow does for the same URI option."""
-    import boto3
-    import botocore.session
-    from botocore.credentials import (
-        AssumeRoleCredentialFetcher,
-        CredentialProvider,
-        DeferredRefreshableCredentials,
-    )
-
-    extra = {"RoleSessionName": options.get("session_name") or "gecko-actors"}
-    if options.get("external_id"):
-        extra["ExternalId"] = options["external_id"]
-    source = botocore.session.Session()  # the standard chain's credentials assume the role
-    fetcher = AssumeRoleCredentialFetcher(
-        client_creator=source.create_client,
-        source_credentials=source.get_credentials(),
-        role_arn=options["role_arn"],
-        extra_args=extra,
-    )
-
-    class AssumeRole(CredentialProvider):
-        METHOD = "gecko-assume-role"
-
-        def load(self) -> Any:
-            return DeferredRefreshableCredentials(fetcher.fetch_credentials, self.METHOD)
-
-    core = botocore.session.Session()
-    core.get_component("credential_provider").insert_before("env", AssumeRole())
-    return boto3.session.Session(botocore_session=core)
+        prefix = prefix.strip("/")
+        if not self._fence_checked:
+            with self._probe_lock:  # one probe, even when the first writes come together
+                if not self._fence_checked:
+                    s3.check_conditional_writes(self._client, bucket, prefix)
+                    self._fence_checked = True
+        return s3.put_if_absent(self._client, bucket, f"{prefix}/{path}" if prefix else path, data)
 
 
 class GcsBackend(_ArrowBackend):

@@ -302,7 +302,8 @@ class CheckpointStore:
     def load_steps(self, run_id: str) -> list[StepRecord]:
         """The run's committed steps in seq order ([] for an unknown run). A data object
         without a marker (a torn write, or a losing writer's leftovers) is skipped; anything
-        that does not verify or decode is a :class:`CheckpointError` naming the object."""
+        that does not verify or decode is a :class:`CheckpointError` naming the object, and
+        so is a gap in the commit markers (naming the first missing seq)."""
         run_id = validate_run_id(run_id)
         markers: dict[int, str] = {}
         datas: dict[str, int | None] = {}  # data object name -> size
@@ -324,8 +325,16 @@ class CheckpointStore:
             )
         seqs = sorted(markers)
         if seqs != list(range(len(seqs))):
-            _log.warning(
-                "checkpoint steps are not contiguous", run_id=run_id, seqs=seqs[:20], n=len(seqs)
+            # A deleted marker: the engine would count its history short of the stored seqs,
+            # and its next commit would collide with a committed step forever.
+            missing = next(seq for seq in range(len(seqs)) if seq not in markers)
+            raise CheckpointError(
+                f"the checkpoint of run {run_id!r} is damaged: the commit marker of step "
+                f"{missing} is missing, while steps up to {seqs[-1]} are committed",
+                hint="restore the missing step or delete the run (and start it again)",
+                uri=self._where(self._path(run_id, _STEPS, f"{missing:08d}.commit")),
+                run_id=run_id,
+                seq=missing,
             )
         paths = [self._path(run_id, _STEPS, markers[seq]) for seq in seqs]
         committed: list[Marker] = []
