@@ -28,8 +28,8 @@ import copy
 import dataclasses
 import inspect
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from gecko_actors.checkpoint import (
     CheckpointStore,
@@ -47,33 +47,13 @@ from gecko_actors.exceptions import (
     UserError,
     WorkflowError,
 )
-from gecko_actors.workflow.execution import Outputs, describe, wait_out
+from gecko_actors.workflow.execution import Executor, Outputs, describe, stop_all, uncancel
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
-from gecko_actors.workflow.state import apply, fold
+from gecko_actors.workflow.state import apply, conflict_error, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
 
 EventSink = Callable[..., None]
-
-
-class Attempt(Protocol):
-    """One running attempt of a node, as an executor started it."""
-
-    async def started(self) -> None:
-        """Return once the attempt's code is running (a node's timeout counts from here)."""
-
-    async def result(self) -> tuple[Any, tuple[StateWrite, ...]]:
-        """The node's value and the state writes it made."""
-
-    async def stop(self) -> None:
-        """Cancel the attempt and return only once its code no longer runs."""
-
-
-class Executor(Protocol):
-    """Runs node attempts: where and how each kind of node runs is the executor's choice."""
-
-    def start(self, node: Node, ctx: NodeContext) -> Attempt:
-        """Start one attempt of ``node`` with ``ctx`` (its ``state`` is the node's snapshot)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +160,7 @@ class RunEngine:
         try:
             self.value, self.outcome = await self.drive(), "succeeded"
         except asyncio.CancelledError:
-            _uncancel()
+            uncancel()
             self.outcome = "cancelled"
             self.failure = WorkflowError(
                 f"workflow run {self.run_id!r} was cancelled",
@@ -238,11 +218,11 @@ class RunEngine:
                 except _Behind:
                     # The engine we replaced committed a step just before it saw our claim:
                     # that step is valid. Start again from what is committed.
-                    await _stop_all(running)
+                    await stop_all(running)
                     running.clear()
                     await asyncio.to_thread(self._reload)
         finally:
-            await _stop_all(running)
+            await stop_all(running)
 
     async def _stop_void(
         self, running: dict[asyncio.Task[NodeOutcome], Visit], *finished: asyncio.Task[Any]
@@ -252,7 +232,7 @@ class RunEngine:
         void = [t for t, v in running.items() if not self.sched.is_current(v)]
         for task in void:
             running.pop(task)
-        await _stop_all([*void, *finished])
+        await stop_all([*void, *finished])
 
     def cancel(self) -> None:
         """Stop driving: running attempts are stopped; committed steps stay. Nothing happens
@@ -303,7 +283,7 @@ class RunEngine:
         try:
             results = await asyncio.gather(*items)
         finally:  # one item failed (or we are cancelled): stop the others before retrying
-            await _stop_all(dict.fromkeys(items))
+            await stop_all(dict.fromkeys(items))
         return [value for value, _ in results], tuple(w for _, ws in results for w in ws)
 
     async def _one(self, node: Node, ctx: NodeContext) -> tuple[Any, tuple[StateWrite, ...]]:
@@ -457,11 +437,11 @@ class RunEngine:
             if write.key in self.graph.reducers:
                 continue
             if write.key in seen:
-                raise _conflict(self.run_id, write.key, visit.node, visit.node)
+                raise conflict_error(self.run_id, write.key, visit.node, visit.node)
             seen.add(write.key)
             for seq, node in self.writers.get(write.key, ()):
                 if not visit.after(seq):
-                    raise _conflict(self.run_id, write.key, node, visit.node)
+                    raise conflict_error(self.run_id, write.key, node, visit.node)
 
     async def _routes(
         self, visit: Visit, output: Any, state: dict[str, Any]
@@ -519,15 +499,6 @@ class _Behind(Exception):
     """A step this engine meant to commit was committed by the engine it replaced."""
 
 
-async def _stop_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until each has stopped (their results are collected)."""
-    tasks = list(tasks)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await wait_out(asyncio.gather(*tasks, return_exceptions=True))
-
-
 def _as_gecko(exc: Exception, run_id: str) -> GeckoError:
     """``exc`` if it is ours, else a WorkflowError that says what it was."""
     if isinstance(exc, GeckoError):
@@ -539,13 +510,6 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", type(fn).__name__)
 
 
-def _uncancel() -> None:
-    """Let the current task go on after it caught its own cancellation (to record it)."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
-        task.uncancel()
-
-
 def normalised(value: Any, what: str, node: str) -> Any:
     """``value`` as the checkpoint will give it back (a UserError naming ``what`` and the node
     when it cannot be stored)."""
@@ -553,16 +517,3 @@ def normalised(value: Any, what: str, node: str) -> Any:
         return decode_value(encode_value(value))
     except GeckoError as exc:
         raise UserError(f"node {node!r}: {what}: {exc.message}", hint=exc.hint, node=node) from None
-
-
-def _conflict(run_id: str, key: str, first: str, second: str) -> WorkflowError:
-    both = f"node {first!r}" if first == second else f"nodes {first!r} and {second!r}"
-    return WorkflowError(
-        f"{both} both wrote state key {key!r} in parallel (in workflow run {run_id!r}): "
-        "which value wins would depend on timing",
-        hint=f"declare a reducer for it, e.g. Workflow(..., reducers={{{key!r}: operator.add}}), "
-        "or let only one of them write it",
-        run_id=run_id,
-        node=second,
-        key=key,
-    )

@@ -27,9 +27,9 @@ import copy
 import inspect
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic_core import to_jsonable_python
 
@@ -46,6 +46,26 @@ Result = tuple[Any, tuple[StateWrite, ...]]
 # threads) would cap a 20-way fan-out at 6 and make commits, which use it, wait behind nodes.
 # Threads are made on demand, up to this many at once; more visits queue.
 _NODE_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="gecko-node")
+
+
+class Attempt(Protocol):
+    """One running attempt of a node, as an executor started it."""
+
+    async def started(self) -> None:
+        """Return once the attempt's code is running (a node's timeout counts from here)."""
+
+    async def result(self) -> tuple[Any, tuple[StateWrite, ...]]:
+        """The node's value and the state writes it made."""
+
+    async def stop(self) -> None:
+        """Cancel the attempt and return only once its code no longer runs."""
+
+
+class Executor(Protocol):
+    """Runs node attempts: where and how each kind of node runs is the executor's choice."""
+
+    def start(self, node: Node, ctx: NodeContext) -> Attempt:
+        """Start one attempt of ``node`` with ``ctx`` (its ``state`` is the node's snapshot)."""
 
 
 def call_node(fn: Callable[[NodeContext], Any], ctx: NodeContext) -> Any:
@@ -77,6 +97,22 @@ async def wait_out(awaitable: Any) -> Any:
     if cancelled:
         raise asyncio.CancelledError
     return future.result()
+
+
+async def stop_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has stopped (their results are collected)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await wait_out(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def uncancel() -> None:
+    """Let the current task go on after it caught its own cancellation (to record it)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python >= 3.11
+        task.uncancel()
 
 
 class TaskAttempt:

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from gecko_actors.checkpoint import StateWrite, encode_value
-from gecko_actors.exceptions import GeckoError
+from gecko_actors.exceptions import GeckoError, WorkflowError
 
 Reducer = Callable[[Any, Any], Any]
 _MISSING = object()
@@ -160,3 +160,18 @@ def fold(
     for writes in history:
         apply(state, writes, reducers)
     return state
+
+
+def conflict_error(run_id: str, key: str, first: str, second: str) -> WorkflowError:
+    """Two causally concurrent writes to ``key`` without a reducer (``first`` may be
+    ``second``: two items of one map visit)."""
+    both = f"node {first!r}" if first == second else f"nodes {first!r} and {second!r}"
+    return WorkflowError(
+        f"{both} both wrote state key {key!r} in parallel (in workflow run {run_id!r}): "
+        "which value wins would depend on timing",
+        hint=f"declare a reducer for it, e.g. Workflow(..., reducers={{{key!r}: operator.add}}), "
+        "or let only one of them write it",
+        run_id=run_id,
+        node=second,
+        key=key,
+    )
