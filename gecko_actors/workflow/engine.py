@@ -67,7 +67,15 @@ class NodeOutcome:
 
 
 class RunEngine:
-    """Drives run ``run_id`` of ``graph``: ``open`` it, then ``drive`` it to its end."""
+    """Drives run ``run_id`` of ``graph`` over ``store`` with ``executor``.
+
+    Example (a workflow tested in one process, no Ray):
+        >>> store = CheckpointStore("memory://tests")
+        >>> engine = RunEngine(graph, "run-1", store, LocalExecutor(store))
+        >>> engine.open("input")  # creates the run, or loads it to resume
+        >>> await engine.run()  # drives it to its end and records the outcome
+        >>> engine.outcome, engine.value, engine.failure, engine.state
+    """
 
     def __init__(
         self,
