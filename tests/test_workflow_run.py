@@ -157,6 +157,8 @@ def test_invalid_graph_fails_before_any_actor(tmp_path: Path) -> None:
     fine = Workflow(unique("in-memory")).add_node("a", lambda ctx: 1)
     with pytest.raises(UserError, match="memory:// store lives in one process"):
         fine.start(None, checkpoint="memory://runs")
+    with pytest.raises(UserError, match=r"the run's input.*of type builtins.object"):
+        fine.start({"x": object()}, checkpoint=tmp_path)
     assert set(ray.util.list_named_actors()) == before
 
 

@@ -14,6 +14,7 @@ from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow.coordinator import launch
+from gecko_actors.workflow.engine import normalised
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 
@@ -171,8 +172,10 @@ class Workflow(WorkflowGraph):
     def start(
         self, input: Any, *, run_id: str | None = None, checkpoint: str | Path | None = None
     ) -> WorkflowRun:
-        """Validate, then start the coordinator actor ``workflow/<run_id>``."""
+        """Validate, then start the coordinator actor ``workflow/<run_id>``. An input that
+        cannot be checkpointed is a UserError here, before any actor starts."""
         self.validate()
+        normalised(input, "the run's input", self.entry or self.name)
         run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
         uri = checkpoint_uri(checkpoint)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
