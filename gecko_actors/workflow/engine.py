@@ -64,6 +64,7 @@ class NodeOutcome:
     writes: tuple[StateWrite, ...]
     attempts: int
     duration: float
+    snapshot: dict[str, Any]  # the state the visit started from (the node saw a copy)
 
 
 class RunEngine:
@@ -265,7 +266,8 @@ class RunEngine:
             self.on_event("node_started", node=visit.node, visit=visit.visit, attempt=attempt)
             try:
                 value, writes = await self._attempt(node, ctx)
-                return NodeOutcome(value, writes, attempt, time.perf_counter() - start)
+                duration = time.perf_counter() - start
+                return NodeOutcome(value, writes, attempt, duration, snapshot)
             except Exception as exc:
                 error = describe(exc)
                 if attempt == node.retry.attempts:
@@ -397,8 +399,12 @@ class RunEngine:
         )
         self.sched.check(visit.node, jump)
         self._check_conflicts(visit, writes)
-        after = self._merged(visit, self.snapshot(visit), writes)  # what its conditions see
-        self._merged(visit, self.state, writes)  # the run's state must take the update too
+        after = self._merged(visit, outcome.snapshot, writes)  # what its conditions see
+        # The run's state must take the update too (only the keys it writes can fail).
+        written = {w.key for w in writes}
+        self._merged(
+            visit, {k: copy.deepcopy(v) for k, v in self._state.items() if k in written}, writes
+        )
         routes = None if jump else await self._routes(visit, output, after)
         usage = usage_of(output)
         return StepRecord(
