@@ -53,6 +53,8 @@ from gecko_actors.workflow.graph import Next, NodeContext, RetryPolicy
 # Ray-free and fast: a plain asyncio program or test never pays for importing Ray.
 _LAZY = {
     "Agent": "gecko_actors.agent",
+    "RemoteAgentStream": "gecko_actors.agents.stream",
+    "AsyncRemoteAgentStream": "gecko_actors.agents.stream",
     "Memory": "gecko_actors.memory",
     "ModelGateway": "gecko_actors.gateway",
     "RemoteToolBox": "gecko_actors.toolboxes",
@@ -91,8 +93,10 @@ __all__ = [
     "shutdown",
     # actors
     "Agent",
+    "AsyncRemoteAgentStream",
     "Memory",
     "ModelGateway",
+    "RemoteAgentStream",
     "RemoteToolBox",
     "Team",
     "TeamResult",

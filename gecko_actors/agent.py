@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
@@ -20,6 +22,16 @@ from gecko_actors._actors.common import (
     lookup,
     unwrap,
 )
+from gecko_actors.agents.stream import (
+    AsyncRemoteAgentStream,
+    RemoteAgentStream,
+    afinal_output,
+    final_output,
+    relay_async,
+    relay_blocking,
+)
+from gecko_actors.core.engine import Hooks
+from gecko_actors.core.events import EventBus
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, MessageInput
 from gecko_actors.core.prompt import PromptTemplate
@@ -40,20 +52,32 @@ class Agent:
 
     Create one with :meth:`spawn`, attach to an existing one with :meth:`get`.
 
+    Hooks and events cross the process boundary in opposite directions. Hooks (``hooks=`` of
+    :meth:`spawn`) run *in the actor*, around every run whoever started it: they are
+    module-level functions, sent by reference and re-imported when Ray restarts the actor.
+    An event bus (``event_bus=`` of :meth:`spawn` or :meth:`get`) stays *in this process*
+    with its subscribers: the runs started through this handle (``run``, ``arun``,
+    ``stream``, ``astream``) send their events along a Ray stream, and the handle publishes
+    each to the bus as it arrives, in order, before the text that follows it. The bus is not
+    pickled with the handle: another process (a task, a workflow) gets a handle without one,
+    and ``submit`` (a plain ObjectRef, used by ``Team``) publishes nothing.
+
     Example:
         >>> agent = Agent.spawn("researcher", model=LiteLLMModel("openai/gpt-4o-mini"),
         ...                     tools=[calculator], system_prompt="Be precise.")
         >>> agent.run("What is 2**10?").content
     """
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, event_bus: EventBus | None = None) -> None:
         self.name = name
         self._handle = handle
+        self.event_bus = _check_event_bus(event_bus)
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
 
     def __reduce__(self):
+        # The bus and its subscribers belong to this process: they never travel.
         return (Agent, (self.name, self._handle))
 
     # --- creating and finding -----------------------------------------------------------
@@ -75,6 +99,8 @@ class Agent:
         tools_in_process: bool = False,
         get_if_exists: bool = False,
         detached: bool = True,
+        hooks: Hooks | None = None,
+        event_bus: EventBus | None = None,
         **actor_options: Any,
     ) -> Agent:
         """Create the agent actor ``agent/<name>``.
@@ -91,15 +117,27 @@ class Agent:
             context_tokens: the context's token budget (or a ``TokenMemory``).
             session_store: an explicit session store instead of a memory actor.
             detached: outlive the driver that spawned it (``kill()`` removes it).
-            get_if_exists: attach to a live agent of that name instead of failing.
+            get_if_exists: attach to a live agent of that name instead of failing (it keeps
+                its own configuration and hooks; ``event_bus`` applies to the new handle).
+            hooks: :class:`Hooks` run inside the actor, around each of its runs. Each must be
+                a module-level function (sync or async) that the actor's workers can import:
+                it is sent by reference and imported again when the actor restarts. A
+                lambda, a nested function or a callable object is a ``UserError``. A hook
+                may change what it is given (a tool result, say) and so the run's output;
+                what it writes to this process's variables stays in the actor's copy.
+            event_bus: an :class:`EventBus` in this process that receives the events of the
+                runs started through the returned handle (see the class docstring).
             **actor_options: Ray actor options (``num_cpus``, ``resources``, ``max_restarts``,
                 ``max_task_retries``, ``scheduling_strategy``, ...).
         """
         actor_name = check_name("agent", name)
+        # Checked before Ray is touched: a bad hook is the caller's mistake, found at once.
+        hooks = _check_hooks(name, hooks)
+        _check_event_bus(event_bus)
         existing = lookup(actor_name)
         if existing is not None:
             if get_if_exists:
-                return cls(name, existing)
+                return cls(name, existing, event_bus)
             raise UserError(
                 f"an agent named {name!r} already exists",
                 hint="pick another name, use Agent.get(name), or get_if_exists=True",
@@ -121,6 +159,7 @@ class Agent:
             else context_tokens,
             session_store=session_store or (memory or Memory.spawn()).session_store(name),
             engine_options=engine_options,
+            hooks=hooks,
         )
         handle = create(
             ray.remote(AgentActor),
@@ -130,11 +169,13 @@ class Agent:
             detached=detached,
             **actor_options,
         )
-        return cls(name, handle)
+        return cls(name, handle, event_bus)
 
     @classmethod
-    def get(cls, name: str) -> Agent:
-        """Attach to a live agent (from any driver); an unknown name lists the known ones."""
+    def get(cls, name: str, *, event_bus: EventBus | None = None) -> Agent:
+        """Attach to a live agent (from any driver); an unknown name lists the known ones.
+        ``event_bus`` receives the events of the runs started through this handle."""
+        _check_event_bus(event_bus)
         handle = lookup(check_name("agent", name))
         if handle is None:
             raise UserError(
@@ -142,7 +183,7 @@ class Agent:
                 hint="spawn it with Agent.spawn(name, model=...)",
                 agent=name,
             )
-        return cls(name, handle)
+        return cls(name, handle, event_bus)
 
     @staticmethod
     def list() -> list[str]:
@@ -180,7 +221,13 @@ class Agent:
 
         A run that exceeds ``timeout`` is cancelled in the actor, and waited for (at most
         ``cancel_grace`` seconds) until it has stopped, before ``GetTimeoutError`` is raised.
+        A failed run raises the library's own error (``ModelError``, ``ToolError``, ...).
+        With an event bus, the run's events are published to it as they happen.
         """
+        if self.event_bus is not None:
+            start = self._relayed_run(input, session_id, response_model, run_id, tool_context)
+            items = relay_blocking(start, self.event_bus, grace=cancel_grace, timeout=timeout)
+            return final_output(items)
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
             return ray.get(ref, timeout=timeout)
@@ -207,8 +254,13 @@ class Agent:
         the run has stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
         the caller: a retry started then never runs beside the attempt it replaces. Async
         tools are cancelled; a sync tool already running in a thread cannot be interrupted,
-        so the run's cancellation waits for it, bounded by the tool's timeout.
+        so the run's cancellation waits for it, bounded by the tool's timeout. With an event
+        bus, the run's events are published to it as they happen.
         """
+        if self.event_bus is not None:
+            start = self._relayed_run(input, session_id, response_model, run_id, tool_context)
+            items = relay_async(start, self.event_bus, grace=cancel_grace)
+            return await afinal_output(items)
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
             return await await_cancellable(ref, grace=cancel_grace)
@@ -216,7 +268,8 @@ class Agent:
             raise unwrap(exc) from None
 
     def submit(self, input: MessageInput, **kwargs: Any) -> Any:
-        """Start a run and return its Ray ObjectRef (for ``ray.wait`` and friends)."""
+        """Start a run and return its Ray ObjectRef (for ``ray.wait`` and friends); the
+        handle's event bus, if any, receives nothing from it."""
         return self._submit(
             input,
             kwargs.get("session_id"),
@@ -226,26 +279,71 @@ class Agent:
         )
 
     def stream(
-        self, input: MessageInput, *, session_id: str | None = None, run_id: str | None = None
-    ) -> Iterator[str]:
-        """Yield the answer's text chunks as the actor produces them (blocking iterator)."""
-        for ref in self._stream_refs(input, session_id, run_id):
-            item = ray.get(ref)
-            if isinstance(item, str):
-                yield item
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        run_id: str | None = None,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> RemoteAgentStream:
+        """Stream a run's text chunks as the actor produces them (a blocking iterator), as
+        :meth:`LocalAgent.stream` does: ``output`` holds the :class:`AgentOutput` once the
+        stream has ended, and a failed run raises the error :meth:`run` would.
 
-    async def astream(
-        self, input: MessageInput, *, session_id: str | None = None, run_id: str | None = None
-    ) -> AsyncIterator[str]:
-        """Async variant of :meth:`stream`."""
-        async for ref in self._stream_refs(input, session_id, run_id):
-            item = await ref
-            if isinstance(item, str):
-                yield item
+        The run starts at the first ``next()``. Closing the stream before its end cancels
+        the run in the actor and waits (at most ``cancel_grace`` seconds) until it has
+        stopped: ``close()``, the end of a ``with`` block, or dropping the stream (CPython
+        does it at once after ``for chunk in agent.stream(...): break``). With an event
+        bus, each event is published before the chunk that follows it.
 
-    def _stream_refs(self, input: MessageInput, session_id: str | None, run_id: str | None):
-        return self._handle.stream.options(num_returns="streaming").remote(
-            input, session_id, run_id or uuid.uuid4().hex
+        Example:
+            >>> with agent.stream("Explain the outage") as stream:
+            ...     for chunk in stream:
+            ...         print(chunk, end="")
+            >>> stream.output.usage
+        """
+        start = self._streamed_run(input, session_id, run_id)
+        return RemoteAgentStream(relay_blocking(start, self.event_bus, grace=cancel_grace))
+
+    def astream(
+        self,
+        input: MessageInput,
+        *,
+        session_id: str | None = None,
+        run_id: str | None = None,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> AsyncRemoteAgentStream:
+        """Async variant of :meth:`stream` (``async for chunk in agent.astream(...)``).
+
+        Cancelling the task that iterates it cancels the run in the actor and waits until it
+        has stopped before CancelledError goes on, as :meth:`arun` does; so do ``aclose()``
+        and the end of an ``async with`` block. A stream merely dropped after ``break`` is
+        closed by the event loop soon after, not at once: use ``async with`` to know when."""
+        start = self._streamed_run(input, session_id, run_id)
+        return AsyncRemoteAgentStream(relay_async(start, self.event_bus, grace=cancel_grace))
+
+    def _streamed_run(
+        self, input: MessageInput, session_id: str | None, run_id: str | None
+    ) -> Callable[[], Any]:
+        """What starts the actor's ``stream`` generator (called at the first ``next()``)."""
+        run_id = run_id or uuid.uuid4().hex
+        events = self.event_bus is not None
+        return lambda: self._handle.stream.options(num_returns="streaming").remote(
+            input, session_id, run_id, events
+        )
+
+    def _relayed_run(
+        self,
+        input: MessageInput,
+        session_id: str | None,
+        response_model: type[BaseModel] | None,
+        run_id: str | None,
+        tool_context: ToolContext | None,
+    ) -> Callable[[], Any]:
+        """What starts a run that streams its events back (``run`` and ``arun`` with a bus)."""
+        run_id = run_id or uuid.uuid4().hex
+        return lambda: self._handle.run_relayed.options(num_returns="streaming").remote(
+            input, session_id, response_model, run_id, tool_context
         )
 
     # --- management ---------------------------------------------------------------------
@@ -281,3 +379,58 @@ def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> tuple[Any, bo
         return (tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
     # The agent's own toolbox: a name clash is an error, never someone else's tools.
     return RemoteToolBox.spawn(agent, tools), True
+
+
+def _check_hooks(agent: str, hooks: Hooks | None) -> Hooks | None:
+    """``hooks`` if every hook can be sent to the actor by reference, else a UserError."""
+    if hooks is None:
+        return None
+    if not isinstance(hooks, Hooks):
+        raise UserError(
+            f"hooks of agent {agent!r} must be a Hooks object, not {type(hooks).__name__}",
+            hint="pass hooks=Hooks(on_turn_start=..., on_turn_end=..., on_tool_execute=...)",
+            agent=agent,
+        )
+    for slot in dataclasses.fields(hooks):
+        hook = getattr(hooks, slot.name)
+        if hook is not None and not _importable(hook):
+            raise UserError(
+                f"hook {slot.name!r} of agent {agent!r} ({_describe(hook)}) cannot be sent to "
+                "the agent actor by name: a lambda, a nested function or a callable object "
+                "would be copied with whatever it captured, and the actor rebuilds its hooks "
+                "from its spec when Ray restarts it",
+                hint=f"define {slot.name} as a function at module level, in a module the Ray "
+                "workers can import, and pass that function",
+                agent=agent,
+                hook=slot.name,
+            )
+    return hooks
+
+
+def _importable(fn: Any) -> bool:
+    """Whether ``fn`` is what its module holds under its qualified name: a module-level
+    function (or a class's static one), which pickles by reference."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", None)
+    if module is None or not isinstance(qualname, str) or "<" in qualname:
+        return False  # "<lambda>" and "<locals>" name nothing a worker can import
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target is fn
+
+
+def _describe(fn: Any) -> str:
+    """A short, secret-free name for a hook in an error message."""
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else f"a {type(fn).__name__} object"
+
+
+def _check_event_bus(bus: EventBus | None) -> EventBus | None:
+    """``bus`` if it is an EventBus (or None), else a UserError."""
+    if bus is not None and not isinstance(bus, EventBus):
+        raise UserError(
+            f"event_bus must be an EventBus, not {type(bus).__name__}",
+            hint="create one with EventBus(), subscribe handlers to it, and pass it",
+        )
+    return bus

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -81,6 +82,18 @@ class EventBus:
             self._background.add(task)  # keep a reference until done
             task.add_done_callback(self._background.discard)
         return current
+
+    def publish_blocking(self, event: Event) -> Event | None:
+        """:meth:`publish` from synchronous code (a blocking iterator, a script): runs the
+        middlewares and handlers to the end on a private event loop, in a helper thread when
+        this thread already runs a loop (a notebook's cell), since a running loop cannot be
+        re-entered. Async handlers therefore run on that private loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.publish(event))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(lambda: asyncio.run(self.publish(event))).result()
 
     async def drain(self) -> None:
         """Wait for handlers scheduled with ``wait=False``."""
