@@ -32,6 +32,34 @@ _PATTERNS = (
     ),
 )
 
+# Names of arguments, headers and variables that hold a secret. Substrings catch compounds
+# ("aws_secret_access_key", "vertex_credentials"); whole words catch "api_key", "x-api-key",
+# "azure_ad_token", "DB_PASS" without catching "max_tokens" or "TIKTOKEN_CACHE_DIR".
+_SECRET_SUBSTRINGS = (
+    "secret",
+    "password",
+    "passwd",
+    "credential",
+    "authorization",
+    "apikey",
+    "cookie",
+    "privatekey",
+)
+_SECRET_WORDS = frozenset({"key", "token", "pwd", "pass"})
+_NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+# Values shaped like credentials whatever they are called.
+_VALUE_PATTERNS = (
+    _PATTERNS[0],
+    _PATTERNS[1],
+    _PATTERNS[2],
+    re.compile(r"(?i)\bbasic\s+[A-Za-z0-9+/]{8,}=*"),
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
+    re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\."),  # JWTs
+    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,})"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),  # Google API keys
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+)
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _env_scanned = False
@@ -50,6 +78,29 @@ def register_secret(value: str | None) -> None:
         }
         with _lock:
             _secrets.update(forms)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an argument, header or variable called ``name`` holds a secret by its name
+    (``api_key``, ``aws_secret_access_key``, ``Authorization``, ``x-api-key``, ``HF_TOKEN``...).
+    """
+    lowered = name.lower()
+    if any(part in lowered for part in _SECRET_SUBSTRINGS):
+        return True
+    return any(word.lower() in _SECRET_WORDS for word in _NAME_WORD.findall(name))
+
+
+def is_secret_value(value: str) -> bool:
+    """Whether ``value`` looks like a credential (``sk-...``, ``Bearer ...``, an AWS key id, a
+    JWT, ``password=...``), or is a value registered as secret (alone or after a scheme word,
+    as in ``Token <secret>``)."""
+    if any(pattern.search(value) for pattern in _VALUE_PATTERNS):
+        return True
+    _scan_environment()
+    words = value.strip().split()
+    candidates = {value.strip(), words[-1]} if words else set()
+    with _lock:
+        return any(candidate in _secrets for candidate in candidates)
 
 
 def _scan_environment() -> None:

@@ -63,18 +63,24 @@ class ModelGateway:
         tokens_per_minute: int | None = None,
         window_seconds: float = 60.0,
     ) -> ModelGateway:
+        """Start (or attach to) the gateway replicas of ``model``'s configuration.
+
+        Only the configuration travels to the replicas, with secrets as environment-variable
+        names (``api_key_env``, ``extra_env``, ``headers_env``, the ``GECKO_API_KEY``
+        setting): a model holding a secret value is refused before any actor is created.
+
+        Raises:
+            UserError: ``model`` is not a LiteLLMModel, holds a secret value (the error names
+                the argument), or ``replicas`` is below 1.
+            ConfigurationError: a variable the model needs is not set where the gateway runs.
+        """
         if not isinstance(model, LiteLLMModel):
             raise UserError(
                 f"a gateway serves a LiteLLMModel, not {type(model).__name__}",
                 hint="ScriptedModel and other in-process models need no gateway",
             )
-        if model.holds_key_value:
-            raise UserError(
-                f"model {model.model!r} was given an API key value; on Ray it would be copied "
-                "into the actor table",
-                hint="pass api_key_env='NAME' (read inside the gateway) or rely on the "
-                "provider's variable, e.g. OPENAI_API_KEY, in the cluster's environment",
-            )
+        # Before any actor exists: its constructor arguments would stay in Ray's actor table.
+        model.check_shippable()
         if replicas < 1:
             raise UserError(f"replicas must be >= 1, got {replicas}")
         ensure_initialized()
@@ -138,6 +144,8 @@ class ModelGateway:
 def embedding_gateway(embedder: LiteLLMEmbedder, *, replicas: int = 1) -> GatewayEmbedder:
     """Gateway replicas for a LiteLLM embedding model (``embed/<model>-<hash>/<i>``), so that
     no memory actor imports litellm and the key is read where the call is made."""
+    # The embedder itself is the actors' argument: no secret value may be inside it.
+    embedder.check_shippable()
     if replicas < 1:
         raise UserError(f"replicas must be >= 1, got {replicas}")
     ensure_initialized()

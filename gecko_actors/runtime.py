@@ -2,15 +2,17 @@
 
 ``init()`` is idempotent: calling it again (from user code, a handle, a CLI command) reuses the
 connection. It only ever puts non-secret variables into the job's runtime_env; API keys stay in
-the environment of the processes that need them (decision 7 of the design).
+the environment of the processes that need them (decision 7 of the design). A runtime_env
+variable that looks like a secret is refused unless the caller opts in (``allow_secret_env``):
+Ray stores a job's runtime_env in its job table.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
+from gecko_actors._redact import is_secret_name, is_secret_value
 from gecko_actors.exceptions import UserError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import prepare_offline_environment
@@ -18,7 +20,6 @@ from gecko_actors.settings import prepare_offline_environment
 DEFAULT_NAMESPACE = "gecko"
 # Every worker needs these before it imports litellm or tiktoken; none of them is a secret.
 WORKER_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-_SECRET_NAME = re.compile(r"(API_?KEY|(?<![A-Z])TOKEN(?![A-Z])|SECRET|PASSWORD|CREDENTIAL)", re.I)
 _log = get_logger("gecko_actors.runtime")
 _dashboard_url: str | None = None
 
@@ -30,6 +31,7 @@ def init(
     num_cpus: int | None = None,
     runtime_env: dict[str, Any] | None = None,
     include_dashboard: bool | None = None,
+    allow_secret_env: bool = False,
     **ray_kwargs: Any,
 ) -> dict[str, Any]:
     """Connect to Ray, starting a local instance when there is nowhere to connect to.
@@ -39,16 +41,26 @@ def init(
             uses ``RAY_ADDRESS`` if set, else starts Ray in this process (the embedded default).
         namespace: the Ray namespace for every gecko_actors actor (names like ``agent/<name>``).
         num_cpus: CPUs of a local instance.
-        runtime_env: merged with the variables workers need (never secrets).
+        runtime_env: merged with the variables workers need. Its ``env_vars`` must not hold
+            secrets (by name, such as ``OPENAI_API_KEY``, or by shape, such as ``sk-...``).
         include_dashboard: start the dashboard of a local instance (``ray list actors`` and
             ``ray.util.state`` need it); Ray's default when ``None``.
+        allow_secret_env: ship secret-looking ``env_vars`` anyway (a warning is still logged).
         **ray_kwargs: passed to ``ray.init``.
 
     Returns:
         Facts about the connection: address, namespace, dashboard URL, whether it was new.
+
+    Raises:
+        UserError: a secret-looking variable is in ``runtime_env`` without
+            ``allow_secret_env=True`` (checked before anything connects), or Ray is already
+            connected in another namespace.
     """
     import ray
 
+    env = dict(runtime_env or {})
+    user_vars = dict(env.get("env_vars") or {})
+    _check_secret_env(user_vars, allow=allow_secret_env)
     prepare_offline_environment()
     if ray.is_initialized():
         current = ray.get_runtime_context().namespace
@@ -58,15 +70,6 @@ def init(
                 hint="call gecko_actors.shutdown() first, or use the same namespace",
             )
         return _describe(ray, None, new=False)
-    env = dict(runtime_env or {})
-    user_vars = dict(env.get("env_vars") or {})
-    for name in user_vars:
-        if _SECRET_NAME.search(name):
-            _log.warning(
-                "a secret-looking variable is in runtime_env: Ray stores runtime_envs "
-                "in its job table; prefer the nodes' environment",
-                variable=name,
-            )
     env["env_vars"] = {**WORKER_ENV, **user_vars}
     options: dict[str, Any] = {"namespace": namespace, "runtime_env": env, **ray_kwargs}
     target = address or os.environ.get("RAY_ADDRESS")
@@ -79,6 +82,33 @@ def init(
         if include_dashboard is not None:
             options["include_dashboard"] = include_dashboard
     return _describe(ray, ray.init(**options), new=True)
+
+
+def _check_secret_env(env_vars: dict[str, Any], *, allow: bool) -> None:
+    """Refuse (or, when allowed, warn about) runtime_env variables that look like secrets."""
+    names = [
+        str(name)
+        for name, value in env_vars.items()
+        if is_secret_name(str(name)) or (isinstance(value, str) and is_secret_value(value))
+    ]
+    if not names:
+        return
+    if not allow:
+        # Names only: the values are what must not be repeated anywhere.
+        raise UserError(
+            f"runtime_env variable(s) {', '.join(names)} look like secrets: Ray stores a job's "
+            "runtime_env in its job table (shown by the dashboard and `ray job list`)",
+            hint="export them in the nodes' environment before Ray starts and pass models "
+            "their names (api_key_env=, extra_env=, headers_env=); to ship them anyway, "
+            "pass allow_secret_env=True",
+            variables=names,
+        )
+    for name in names:
+        _log.warning(
+            "a secret-looking variable is in runtime_env (allow_secret_env=True): Ray stores "
+            "runtime_envs in its job table; prefer the nodes' environment",
+            variable=name,
+        )
 
 
 def _describe(ray: Any, context: Any, *, new: bool) -> dict[str, Any]:

@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gecko_actors.exceptions import ConfigurationError
 
+API_KEY_VARIABLE = "GECKO_API_KEY"
+"""The variable of the ``api_key`` setting. On Ray a model keyed by this setting carries the
+name, never the value: its gateway reads the key from its own environment or ``.env``."""
+
 
 class Settings(BaseSettings):
     """Project-wide defaults; every field maps to ``GECKO_<FIELD>``."""
@@ -30,6 +34,8 @@ class Settings(BaseSettings):
 
     default_model: str = "openai/gpt-4o-mini"
     api_key: SecretStr | None = None
+    """The default models' key (``GECKO_API_KEY``). On Ray only its name travels: gateways read
+    it from their own environment, or from ``.env`` in their working directory."""
     api_base: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -72,6 +78,13 @@ def load_settings(**overrides: object) -> Settings:
             f"invalid gecko_actors settings: {names}",
             hint=f"fix these environment variables: {exc.errors(include_url=False)}",
         ) from None
+
+
+def settings_api_key() -> str | None:
+    """The ``GECKO_API_KEY`` setting as this process sees it (its environment first, then
+    ``.env`` in its working directory), or ``None``."""
+    key = load_settings().api_key
+    return key.get_secret_value() if key is not None else None
 
 
 def prepare_offline_environment() -> None:

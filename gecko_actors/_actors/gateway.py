@@ -19,7 +19,6 @@ import ray
 
 from gecko_actors import metrics
 from gecko_actors.core.engine import current_run
-from gecko_actors.core.litellm_model import read_key
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
 from gecko_actors.core.ratelimit import (
@@ -176,9 +175,9 @@ class EmbeddingGatewayActor:
         _litellm()
 
     def check(self) -> bool:
-        """Raise ConfigurationError (naming the variable) if the key is missing here."""
-        if self.embedder.api_key_env:
-            read_key(self.embedder.api_key_env, self.embedder.model)
+        """Raise ConfigurationError (naming the variable) if the key, or a variable of
+        ``extra_env`` / ``headers_env``, is missing here."""
+        self.embedder.validate_environment()
         return True
 
     async def embed(self, texts: list[str]) -> list[list[float]]:

@@ -11,12 +11,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gecko_actors.core.litellm_model import _litellm, pause_or_raise, read_key
+from gecko_actors.core.litellm_model import (
+    _litellm,
+    env_arguments,
+    pause_or_raise,
+    read_key,
+    refuse_secret_arguments,
+    register_extra_secrets,
+    resolve_env_arguments,
+    secret_leaves,
+    url_holds_secret,
+)
 from gecko_actors.exceptions import ModelError, UserError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
@@ -175,7 +185,13 @@ class LiteLLMEmbedder:
         num_retries: retries after the first attempt, for rate limits, 5xx, timeouts and
             connection errors (default: ``GECKO_MODEL_RETRIES``).
         retry_backoff: base of the exponential back-off, in seconds.
+        extra_env: other arguments read from environment variables at call time, as
+            ``{argument: VARIABLE}`` (only the names travel to an embedding gateway).
+        headers_env: HTTP headers read from environment variables at call time, as
+            ``{header: VARIABLE}`` (merged into ``extra_headers``).
         **extra: other ``litellm.aembedding`` arguments (``encoding_format``, ``extra_headers``).
+            On Ray (an embedding gateway) an argument holding a secret, by its name or its
+            shape, is refused: pass it through ``extra_env`` / ``headers_env``.
 
     Raises:
         ModelError: (from :meth:`embed`) the provider failed, naming the model.
@@ -193,6 +209,8 @@ class LiteLLMEmbedder:
         timeout: float = 30.0,
         num_retries: int | None = None,
         retry_backoff: float = 0.5,
+        extra_env: Mapping[str, str] | None = None,
+        headers_env: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -224,6 +242,10 @@ class LiteLLMEmbedder:
         self.num_retries = num_retries
         self.retry_backoff = retry_backoff
         self.extra = extra
+        self.extra_env, self.headers_env = env_arguments(
+            model, extra, extra_env, headers_env, reserved=_RESERVED
+        )
+        register_extra_secrets(extra)
 
     def __repr__(self) -> str:
         return (
@@ -233,6 +255,24 @@ class LiteLLMEmbedder:
 
     def _resolve_key(self) -> str | None:
         return read_key(self.api_key_env, self.model) if self.api_key_env else None
+
+    def validate_environment(self) -> None:
+        """Raise :class:`~gecko_actors.exceptions.ConfigurationError` naming the variable when
+        ``api_key_env`` or a variable of ``extra_env`` / ``headers_env`` is not set here."""
+        for variable in [*self.extra_env.values(), *self.headers_env.values()]:
+            read_key(variable, self.model)
+        self._resolve_key()
+
+    def secret_arguments(self) -> list[str]:
+        """The arguments that hold a secret value (names only): credentials in ``api_base``
+        and extras secret by name or by shape."""
+        found = ["api_base"] if self.api_base and url_holds_secret(self.api_base) else []
+        return found + [path for path, _ in secret_leaves(self.extra)]
+
+    def check_shippable(self) -> None:
+        """Raise :class:`~gecko_actors.exceptions.UserError` naming every argument that would
+        carry a secret value to an embedding gateway actor (Ray keeps its arguments)."""
+        refuse_secret_arguments("embedding model", self.model, self.secret_arguments())
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order; ``[]`` for no text (without calling the provider)."""
@@ -251,6 +291,7 @@ class LiteLLMEmbedder:
         key = self._resolve_key()
         if key is not None:
             request["api_key"] = key
+        resolve_env_arguments(request, self.extra_env, self.headers_env, self.model)
         litellm = _litellm()  # the shared loader: offline environment, no debug banners
         vectors: list[list[float]] = []
         for start in range(0, len(items), self.batch_size):

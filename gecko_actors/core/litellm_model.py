@@ -17,14 +17,16 @@ import asyncio
 import inspect
 import os
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import SecretStr
 
-from gecko_actors._redact import register_secret
+from gecko_actors._redact import is_secret_name, is_secret_value, register_secret
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
 from gecko_actors.exceptions import (
@@ -35,7 +37,12 @@ from gecko_actors.exceptions import (
     UserError,
 )
 from gecko_actors.logging import get_logger
-from gecko_actors.settings import load_settings, prepare_offline_environment
+from gecko_actors.settings import (
+    API_KEY_VARIABLE,
+    load_settings,
+    prepare_offline_environment,
+    settings_api_key,
+)
 
 _RESERVED = {
     "model",
@@ -52,6 +59,9 @@ _RESERVED = {
 }
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 _MAX_RETRY_AFTER = 60.0
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_HEADER_ARGUMENTS = ("extra_headers", "headers")
 _log = get_logger("gecko_actors.model")
 
 
@@ -80,7 +90,21 @@ class LiteLLMModel:
         timeout: seconds for one attempt.
         num_retries: retries after the first attempt, for rate limits, 5xx, timeouts and
             connection errors.
+        extra_env: other litellm arguments read from environment variables at call time, as
+            ``{argument: VARIABLE}``: ``extra_env={"aws_secret_access_key":
+            "AWS_SECRET_ACCESS_KEY"}``. Only the names travel to a gateway.
+        headers_env: HTTP headers read from environment variables at call time, as
+            ``{header: VARIABLE}``: ``headers_env={"Authorization": "MY_AUTH_HEADER"}``, the
+            variable holding the header's whole value (``Bearer ...``); merged into
+            ``extra_headers``.
         **extra: other litellm completion arguments (``top_p``, ``seed``, ``extra_headers``...).
+            Values travel as they are: on Ray (:class:`~gecko_actors.ModelGateway`,
+            ``Agent.spawn``) an argument that holds a secret (by its name, such as
+            ``aws_secret_access_key`` or an ``Authorization`` header, or by its shape, such as
+            ``Bearer ...``) is refused: pass it through ``extra_env`` / ``headers_env``.
+
+    The ``GECKO_API_KEY`` setting (environment or ``.env``) is used when neither ``api_key``
+    nor ``api_key_env`` is given; on Ray only its name travels and the gateway reads it.
     """
 
     supports_tools = True
@@ -98,6 +122,8 @@ class LiteLLMModel:
         timeout: float | None = None,
         num_retries: int | None = None,
         retry_backoff: float = 0.5,
+        extra_env: Mapping[str, str] | None = None,
+        headers_env: Mapping[str, str] | None = None,
         **extra: Any,
     ) -> None:
         settings = load_settings()
@@ -109,8 +135,10 @@ class LiteLLMModel:
             )
         self.model = model or settings.default_model
         self.api_base = api_base if api_base is not None else settings.api_base
-        if api_key is None and api_key_env is None:
-            api_key = settings.api_key
+        # A key from the settings is known by its variable's name: on Ray the name travels.
+        self._key_from_settings = False
+        if api_key is None and api_key_env is None and settings.api_key is not None:
+            api_key, self._key_from_settings = settings.api_key, True
         self._api_key = SecretStr(api_key) if isinstance(api_key, str) else api_key
         if self._api_key is not None:
             register_secret(self._api_key.get_secret_value())
@@ -121,6 +149,10 @@ class LiteLLMModel:
         self.num_retries = num_retries if num_retries is not None else settings.model_retries
         self.retry_backoff = retry_backoff
         self.extra = extra
+        self.extra_env, self.headers_env = env_arguments(
+            self.model, extra, extra_env, headers_env, reserved=_RESERVED
+        )
+        register_extra_secrets(extra)
         self.before_attempt: Callable[[Sequence[Message]], Any] | None = None
         """Awaited before every attempt, retries included (the gateway asks its limiter)."""
         self.on_rate_limited: Callable[[float], Any] | None = None
@@ -145,22 +177,39 @@ class LiteLLMModel:
     def config(self) -> dict[str, Any]:
         """The constructor arguments, without any key value: enough to rebuild this model in
         another process (which reads its key from ``api_key_env`` or the provider's variable)."""
+        key_env = self.api_key_env or (API_KEY_VARIABLE if self._key_from_settings else None)
         return {
             "model": self.model,
             "api_base": self.api_base,
-            "api_key_env": self.api_key_env,
+            "api_key_env": key_env,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "timeout": self.timeout,
             "num_retries": self.num_retries,
             "retry_backoff": self.retry_backoff,
+            "extra_env": dict(self.extra_env),
+            "headers_env": dict(self.headers_env),
             **self.extra,
         }
 
     @property
     def holds_key_value(self) -> bool:
-        """Whether an API key value (not a variable name) was given to this model."""
-        return self._api_key is not None
+        """Whether an API key value (not a variable name) was given to this model; a key from
+        the ``GECKO_API_KEY`` setting is known by that name and does not count."""
+        return self._api_key is not None and not self._key_from_settings
+
+    def secret_arguments(self) -> list[str]:
+        """The arguments that hold a secret value (names only, never values): ``api_key``,
+        credentials in ``api_base``, and extras secret by name or by shape."""
+        found = ["api_key"] if self.holds_key_value else []
+        if self.api_base and url_holds_secret(self.api_base):
+            found.append("api_base")
+        return found + [path for path, _ in secret_leaves(self.extra)]
+
+    def check_shippable(self) -> None:
+        """Raise :class:`UserError` naming every argument that would carry a secret value to
+        another process (a gateway actor, whose arguments Ray keeps in its actor table)."""
+        refuse_secret_arguments("model", self.model, self.secret_arguments())
 
     # --- configuration ------------------------------------------------------------------
 
@@ -170,7 +219,10 @@ class LiteLLMModel:
         return read_key(self.api_key_env, self.model) if self.api_key_env else None
 
     def validate_environment(self) -> None:
-        """Raise :class:`ConfigurationError` naming the variable when the key is missing."""
+        """Raise :class:`ConfigurationError` naming the variable when the key, or a variable
+        of ``extra_env`` / ``headers_env``, is missing."""
+        for variable in [*self.extra_env.values(), *self.headers_env.values()]:
+            read_key(variable, self.model)
         if self.api_key_env:
             self._resolve_key()
             return
@@ -180,7 +232,7 @@ class LiteLLMModel:
         if missing:
             raise ConfigurationError(
                 f"model {self.model!r} needs {', '.join(missing)} in the environment",
-                hint=f"export {missing[0]}=<your key>, or pass api_key= / api_key_env=",
+                hint=f"export the key as {missing[0]}, or pass api_key= / api_key_env=",
                 model=self.model,
             )
 
@@ -203,6 +255,7 @@ class LiteLLMModel:
             "tools": list(tools) if tools else None,
         }
         request.update({k: v for k, v in optional.items() if v is not None})
+        resolve_env_arguments(request, self.extra_env, self.headers_env, self.model)
         return request
 
     # --- the protocol -------------------------------------------------------------------
@@ -319,16 +372,191 @@ class LiteLLMModel:
 
 def read_key(variable: str, model: str) -> str:
     """The key in environment variable ``variable``, registered for redaction; a missing one is
-    a :class:`ConfigurationError` naming it. Read where the call is made, never shipped."""
+    a :class:`ConfigurationError` naming it. Read where the call is made, never shipped.
+
+    ``GECKO_API_KEY`` is a setting, so ``.env`` in this process's working directory counts too
+    (a local Ray's workers start in the driver's directory; a cluster's nodes need the variable).
+    """
     value = os.environ.get(variable)
+    if not value and variable == API_KEY_VARIABLE:
+        value = settings_api_key()
     if not value:
+        where = " (or in .env in its working directory)" if variable == API_KEY_VARIABLE else ""
         raise ConfigurationError(
             f"environment variable {variable!r} is not set for model {model!r}",
-            hint=f"export {variable}=<your key> in the environment of the process that calls",
+            hint=f"export {variable} in the environment of the process that calls"
+            f"{where}; on a Ray cluster, in every node's environment",
             model=model,
         )
     register_secret(value)
     return value
+
+
+# --- secrets passed by variable name -----------------------------------------------------------
+
+
+def env_arguments(
+    model: str,
+    extra: Mapping[str, Any],
+    extra_env: Mapping[str, str] | None,
+    headers_env: Mapping[str, str] | None,
+    *,
+    reserved: Collection[str],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Check and copy ``extra_env`` and ``headers_env`` (argument or header -> variable name);
+    a bad name, a reserved argument or one also given as a value is a :class:`UserError`."""
+    headers_given = [
+        name
+        for argument in _HEADER_ARGUMENTS
+        if isinstance(extra.get(argument), Mapping)
+        for name in extra[argument]
+    ]
+    arguments = _env_mapping(
+        "extra_env", extra_env, _ENV_NAME, model, reserved=reserved, given=extra.keys()
+    )
+    headers = _env_mapping("headers_env", headers_env, _HEADER_NAME, model, given=headers_given)
+    return arguments, headers
+
+
+def _env_mapping(
+    parameter: str,
+    mapping: Mapping[str, str] | None,
+    name_pattern: re.Pattern[str],
+    model: str,
+    *,
+    reserved: Collection[str] = (),
+    given: Collection[str] = (),
+) -> dict[str, str]:
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping):
+        raise UserError(
+            f"{parameter} must be a dict of names to environment-variable names, "
+            f"got a {type(mapping).__name__}",
+            hint=f'e.g. {parameter}={{"name": "MY_VARIABLE"}}',
+            model=model,
+        )
+    taken = {name.lower() for name in given if isinstance(name, str)}
+    result: dict[str, str] = {}
+    for name, variable in mapping.items():
+        if not isinstance(name, str) or not name_pattern.fullmatch(name):
+            raise UserError(f"{parameter} has an invalid name {name!r}", model=model)
+        if name in reserved:
+            raise UserError(
+                f"{parameter} cannot set {name!r}",
+                hint="use the model's own parameter (api_key_env= for the key)",
+                model=model,
+            )
+        if name.lower() in taken:
+            raise UserError(
+                f"{name!r} is given both as a value and in {parameter}",
+                hint=f"keep only the variable's name, in {parameter}",
+                model=model,
+            )
+        # The value is never echoed: a user who passed the secret itself by mistake would
+        # otherwise find it in the error message.
+        if not isinstance(variable, str) or not _ENV_NAME.fullmatch(variable):
+            raise UserError(
+                f"{parameter}[{name!r}] must be the name of an environment variable "
+                "(letters, digits and '_'), not a value",
+                hint=f"export MY_VARIABLE=<value> where the model runs and pass "
+                f"{parameter}={{{name!r}: 'MY_VARIABLE'}}",
+                model=model,
+            )
+        result[name] = variable
+    return result
+
+
+def resolve_env_arguments(
+    request: dict[str, Any],
+    extra_env: Mapping[str, str],
+    headers_env: Mapping[str, str],
+    model: str,
+) -> None:
+    """Put the values of ``extra_env`` and ``headers_env`` into ``request``, read now from
+    this process's environment (a missing variable is a :class:`ConfigurationError`)."""
+    for argument, variable in extra_env.items():
+        request[argument] = read_key(variable, model)
+    if headers_env:
+        # A copy: the model's own extra_headers must not keep the secret values.
+        headers = dict(request.get("extra_headers") or {})
+        headers.update({h: read_key(variable, model) for h, variable in headers_env.items()})
+        request["extra_headers"] = headers
+
+
+def secret_leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(path, value)`` of every secret inside ``value`` (nested dicts and lists): values
+    under a secret-looking name (``aws_secret_access_key``, an ``Authorization`` header) and
+    credential-shaped strings (``Bearer ...``, ``sk-...``). Paths name, never show, values."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}[{key!r}]" if path else str(key)
+            if item is None or item == "" or isinstance(item, bool | int | float):
+                continue  # nothing secret travels (a flag such as use_token=True)
+            if isinstance(key, str) and is_secret_name(key):
+                yield where, item
+            else:
+                yield from secret_leaves(item, where)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            yield from secret_leaves(item, f"{path}[{index}]")
+    elif _is_secret_leaf(value):
+        yield path, value
+
+
+def _is_secret_leaf(value: Any) -> bool:
+    if isinstance(value, SecretStr):
+        return True
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return isinstance(value, str) and is_secret_value(value)
+
+
+def register_extra_secrets(extra: Mapping[str, Any]) -> None:
+    """Mask the secret values among ``extra`` in logs and exception text (in-process use may
+    pass them as values)."""
+    for _, value in secret_leaves(extra):
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            register_secret(value)
+
+
+def url_holds_secret(url: str) -> bool:
+    """Whether ``url`` carries a credential: a password, a secret-named query parameter, or a
+    credential-shaped part."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return is_secret_value(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    return bool(password) or any(is_secret_name(k) for k, _ in query) or is_secret_value(url)
+
+
+def refuse_secret_arguments(what: str, model: str, paths: Sequence[str]) -> None:
+    """Raise a :class:`UserError` naming ``paths``, the arguments of ``what`` ``model`` that
+    hold secret values, with how to pass each kind by environment-variable name instead."""
+    if not paths:
+        return
+    hints = []
+    if "api_key" in paths:
+        hints.append("api_key_env='NAME' for the key")
+    if any(p.startswith(_HEADER_ARGUMENTS) for p in paths):
+        hints.append("headers_env={'Header': 'NAME'} for HTTP headers")
+    if any(p not in ("api_key", "api_base") and not p.startswith(_HEADER_ARGUMENTS) for p in paths):
+        hints.append("extra_env={'argument': 'NAME'} for other arguments")
+    if "api_base" in paths:
+        hints.append("a header in headers_env rather than credentials in api_base")
+    raise UserError(
+        f"{what} {model!r} holds secret values in {', '.join(paths)}: on Ray they would be "
+        "copied into the gateway actor's arguments, which Ray keeps in its actor table",
+        hint=f"pass them by environment-variable name, read inside the gateway at call time: "
+        f"{'; '.join(hints)}. NAME must be set in the environment where the gateway runs "
+        "(every node's, on a cluster)",
+        model=model,
+        arguments=list(paths),
+    )
 
 
 async def pause_or_raise(

@@ -1,0 +1,639 @@
+"""Secrets that must not travel to Ray as values.
+
+- A model's secret-bearing extras (``aws_secret_access_key``, an ``Authorization`` header, a
+  ``Bearer ...`` value) are refused when the model is to be served on Ray; ``extra_env`` and
+  ``headers_env`` pass them by environment-variable name, read inside the gateway at call time.
+- The ``GECKO_API_KEY`` setting travels by name and is read where the gateway runs (its
+  environment, or ``.env`` in its working directory).
+- ``init()`` refuses secret-looking runtime_env variables unless the caller opts in.
+
+Most tests need no Ray. Two use the session's Ray: a canary read by name inside a gateway
+reaches the (fake) provider but none of Ray's records of the actors (the creation task specs
+the GCS keeps, the actor table, the session's log files); a secret value is refused before any
+actor exists. One runs this file as a small program in a child process that starts its own
+local Ray, because the ``GECKO_API_KEY`` setting must be in place before Ray starts (a Ray's
+workers inherit the environment and working directory Ray was started with), which the
+session's Ray, started long before, cannot show.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import gecko_actors.gateway as gateway_module
+from gecko_actors import Agent, ConfigurationError, LiteLLMModel, Message, ModelGateway, UserError
+from gecko_actors import runtime as runtime_module
+from gecko_actors.core.embedders import LiteLLMEmbedder
+from gecko_actors.gateway import embedding_gateway, gateway_label
+from gecko_actors.settings import settings_api_key
+from gecko_actors.testing import FakeLLMServer, FakeReply
+
+NAMESPACE = "gecko"
+# The canary read by name inside the session's gateways. Set when this module is imported,
+# i.e. during collection, before the session's Ray starts: Ray's workers inherit it as they
+# would a variable exported on a node. Its name does not look secret, so gecko_actors' own
+# redaction (it masks the values of secret-named variables) cannot hide a leak from the scans.
+CANARY_VARIABLE = "GECKO_TEST_TRAVEL_CANARY"
+CANARY = os.environ.setdefault(CANARY_VARIABLE, "canary-" + uuid.uuid4().hex)
+SCENARIO_TIMEOUT = 240
+
+
+def secret() -> str:
+    """A fresh value that nothing else contains."""
+    return "value" + uuid.uuid4().hex
+
+
+# --- a provider that shows the headers it received --------------------------------------------
+
+
+class HeaderProxy:
+    """A reverse proxy on 127.0.0.1 in front of a :class:`FakeLLMServer` that records every
+    request's headers (the fake server records bodies; keys and headers travel in headers)."""
+
+    def __init__(self, upstream: FakeLLMServer) -> None:
+        self.upstream = upstream
+        self.headers: list[dict[str, str]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.headers.append({k.lower(): v for k, v in self.headers.items()})
+                status, content_type, payload = proxy.forward(self.path, body)
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def forward(self, path: str, body: bytes) -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.upstream.port, timeout=60)
+        try:
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            return (
+                answer.status,
+                answer.getheader("Content-Type", "application/json"),
+                answer.read(),
+            )
+        finally:
+            connection.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def provider() -> Iterator[HeaderProxy]:
+    with FakeLLMServer(handler=lambda body: FakeReply.text("pong")) as server:
+        proxy = HeaderProxy(server)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
+
+
+# --- what Ray keeps about an actor ------------------------------------------------------------
+
+
+def creation_task(actor_name: str, namespace: str = NAMESPACE) -> Any:
+    """The named actor's creation task spec as the GCS keeps it: the GCS re-runs this task to
+    restart the actor (``max_restarts=-1``), so it holds the constructor arguments, inlined
+    when small (Ray inlines arguments under 100 KB). Whatever Ray retains about an actor's
+    arguments is here; the callers check that it is readable with a non-secret control value."""
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = init_grpc_channel(ray.get_runtime_context().gcs_address)
+    try:
+        stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(channel)
+        request = gcs_service_pb2.GetNamedActorInfoRequest(name=actor_name, ray_namespace=namespace)
+        reply = stub.GetNamedActorInfo(request, timeout=30)
+    finally:
+        channel.close()
+    assert reply.status.code == 0, reply.status.message
+    return reply.task_spec
+
+
+def inlined_args(task_spec: Any) -> bytes:
+    return b"".join(arg.data for arg in task_spec.args)
+
+
+def actor_table() -> bytes:
+    """Every actor's entry in the GCS actor table (names, runtime envs, death causes...)."""
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    channel = init_grpc_channel(ray.get_runtime_context().gcs_address)
+    try:
+        stub = gcs_service_pb2_grpc.ActorInfoGcsServiceStub(channel)
+        return stub.GetAllActorInfo(
+            gcs_service_pb2.GetAllActorInfoRequest(), timeout=30
+        ).SerializeToString()
+    finally:
+        channel.close()
+
+
+def log_files_containing(needle: str) -> list[str]:
+    """The files under this Ray session's log folder (every worker's stdout and stderr, the
+    GCS, raylet and runtime-env agents' logs) that contain ``needle``."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    found = []
+    for path in logs.rglob("*"):
+        try:
+            if path.is_file() and needle.encode() in path.read_bytes():
+                found.append(str(path.relative_to(logs)))
+        except OSError:  # rotated away meanwhile
+            continue
+    return found
+
+
+def kill_named(*actor_names: str) -> None:
+    for actor_name in actor_names:
+        try:
+            ray.kill(ray.get_actor(actor_name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            continue
+
+
+# --- secret values are refused before anything reaches Ray ------------------------------------
+
+
+class ReachedRay(Exception):
+    """Raised where gateway spawning would first touch Ray (see ``no_ray``)."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Gateway spawning stops where it would first touch Ray (connect, create an actor),
+    with :class:`ReachedRay`; the returned list records each time it got there."""
+    reached: list[str] = []
+
+    def stop_here(*args: Any, **kwargs: Any) -> None:
+        reached.append("ray")
+        raise ReachedRay
+
+    monkeypatch.setattr(gateway_module, "ensure_initialized", stop_here)
+    monkeypatch.setattr(gateway_module, "create", stop_here)
+    return reached
+
+
+SECRET_EXTRAS = [
+    pytest.param(lambda v: {"aws_secret_access_key": v}, "aws_secret_access_key", id="by-name"),
+    pytest.param(lambda v: {"azure_ad_token": v}, "azure_ad_token", id="token"),
+    pytest.param(
+        lambda v: {"vertex_credentials": {"type": "service_account", "private_key": v}},
+        "vertex_credentials",
+        id="credentials-dict",
+    ),
+    pytest.param(
+        lambda v: {"extra_headers": {"Authorization": f"Bearer {v}"}},
+        "extra_headers['Authorization']",
+        id="authorization-header",
+    ),
+    pytest.param(
+        lambda v: {"extra_headers": {"X-Api-Key": v}}, "extra_headers['X-Api-Key']", id="key-header"
+    ),
+    pytest.param(
+        lambda v: {"extra_headers": {"X-Custom": f"Bearer {v}"}},
+        "extra_headers['X-Custom']",
+        id="bearer-value",
+    ),
+    pytest.param(lambda v: {"user": f"sk-{v}"}, "user", id="sk-value"),
+    pytest.param(lambda v: {"extra_body": {"api_key": v}}, "extra_body['api_key']", id="nested"),
+    pytest.param(
+        lambda v: {"api_base": f"https://me:{v}@proxy.invalid/v1"}, "api_base", id="url-password"
+    ),
+]
+
+
+@pytest.mark.parametrize(("extras", "path"), SECRET_EXTRAS)
+def test_secret_extras_are_refused_before_any_actor(
+    no_ray: list[str], extras: Any, path: str
+) -> None:
+    value = secret()
+    model = LiteLLMModel("openai/fake-model", **extras(value))
+    with pytest.raises(UserError) as excinfo:
+        ModelGateway.spawn(model)
+    assert no_ray == []  # neither Ray nor an actor was touched
+    err = excinfo.value
+    assert path in err.message
+    assert "actor table" in err.message
+    assert "env" in (err.hint or "")  # how to pass it instead: by variable name
+    clone = pickle.loads(pickle.dumps(err))
+    for text in (str(err), repr(err), json.dumps(err.to_dict()), str(clone)):
+        assert value not in text
+    assert clone.message == err.message
+
+
+def test_the_hint_names_the_way_for_each_kind_of_secret(no_ray: list[str]) -> None:
+    model = LiteLLMModel(
+        "openai/fake-model",
+        aws_secret_access_key=secret(),
+        extra_headers={"Authorization": f"Bearer {secret()}"},
+    )
+    with pytest.raises(UserError) as excinfo:
+        ModelGateway.spawn(model)
+    assert "extra_env={'argument': 'NAME'}" in excinfo.value.hint
+    assert "headers_env={'Header': 'NAME'}" in excinfo.value.hint
+    assert excinfo.value.arguments == ["aws_secret_access_key", "extra_headers['Authorization']"]
+
+
+def test_an_embedder_with_a_secret_header_is_refused_before_any_actor(no_ray: list[str]) -> None:
+    value = secret()
+    embedder = LiteLLMEmbedder("openai/text-embedding-3-small", extra_headers={"X-Api-Key": value})
+    with pytest.raises(UserError, match=r"extra_headers\['X-Api-Key'\]") as excinfo:
+        embedding_gateway(embedder)
+    assert no_ray == []
+    assert value not in str(excinfo.value)
+
+
+def test_ordinary_extras_still_go_to_the_gateway(no_ray: list[str]) -> None:
+    model = LiteLLMModel(
+        "openai/fake-model",
+        top_p=0.5,
+        seed=7,
+        max_completion_tokens=20,
+        use_token_cache=True,  # a flag under a secret-ish name carries nothing secret
+        extra_headers={"X-Trace-Id": "trace-1234"},
+        metadata={"purpose": "evaluation"},
+    )
+    assert model.secret_arguments() == []
+    with pytest.raises(ReachedRay):
+        ModelGateway.spawn(model)
+    assert no_ray == ["ray"]  # it went on to Ray: nothing was refused
+
+
+# --- extra_env and headers_env ----------------------------------------------------------------
+
+
+async def test_named_secrets_are_read_at_call_time_and_values_still_work_in_process(
+    provider: HeaderProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, in_process = secret(), secret(), secret()
+    model = LiteLLMModel(
+        "openai/fake-model",
+        api_base=provider.url,
+        api_key_env="GECKO_TEST_KEY_VAR",
+        headers_env={"X-Gecko-Auth": "GECKO_TEST_HEADER_VAR"},
+        # A string argument litellm forwards to the OpenAI-compatible server's body.
+        extra_env={"safety_identifier": "GECKO_TEST_USER_VAR"},
+        extra_headers={"X-Api-Key": in_process},  # a value: fine in this process only
+        num_retries=0,
+    )
+    monkeypatch.setenv("GECKO_TEST_KEY_VAR", first)
+    monkeypatch.setenv("GECKO_TEST_HEADER_VAR", first)
+    monkeypatch.setenv("GECKO_TEST_USER_VAR", first)
+    assert (await model.complete([Message.user("one")])).message.text == "pong"
+    for name in ("GECKO_TEST_KEY_VAR", "GECKO_TEST_HEADER_VAR", "GECKO_TEST_USER_VAR"):
+        monkeypatch.setenv(name, second)
+    assert (await model.complete([Message.user("two")])).message.text == "pong"
+
+    sent = [(h["authorization"], h["x-gecko-auth"], h["x-api-key"]) for h in provider.headers]
+    assert sent == [
+        (f"Bearer {first}", first, in_process),
+        (f"Bearer {second}", second, in_process),
+    ]
+    assert [r["safety_identifier"] for r in provider.upstream.requests] == [first, second]
+    # The model keeps names, not the values it read; only the in-process value makes it
+    # unfit for a gateway.
+    held = pickle.dumps(model.config()) + repr(model).encode()
+    assert first.encode() not in held and second.encode() not in held
+    assert model.extra == {"extra_headers": {"X-Api-Key": in_process}}
+    assert model.secret_arguments() == ["extra_headers['X-Api-Key']"]
+
+
+async def test_a_rebuilt_model_reads_the_named_secrets_where_it_runs(
+    provider: HeaderProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = secret()
+    model = LiteLLMModel(
+        "openai/fake-model",
+        api_base=provider.url,
+        api_key_env="GECKO_TEST_KEY_VAR",
+        headers_env={"Authorization-Extra": "GECKO_TEST_HEADER_VAR"},
+        num_retries=0,
+    )
+    model.check_shippable()  # names only: fit for a gateway
+    config = model.config()
+    assert config["headers_env"] == {"Authorization-Extra": "GECKO_TEST_HEADER_VAR"}
+    # What a gateway does with the configuration it receives, in its own environment.
+    monkeypatch.setenv("GECKO_TEST_KEY_VAR", value)
+    monkeypatch.setenv("GECKO_TEST_HEADER_VAR", value)
+    rebuilt = LiteLLMModel(**config)
+    rebuilt.validate_environment()
+    assert (await rebuilt.complete([Message.user("x")])).message.text == "pong"
+    assert provider.headers[-1]["authorization-extra"] == value
+
+
+def test_a_missing_named_variable_is_a_configuration_error_naming_it() -> None:
+    model = LiteLLMModel(
+        "openai/fake-model",
+        api_key_env="PATH",
+        headers_env={"X-Auth": "GECKO_TEST_SURELY_UNSET_HEADER"},
+    )
+    with pytest.raises(ConfigurationError, match="GECKO_TEST_SURELY_UNSET_HEADER"):
+        model.validate_environment()
+    embedder = LiteLLMEmbedder("openai/e", extra_env={"user": "GECKO_TEST_SURELY_UNSET_USER"})
+    with pytest.raises(ConfigurationError, match="GECKO_TEST_SURELY_UNSET_USER"):
+        embedder.validate_environment()
+
+
+@pytest.mark.parametrize(
+    ("make_kwargs", "expected"),
+    [
+        # The secret itself, pasted where its variable's name belongs.
+        pytest.param(lambda v: {"headers_env": {"Authorization": v}}, "name of an env", id="value"),
+        pytest.param(
+            lambda v: {"extra_env": {"api_key": "MY_KEY"}}, "set 'api_key'", id="reserved"
+        ),
+        pytest.param(
+            lambda v: {"extra_env": {"user": "MY_USER"}, "user": v}, "both as a value", id="twice"
+        ),
+        pytest.param(
+            lambda v: {
+                "headers_env": {"authorization": "AUTH"},
+                "extra_headers": {"Authorization": v},
+            },
+            "both as a value",
+            id="header-twice",
+        ),
+        pytest.param(lambda v: {"headers_env": "MY_AUTH"}, "must be a dict", id="not-a-dict"),
+        pytest.param(
+            lambda v: {"headers_env": {"Bad Header": "AUTH"}}, "invalid name", id="header"
+        ),
+    ],
+)
+def test_env_mappings_take_variable_names(make_kwargs: Any, expected: str) -> None:
+    value = "Bearer sk-" + uuid.uuid4().hex
+    kwargs = make_kwargs(value)
+    with pytest.raises(UserError, match=expected) as excinfo:
+        LiteLLMModel("openai/fake-model", **kwargs)
+    assert value not in str(excinfo.value) and value not in repr(excinfo.value)
+    with pytest.raises(UserError, match=expected):
+        LiteLLMEmbedder("openai/e", **kwargs)
+
+
+# --- the GECKO_API_KEY setting ----------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gecko_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No GECKO_API_KEY in the environment and no .env: the test sets what it needs."""
+    monkeypatch.delenv("GECKO_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+async def test_the_settings_key_travels_by_name(
+    no_gecko_env: Path,
+    no_ray: list[str],
+    provider: HeaderProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = secret()
+    monkeypatch.setenv("GECKO_API_KEY", key)
+    model = LiteLLMModel("openai/fake-model", api_base=provider.url, num_retries=0)
+    assert not model.holds_key_value
+    config = model.config()
+    assert config["api_key_env"] == "GECKO_API_KEY"
+    assert key.encode() not in pickle.dumps(config)
+    with pytest.raises(ReachedRay):  # not refused: it went on to start the gateway
+        ModelGateway.spawn(model)
+    # In this process the model uses the setting; a gateway reads the variable it names.
+    assert (await model.complete([Message.user("x")])).message.text == "pong"
+    assert (await LiteLLMModel(**config).complete([Message.user("y")])).message.text == "pong"
+    assert [h["authorization"] for h in provider.headers] == [f"Bearer {key}"] * 2
+
+
+async def test_a_gateway_reads_the_settings_key_from_dotenv_in_its_directory(
+    no_gecko_env: Path, provider: HeaderProxy
+) -> None:
+    key = secret()
+    model = LiteLLMModel(
+        "openai/fake-model", api_base=provider.url, api_key_env="GECKO_API_KEY", num_retries=0
+    )
+    with pytest.raises(ConfigurationError, match="GECKO_API_KEY") as excinfo:
+        model.validate_environment()
+    assert ".env" in excinfo.value.hint
+    (no_gecko_env / ".env").write_text(f"GECKO_API_KEY={key}\n")
+    model.validate_environment()
+    assert (await model.complete([Message.user("x")])).message.text == "pong"
+    assert provider.headers[-1]["authorization"] == f"Bearer {key}"
+
+
+# --- init() and runtime_env -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_ray_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """``ray.init`` recorded instead of run, as if no Ray were connected yet."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
+    monkeypatch.setattr(runtime_module, "_describe", lambda ray, context, new: {"new": new})
+    return calls
+
+
+class RecordingLog:
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.warnings.append((event, fields))
+
+
+@pytest.mark.parametrize(
+    "env_vars",
+    [
+        pytest.param({"OPENAI_API_KEY": "VALUE"}, id="api-key"),
+        pytest.param({"HF_TOKEN": "VALUE", "PYTHONPATH": "/opt/code"}, id="token"),
+        pytest.param({"DB_PASSWORD": "VALUE"}, id="password"),
+        pytest.param({"HELPER_SETTING": "sk-VALUE"}, id="key-shaped-value"),
+    ],
+)
+def test_init_refuses_secret_looking_runtime_env(
+    fake_ray_init: list[dict[str, Any]], env_vars: dict[str, str]
+) -> None:
+    value = secret()
+    env_vars = {k: v.replace("VALUE", value) for k, v in env_vars.items()}
+    (variable,) = [k for k in env_vars if k != "PYTHONPATH"]
+    with pytest.raises(UserError) as excinfo:
+        runtime_module.init(runtime_env={"env_vars": env_vars})
+    assert fake_ray_init == []  # refused before Ray was asked for anything
+    err = excinfo.value
+    assert variable in err.message and "job table" in err.message
+    assert "allow_secret_env=True" in err.hint
+    for text in (str(err), repr(err), json.dumps(err.to_dict())):
+        assert value not in text
+
+
+def test_init_ships_secret_env_only_when_allowed_and_still_warns(
+    fake_ray_init: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = RecordingLog()
+    monkeypatch.setattr(runtime_module, "_log", log)
+    value = secret()
+    ordinary = {"PYTHONPATH": "/opt/code", "GECKO_MAX_TOKENS": "50", "TIKTOKEN_CACHE_DIR": "/t"}
+    runtime_module.init(runtime_env={"env_vars": ordinary})
+    assert log.warnings == []
+    runtime_module.init(
+        runtime_env={"env_vars": {**ordinary, "OPENAI_API_KEY": value}}, allow_secret_env=True
+    )
+    ordinary_call, allowed_call = fake_ray_init
+    assert "allow_secret_env" not in allowed_call  # ours, not a ray.init option
+    assert allowed_call["runtime_env"]["env_vars"]["OPENAI_API_KEY"] == value
+    assert ordinary_call["runtime_env"]["env_vars"].items() >= ordinary.items()
+    assert [fields["variable"] for _, fields in log.warnings] == ["OPENAI_API_KEY"]
+    assert value not in repr(log.warnings)
+
+
+# --- on Ray -----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_named_secrets_reach_the_provider_but_no_record_of_ray(provider: HeaderProxy) -> None:
+    model = LiteLLMModel(
+        "openai/fake-model",
+        api_base=provider.url,
+        api_key_env=CANARY_VARIABLE,
+        headers_env={"X-Gecko-Canary": CANARY_VARIABLE},
+        extra_env={"safety_identifier": CANARY_VARIABLE},  # forwarded in the body
+        num_retries=0,
+        timeout=60,
+    )
+    name = f"canary-{uuid.uuid4().hex[:8]}"
+    gateway = f"gateway/{gateway_label(model)}/0"
+    try:
+        assert Agent.spawn(name, model=model).run("hello").content == "pong"
+        # The canary was read inside the gateway and reached the provider...
+        assert provider.headers[-1]["authorization"] == f"Bearer {CANARY}"
+        assert provider.headers[-1]["x-gecko-canary"] == CANARY
+        assert provider.upstream.requests[-1]["safety_identifier"] == CANARY
+        # ...while the actors' creation tasks, which hold their constructor arguments (the
+        # controls prove they are inlined and readable), carry only the variable's name.
+        for actor, control in ((gateway, provider.url), (f"agent/{name}", gateway_label(model))):
+            spec = creation_task(actor)
+            assert control.encode() in inlined_args(spec), actor
+            assert CANARY.encode() not in spec.SerializeToString(), actor
+        assert CANARY_VARIABLE.encode() in inlined_args(creation_task(gateway))
+        assert CANARY.encode() not in actor_table()
+        assert log_files_containing(CANARY) == []
+    finally:
+        kill_named(f"agent/{name}", gateway)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_secret_value_is_refused_before_any_actor_on_ray() -> None:
+    value = secret()
+    model = LiteLLMModel(
+        "openai/fake-model",
+        api_base="http://127.0.0.1:9/v1",
+        api_key_env="PATH",
+        extra_headers={"Authorization": f"Bearer {value}"},
+    )
+    name = f"refused-{uuid.uuid4().hex[:8]}"
+    label = gateway_label(model)
+    try:
+        with pytest.raises(UserError) as excinfo:
+            Agent.spawn(name, model=model)
+        assert "extra_headers['Authorization']" in str(excinfo.value)
+        assert "headers_env" in str(excinfo.value)
+        assert value not in str(excinfo.value)
+        named = ray.util.list_named_actors()
+        assert f"agent/{name}" not in named
+        assert not [n for n in named if n.startswith(f"gateway/{label}/")]
+    finally:
+        kill_named(f"agent/{name}", f"gateway/{label}/0")
+
+
+# --- the GECKO_API_KEY setting on a Ray started where it is set -------------------------------
+
+
+@pytest.mark.slow
+def test_the_settings_key_works_on_ray(tmp_path: Path, provider: HeaderProxy) -> None:
+    # The key is in the driver's .env only, the harder case: a worker finds it neither in the
+    # task's arguments nor in its environment, and reads it by name from .env in its working
+    # directory (the environment-variable path is the same read_key, tested without Ray).
+    key = secret()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GECKO_API_KEY")}
+    (tmp_path / ".env").write_text(f"GECKO_API_KEY={key}\n")
+    done = subprocess.run(
+        [sys.executable, __file__, "settings-key", provider.url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCENARIO_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stdout[-4000:] + done.stderr[-4000:]
+    result = json.loads(lines[-1][len("RESULT ") :])
+    assert result["content"] == "pong"
+    assert provider.headers[-1]["authorization"] == f"Bearer {key}"
+    assert result["args_hold_control"] and result["args_hold_variable"]
+    assert not result["spec_holds_key"]
+    assert not result["actor_table_holds_key"]
+    assert result["logs_holding_key"] == []
+
+
+def _settings_key_scenario(api_base: str) -> dict[str, Any]:
+    """The child program: start a local Ray here, spawn an agent whose model's key comes from
+    the GECKO_API_KEY setting, call it once, and report what Ray recorded."""
+    import gecko_actors as ga
+
+    temp_dir = os.path.realpath(tempfile.mkdtemp(prefix="gecko-ray-"))  # short: unix sockets
+    try:
+        ga.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir)
+        try:
+            model = LiteLLMModel("openai/fake-model", api_base=api_base, num_retries=0, timeout=60)
+            content = Agent.spawn("settings-key", model=model).run("hello").content
+            key = (settings_api_key() or "").encode()
+            assert key, "the scenario needs GECKO_API_KEY"
+            spec = creation_task(f"gateway/{gateway_label(model)}/0")
+            return {
+                "content": content,
+                "args_hold_control": api_base.encode() in inlined_args(spec),
+                "args_hold_variable": b"GECKO_API_KEY" in inlined_args(spec),
+                "spec_holds_key": key in spec.SerializeToString(),
+                "actor_table_holds_key": key in actor_table(),
+                "logs_holding_key": log_files_containing(key.decode()),
+            }
+        finally:
+            ga.shutdown()
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["settings-key"]:
+    print("RESULT " + json.dumps(_settings_key_scenario(sys.argv[2])), flush=True)
