@@ -16,10 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from gecko_actors.core.litellm_model import (
-    _litellm,
+from gecko_actors.core.litellm_model import _litellm, pause_or_raise
+from gecko_actors.core.secret_args import (
     env_arguments,
-    pause_or_raise,
     read_key,
     refuse_secret_arguments,
     register_extra_secrets,
