@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from gecko_actors._actors.common import cancel_and_wait, check_name, create, lookup
 from gecko_actors._actors.toolbox import ToolboxActor
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.toolbox import ToolBox, gather_all, per_call
-from gecko_actors.core.tools import Tool, ToolContext, ToolResult
-from gecko_actors.exceptions import UserError
+from gecko_actors.core.tools import Tool, ToolContext, ToolResult, error_text
+from gecko_actors.exceptions import ToolError, UserError
 from gecko_actors.runtime import namespace
 
 _TRANSPORT_GRACE = 5.0  # seconds on top of a tool's timeout before the replica counts as stuck
@@ -149,7 +149,7 @@ class RemoteToolBox:
         ref = replica.execute_call.remote(call, context)
         limit = self.timeout + _TRANSPORT_GRACE
         try:
-            return await asyncio.wait_for(_resolve(ref), limit)
+            result = await asyncio.wait_for(_resolve(ref), limit)
         except asyncio.CancelledError:
             if not await cancel_and_wait([ref], grace=limit):
                 ray.kill(replica, no_restart=False)  # stuck: a new process is a stopped one
@@ -159,12 +159,23 @@ class RemoteToolBox:
         except asyncio.TimeoutError:
             ray.kill(replica, no_restart=False)  # stuck past its own timeout: restart it
             reason = f"its toolbox process stopped answering for {self.timeout}s"
+        except RayError as exc:  # not the tool's error (that is a result): Ray's, or a bug's
+            reason = f"its toolbox process could not run it ({type(exc).__name__})"
+        else:
+            # Redacted again here: the replica knows only its own process's secrets, not the
+            # ones registered in this one.
+            if result.is_error:
+                result = result.model_copy(update={"content": error_text(result.content)})
+            return result
         return ToolResult(
-            content=f"Error: tool {call.name!r} failed: {reason}; it was not retried, "
-            "because it may have had side effects",
+            content=error_text(
+                f"Error: tool {call.name[:80]!r} failed: {reason}; it was not retried, "
+                "because it may have had side effects"
+            ),
             is_error=True,
             tool=call.name,
             tool_call_id=call.id,
+            metadata={"error": ToolError.error_code},
         )
 
     def stats(self) -> dict[str, dict[str, float]]:

@@ -16,6 +16,7 @@ from gecko_actors import metrics
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult
+from gecko_actors.exceptions import ToolTimeoutError
 from gecko_actors.logging import get_logger
 
 _log = get_logger("gecko_actors.toolbox")
@@ -50,18 +51,20 @@ class ToolboxActor:
         when the thread is abandoned and this process recycled)."""
         self._in_flight += 1
         started = time.monotonic()
+        # A name the model made up is not a metric label: each would be a new time series.
+        label = call.name if self.box.has(call.name) else "<unknown>"
         try:
             result = await self.box.execute_call(call, context)
         except asyncio.CancelledError:
-            metrics.tool_call(call.name, "cancelled")
+            metrics.tool_call(label, "cancelled")
             if time.monotonic() - started >= self._limit(call.name):
                 self._note_timeout(call.name)  # it waited up to the deadline: maybe abandoned
             raise
         finally:
             self._in_flight -= 1
             self._exit_soon_if_recycling()
-        metrics.tool_call(call.name, "error" if result.is_error else "ok")
-        if result.is_error and "did not finish within" in result.content:
+        metrics.tool_call(label, "error" if result.is_error else "ok")
+        if result.metadata.get("error") == ToolTimeoutError.error_code:
             self._note_timeout(call.name)
             self._exit_soon_if_recycling()
         return result

@@ -7,6 +7,8 @@ conversion both ways and an exact msgpack form (plain data, never pickle).
 from __future__ import annotations
 
 import json
+import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -15,6 +17,7 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
+from gecko_actors._redact import redact
 from gecko_actors.core.media import DEFAULT_MAX_IMAGE_BYTES, MediaResource, load_image
 from gecko_actors.exceptions import ToolArgumentsError, UserError
 
@@ -81,21 +84,22 @@ class ToolCall(_Packable):
     arguments: str = "{}"
 
     def parse_arguments(self) -> dict[str, Any]:
-        """The arguments as a dict; malformed JSON is a :class:`ToolArgumentsError`."""
-        try:
-            value = json.loads(self.arguments.strip() or "{}")
-        except json.JSONDecodeError as exc:
-            problem = (
-                f"are not valid JSON ({exc.msg} at position {exc.pos}): {self.arguments[:200]!r}"
-            )
-        else:
-            if isinstance(value, dict):
-                return value
-            problem = f"must be a JSON object, got {type(value).__name__}"
+        """The arguments as a dict; anything else is a :class:`ToolArgumentsError`.
+
+        The text comes from a model, so it is hostile input: besides malformed JSON and
+        non-objects, it refuses what Python's ``json`` would otherwise accept or crash on —
+        ``NaN``/``Infinity`` literals and numbers that overflow a float (JSON has neither), an
+        integer too long for Python to read, and nesting deeper than
+        :data:`MAX_ARGUMENT_DEPTH` — so a tool never receives a made-up number and the agent
+        loop never sees a RecursionError. The error names the problem for the model.
+        """
+        problem = _argument_problem(self.arguments)
+        if isinstance(problem, dict):
+            return problem
         raise ToolArgumentsError(
-            f"arguments for tool {self.name!r} {problem}",
+            f"arguments for tool {_quote_name(self.name)} {problem}",
             hint="call the tool again with a JSON object of arguments",
-            tool=self.name,
+            tool=_clip(self.name, _NAME_CHARS),
             tool_call_id=self.id,
         )
 
@@ -108,13 +112,98 @@ class ToolCall(_Packable):
 
     @classmethod
     def from_openai(cls, call: dict[str, Any]) -> ToolCall:
+        """Build from an OpenAI-format tool call. A provider may send odd shapes (a numeric
+        id or name, arguments as an object): they become text here, and any problem with them
+        is answered when the call is executed, instead of failing the whole reply."""
         function = call.get("function") or {}
+        if not isinstance(function, dict):
+            function = {}
         arguments = function.get("arguments")
         if arguments is None:
             arguments = "{}"
         elif not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
-        return cls(id=call.get("id") or "", name=function.get("name") or "", arguments=arguments)
+            # default=str: whatever it holds, it is refused later as arguments, not here.
+            arguments = json.dumps(arguments, default=str)
+        return cls(
+            id=str(call.get("id") or ""), name=str(function.get("name") or ""), arguments=arguments
+        )
+
+
+MAX_ARGUMENT_DEPTH = 100
+"""Deepest nesting of objects and arrays accepted in a tool call's arguments."""
+_NAME_CHARS = 80  # how much of a tool name an error message quotes
+_SNIPPET_CHARS = 200  # how much of malformed arguments an error message quotes
+
+
+class _NonFinite(ValueError):
+    """Internal: the JSON held a number that is not finite (``args[0]`` is its text)."""
+
+
+def _refuse_constant(text: str) -> Any:
+    raise _NonFinite(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e400" reads as inf: a number the model never sent
+        raise _NonFinite(text)
+    return value
+
+
+def _argument_problem(arguments: str) -> dict[str, Any] | str:
+    """The parsed arguments object, or the text of what is wrong with them."""
+    text = arguments.strip() or "{}"
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        # Redacted before it is clipped, so that a clipped secret cannot slip through.
+        snippet = redact(arguments[: _SNIPPET_CHARS * 5])[:_SNIPPET_CHARS]
+        return f"are not valid JSON ({exc.msg} at position {exc.pos}): {snippet!r}"
+    except _NonFinite as exc:
+        return (
+            f"contain the number {_clip(exc.args[0], 40)!r}, which is not finite: NaN, "
+            "Infinity and numbers beyond ±1.8e308 are not allowed; send a finite number"
+        )
+    except RecursionError:
+        return f"are nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
+    except ValueError:  # an integer literal longer than Python's int_max_str_digits
+        return (
+            "contain an integer too long to read (more than "
+            f"{sys.get_int_max_str_digits()} digits); send a smaller number"
+        )
+    if not isinstance(value, dict):
+        kind = type(value)
+        return f"must be a JSON object, got {kind.__name__} ({_JSON_TYPES.get(kind, 'a value')})"
+    if _nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
+        return f"are nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
+    return value
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+_JSON_TYPES.update({bool: "a boolean", type(None): "null"})
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects/arrays in ``value`` nest deeper than ``limit`` (iteratively: no stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote_name(name: str) -> str:
+    """A tool name as error text: quoted, clipped (a model may send a megabyte of name)."""
+    return repr(_clip(name, _NAME_CHARS))
 
 
 class Message(_Packable):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gecko_actors.core.messages import ToolCall
-from gecko_actors.core.tools import Tool, ToolContext, ToolResult, tool
+from gecko_actors.core.tools import Tool, ToolContext, ToolResult, error_text, tool
 from gecko_actors.exceptions import (
     ToolArgumentsError,
     ToolNotFoundError,
@@ -19,6 +19,7 @@ from gecko_actors.exceptions import (
 )
 
 T = TypeVar("T")
+_NAME_CHARS = 80  # how much of an unknown tool name an error message quotes
 
 
 @dataclass
@@ -145,10 +146,12 @@ class ToolBox:
         return {name: s.as_dict() for name, s in self._stats.items()}
 
     def _not_found(self, name: str) -> ToolNotFoundError:
+        # Clipped: the name may come from a model, and be a megabyte long.
+        shown = name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 3] + "..."
         return ToolNotFoundError(
-            f"tool {name!r} is not registered; available: {self.names()}",
+            f"tool {shown!r} is not registered; available: {self.names()}",
             hint="call one of the available tools",
-            tool=name,
+            tool=shown,
         )
 
     # --- execution ----------------------------------------------------------------------
@@ -191,11 +194,17 @@ class ToolBox:
         return result
 
     async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
-        """Run a model's tool call; every failure (malformed JSON, unknown tool, timeout,
-        exception) becomes an error result for the model, and the tool is never run with
-        arguments it did not validly receive."""
+        """Run a model's tool call; every failure (unknown tool, malformed JSON, bad
+        arguments, timeout, exception) becomes an error result for the model, and the tool is
+        never run with arguments it did not validly receive.
+
+        The name is checked first: a call to an unknown tool is counted nowhere, so a model
+        inventing names cannot grow :meth:`stats` without bound.
+        """
         context = _with_call_id(context, call.id)
         try:
+            if not self.has(call.name):
+                raise self._not_found(call.name)
             arguments = call.parse_arguments()
             return await self.execute(call.name, arguments, context=context)
         except (ToolArgumentsError, ToolNotFoundError, ToolTimeoutError) as exc:
@@ -204,7 +213,11 @@ class ToolBox:
                 stats.executions += 1
                 stats.errors += 1
             return ToolResult(
-                content=f"Error: {exc}", is_error=True, tool=call.name, tool_call_id=call.id
+                content=error_text(f"Error: {exc}"),
+                is_error=True,
+                tool=call.name,
+                tool_call_id=call.id,
+                metadata={"error": exc.error_code},
             )
 
     async def execute_many(
