@@ -21,10 +21,12 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from gecko_actors import LocalAgent, Message, ScriptedModel, ToolBox, ToolCall, tool
 from gecko_actors.core.calculator import calculator, evaluate
 from gecko_actors.core.messages import MAX_ARGUMENT_DEPTH
+from gecko_actors.core.structured import OUTPUT_TOOL, ParseFailure, parse_reply
 from gecko_actors.core.tools import MAX_ERROR_CHARS
 from gecko_actors.exceptions import CalculatorError, ToolArgumentsError
 
@@ -569,3 +571,48 @@ def test_calculator_tool_answers_every_expression_with_a_result(expression) -> N
         assert "CalculatorError" in result.content, result.content
     else:
         float(result.content)  # a number, as text
+
+
+# --- structured output: the final answer is model-written JSON too -----------------------------
+
+
+class _Answer(BaseModel):
+    value: float
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"value": NaN}', "not finite"),
+        ('{"value": 1e400}', "not finite"),
+        ("[" * 10_000 + "]" * 10_000, "nested too deeply"),
+        ('{"value": ' + "9" * 5000 + "}", "integer too long"),
+    ],
+)
+def test_structured_answers_refuse_what_tool_arguments_refuse(text: str, expected: str) -> None:
+    for message in (
+        Message.assistant(text),
+        Message.assistant(None, tool_calls=[ToolCall(id="c", name=OUTPUT_TOOL, arguments=text)]),
+    ):
+        with pytest.raises(ParseFailure, match=expected):
+            parse_reply(message, _Answer)
+
+
+def test_a_megabyte_of_open_braces_is_scanned_once() -> None:
+    # Rescanning from every brace made this quadratic (8,000 braces took seconds, a megabyte
+    # would not end); one pass finds there is no object.
+    with pytest.raises(ParseFailure):
+        parse_reply(Message.assistant("{" * 1_000_000), _Answer)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('The answer: {"value": 2} and more {"value": 3}', 2.0),
+        ('{ unclosed {"value": 4} ', 4.0),
+        ('noise {"value": 5, "note": "a } in a string"} tail', 5.0),
+        ('```json\n{"value": 6}\n```', 6.0),
+    ],
+)
+def test_structured_answers_are_found_in_prose(text: str, value: float) -> None:
+    assert parse_reply(Message.assistant(text), _Answer).value == value

@@ -150,32 +150,51 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _argument_problem(arguments: str) -> dict[str, Any] | str:
-    """The parsed arguments object, or the text of what is wrong with them."""
-    text = arguments.strip() or "{}"
+class ModelJSONError(ValueError):
+    """Text from a model that is not acceptable JSON; the message says why, for the model."""
+
+
+def parse_model_json(text: str) -> Any:
+    """Parse JSON written by a model, refusing what Python's ``json`` would accept or crash on:
+    ``NaN``/``Infinity`` and numbers that overflow a float, integers too long to read, and
+    nesting deeper than :data:`MAX_ARGUMENT_DEPTH`. Raises :class:`ModelJSONError`."""
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         # Redacted before it is clipped, so that a clipped secret cannot slip through.
-        snippet = redact(arguments[: _SNIPPET_CHARS * 5])[:_SNIPPET_CHARS]
-        return f"are not valid JSON ({exc.msg} at position {exc.pos}): {snippet!r}"
+        snippet = redact(text[: _SNIPPET_CHARS * 5])[:_SNIPPET_CHARS]
+        raise ModelJSONError(
+            f"the JSON is not valid JSON ({exc.msg} at position {exc.pos}): {snippet!r}"
+        ) from None
     except _NonFinite as exc:
-        return (
-            f"contain the number {_clip(exc.args[0], 40)!r}, which is not finite: NaN, "
-            "Infinity and numbers beyond ±1.8e308 are not allowed; send a finite number"
-        )
+        raise ModelJSONError(
+            f"the JSON holds the number {_clip(exc.args[0], 40)!r}, which is not finite: NaN, Infinity and numbers "
+            "beyond ±1.8e308 are not allowed; send a finite number"
+        ) from None
     except RecursionError:
-        return f"are nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
+        raise ModelJSONError(_TOO_DEEP) from None
     except ValueError:  # an integer literal longer than Python's int_max_str_digits
-        return (
-            "contain an integer too long to read (more than "
+        raise ModelJSONError(
+            "the JSON holds an integer too long to read (more than "
             f"{sys.get_int_max_str_digits()} digits); send a smaller number"
-        )
+        ) from None
+    if _nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
+        raise ModelJSONError(_TOO_DEEP)
+    return value
+
+
+_TOO_DEEP = f"the JSON is nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
+
+
+def _argument_problem(arguments: str) -> dict[str, Any] | str:
+    """The parsed arguments object, or the text of what is wrong with them."""
+    try:
+        value = parse_model_json(arguments.strip() or "{}")
+    except ModelJSONError as exc:
+        return f"are refused: {exc}"
     if not isinstance(value, dict):
         kind = type(value)
         return f"must be a JSON object, got {kind.__name__} ({_JSON_TYPES.get(kind, 'a value')})"
-    if _nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
-        return f"are nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
     return value
 
 

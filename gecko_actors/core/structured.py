@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gecko_actors.core.messages import Message
+from gecko_actors.core.messages import Message, ModelJSONError, parse_model_json
 
 OUTPUT_TOOL = "final_result"
 _M = TypeVar("_M", bound=BaseModel)
@@ -62,37 +61,43 @@ def _candidates(text: str) -> list[str]:
 
 
 def _first_object(text: str) -> str | None:
-    """The first balanced ``{...}`` in ``text``, skipping braces inside JSON strings."""
-    start = text.find("{")
-    while start != -1:
-        depth, in_string, escaped = 0, False, False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
-                continue
-            if ch == '"':
-                in_string = True
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start : i + 1]
-        start = text.find("{", start + 1)
-    return None
+    """The first balanced ``{...}`` in ``text``, skipping braces inside JSON strings.
+
+    One pass with a stack of open braces (a reply can be a megabyte of ``{``: rescanning from
+    every brace would be quadratic). The first time the stack empties closes the outermost
+    object that started first; if it never does, the earliest-opened object that closed wins.
+    """
+    opened: list[int] = []
+    best: tuple[int, int] | None = None
+    in_string = escaped = False
+    first = text.find("{")
+    for i in range(first, len(text) if first != -1 else first):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            start = opened.pop()
+            if not opened:
+                return text[start : i + 1]
+            if best is None or start < best[0]:
+                best = (start, i)
+    return text[best[0] : best[1] + 1] if best else None
 
 
 def _validate(raw: str, response_model: type[_M]) -> _M:
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ParseFailure(f"not valid JSON: {exc.msg} at position {exc.pos}") from None
+        data = parse_model_json(raw)
+    except ModelJSONError as exc:
+        raise ParseFailure(str(exc)) from None
     try:
         return response_model.model_validate(data)
     except ValidationError as exc:
