@@ -26,7 +26,13 @@ from tqdm import tqdm
 
 from gecko_actors.core.embedders import Embedder
 from gecko_actors.exceptions import GeckoError, UserError
-from gecko_actors.knowledge import Document, RecursiveSplitter, expand_paths, read_document
+from gecko_actors.knowledge import (
+    DEFAULT_MAX_FILE_BYTES,
+    Document,
+    RecursiveSplitter,
+    expand_paths,
+    read_document,
+)
 from gecko_actors.runtime import ensure_initialized
 
 __all__ = ["IngestSummary", "ingest"]
@@ -59,13 +65,14 @@ class IngestSummary:
 
 
 def _read_and_split(
-    paths: list[str], roots: list[str], splitter: RecursiveSplitter
+    paths: list[str], roots: list[str], splitter: RecursiveSplitter, max_bytes: int
 ) -> list[dict[str, Any]]:
-    """A Ray task: each file's document and chunks, or why it could not be read."""
+    """A Ray task: each file's document and chunks, or why it could not be read (a file
+    over ``max_bytes`` among them: refused before it is loaded)."""
     out: list[dict[str, Any]] = []
     for path in paths:
         try:
-            document = read_document(path, roots=roots)
+            document = read_document(path, roots=roots, max_bytes=max_bytes)
             out.append({"path": path, "document": document, "chunks": splitter.split(document)})
         except (GeckoError, OSError, ValueError) as exc:
             out.append({"path": path, "error": f"{type(exc).__name__}: {exc}"})
@@ -97,6 +104,7 @@ def ingest(
     embed_actors: int = 2,
     batch_size: int = 64,
     progress: bool | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> IngestSummary:
     """Read, split, embed and store the files under ``paths`` (files, folders, globs).
 
@@ -109,6 +117,8 @@ def ingest(
         splitter: how documents are chunked (default: 1,000 characters, 200 overlap).
         batch_size: chunks per embedding call.
         progress: a progress bar over files (default: when stderr is a terminal).
+        max_file_bytes: the largest file read, in bytes (default 50 MiB); a larger file is
+            not loaded, and is reported in ``failed``.
 
     Returns:
         An :class:`IngestSummary` (files, chunks, tokens, seconds, and the files that failed).
@@ -117,6 +127,11 @@ def ingest(
     if embed_actors < 1 or batch_size < 1:
         raise UserError(
             f"embed_actors and batch_size must be >= 1, got {embed_actors}, {batch_size}"
+        )
+    if type(max_file_bytes) is not int or max_file_bytes < 1:
+        raise UserError(
+            f"max_file_bytes must be a positive int (a size in bytes), got {max_file_bytes!r}",
+            hint=f"e.g. max_file_bytes=200 * 1024 * 1024; the default is {DEFAULT_MAX_FILE_BYTES}",
         )
     store = _as_store(store, embedder)
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
@@ -127,7 +142,7 @@ def ingest(
     known = _run(store.source_hashes())
     splitter = splitter or RecursiveSplitter()
     groups = [files[i : i + _FILES_PER_TASK] for i in range(0, len(files), _FILES_PER_TASK)]
-    pending = [_read_task.remote(group, allowed, splitter) for group in groups]
+    pending = [_read_task.remote(group, allowed, splitter, max_file_bytes) for group in groups]
     actors = [
         ray.remote(EmbedderActor).options(num_cpus=0.5).remote(embedder or store.embedder)
         for _ in range(embed_actors)

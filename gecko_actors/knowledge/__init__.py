@@ -7,6 +7,7 @@ inside Ray tasks, so everything here pickles and is cheap to build.
 
 from gecko_actors.knowledge.documents import Document
 from gecko_actors.knowledge.readers import (
+    DEFAULT_MAX_FILE_BYTES,
     Reader,
     expand_paths,
     known_extensions,
@@ -20,6 +21,7 @@ __all__ = [
     # documents
     "Document",
     # readers
+    "DEFAULT_MAX_FILE_BYTES",
     "Reader",
     "expand_paths",
     "known_extensions",

@@ -4,6 +4,11 @@ Every path is resolved (``..`` and symlinks included) before anything is opened,
 inside one of the roots the caller allowed; anything else is refused with a :class:`UserError`.
 A reader is chosen by the file's extension; :func:`register_reader` adds more.
 
+Every read is capped (``max_bytes``, 50 MiB by default): the size is checked on the opened
+file before anything is loaded, and the read itself stops one byte past the cap, so a file
+that grows while it is read is refused too. Only regular files are read: a FIFO, a device such
+as ``/dev/zero`` or a socket is refused without blocking on it.
+
 A reader is a function of the file's bytes that returns its text, or ``(text, metadata)``.
 Readers are pure and module-level, so :func:`read_document` pickles into a Ray task; note that
 :func:`register_reader` changes one process only, so a Ray task either imports the module that
@@ -18,6 +23,7 @@ import io
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
@@ -28,6 +34,7 @@ from gecko_actors.knowledge.documents import Document
 from gecko_actors.logging import get_logger
 
 __all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
     "Reader",
     "expand_paths",
     "known_extensions",
@@ -52,6 +59,13 @@ Roots = PathLike | Iterable[PathLike]
 _log = get_logger("gecko_actors.knowledge")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 PDF_HINT = 'pip install "gecko-actors[pdf]"'
+
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+"""The largest file a reader loads unless ``max_bytes`` says otherwise (50 MiB)."""
+_CAP_HINT = (
+    "if the file is meant to be read, raise the cap: max_bytes= on read_document and "
+    "read_documents, max_file_bytes= on ingest; otherwise split the file or leave it out"
+)
 
 
 # --- roots and paths ----------------------------------------------------------------------
@@ -138,7 +152,11 @@ def known_extensions(readers: Mapping[str, Reader] | None = None) -> list[str]:
 
 
 def read_document(
-    path: PathLike, *, roots: Roots, readers: Mapping[str, Reader] | None = None
+    path: PathLike,
+    *,
+    roots: Roots,
+    readers: Mapping[str, Reader] | None = None,
+    max_bytes: int | None = None,
 ) -> Document:
     """Read one file under ``roots`` into a :class:`Document`.
 
@@ -146,6 +164,9 @@ def read_document(
         path: the file; a relative path is relative to the current directory.
         roots: the folders (or files) that may be read; ``path`` must resolve inside one.
         readers: extension → reader, used on top of the registered readers.
+        max_bytes: the largest file that is read, in bytes (default
+            :data:`DEFAULT_MAX_FILE_BYTES`, 50 MiB); a larger one is refused before it is
+            loaded.
 
     Returns:
         A Document whose id is the path relative to its root, with metadata ``source`` (the
@@ -153,13 +174,15 @@ def read_document(
         and whatever the reader adds.
 
     Raises:
-        UserError: the path is outside the roots, missing, a folder, of an unknown extension,
-            or its content is not valid for its type.
+        UserError: the path is outside the roots, missing, a folder or another file that is
+            not a regular one, larger than ``max_bytes``, of an unknown extension, or its
+            content is not valid for its type.
         ConfigurationError: a pdf was given and pypdf is not installed.
     """
+    cap = _cap(max_bytes)
     resolved, root = _locate(path, resolve_roots(roots))
     reader = _reader_for(path, resolved, _table(readers))
-    data = _read_bytes(path, resolved)
+    data = _read_bytes(path, resolved, cap)
     text, extra = _run_reader(reader, data, path)
     doc_id = _relative_id(resolved, root)
     metadata = {
@@ -176,10 +199,13 @@ def read_documents(
     *,
     roots: Roots,
     readers: Mapping[str, Reader] | None = None,
+    max_bytes: int | None = None,
 ) -> list[Document]:
-    """Read every file :func:`expand_paths` finds, in its (sorted) order."""
+    """Read every file :func:`expand_paths` finds, in its (sorted) order; ``max_bytes``
+    caps each file as in :func:`read_document`."""
+    cap = _cap(max_bytes)  # a bad cap is refused before any file is looked at
     paths = expand_paths(patterns, roots=roots, extensions=known_extensions(readers))
-    return [read_document(path, roots=roots, readers=readers) for path in paths]
+    return [read_document(path, roots=roots, readers=readers, max_bytes=cap) for path in paths]
 
 
 def _reader_for(path: PathLike, resolved: Path, table: dict[str, Reader]) -> Reader:
@@ -196,7 +222,29 @@ def _reader_for(path: PathLike, resolved: Path, table: dict[str, Reader]) -> Rea
     return reader
 
 
-def _read_bytes(path: PathLike, resolved: Path) -> bytes:
+def _cap(max_bytes: int | None) -> int:
+    """The cap to apply: ``max_bytes``, or the default; a UserError unless a positive int."""
+    if max_bytes is None:
+        return DEFAULT_MAX_FILE_BYTES
+    if type(max_bytes) is not int or max_bytes < 1:  # bool is an int: refuse it by type
+        raise UserError(
+            f"max_bytes must be a positive int (a size in bytes), got {max_bytes!r}",
+            hint=f"e.g. max_bytes=200 * 1024 * 1024; the default is {DEFAULT_MAX_FILE_BYTES}",
+        )
+    return max_bytes
+
+
+def _size(n: int) -> str:
+    """``n`` bytes, for people: ``10737418240 bytes (10.0 GiB)``."""
+    value, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{n} bytes ({value:.1f} {unit})"
+
+
+def _read_bytes(path: PathLike, resolved: Path, cap: int) -> bytes:
     if resolved.is_dir():
         raise UserError(
             f"{str(path)!r} is a folder, not a file",
@@ -204,11 +252,58 @@ def _read_bytes(path: PathLike, resolved: Path) -> bytes:
             path=str(path),
         )
     try:
-        return resolved.read_bytes()
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, maybe forever. On a
+        # regular file it changes nothing, and anything else is refused below.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(resolved, flags)
     except FileNotFoundError:
         raise UserError(f"no file at {str(path)!r}", path=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read {str(path)!r}: {exc}", path=str(path)) from exc
+    with os.fdopen(fd, "rb") as src:
+        # fstat of the open file, not a stat of the name: the name may be swapped meanwhile.
+        _check_before_reading(path, os.fstat(src.fileno()), cap)
+        try:
+            data = src.read(cap + 1)  # never more than one byte past the cap
+        except OSError as exc:
+            raise UserError(f"cannot read {str(path)!r}: {exc}", path=str(path)) from exc
+    if len(data) > cap:  # it grew after the size check
+        raise UserError(
+            f"{str(path)!r} grew past the cap of {_size(cap)} while it was read",
+            hint=_CAP_HINT,
+            path=str(path),
+            max_bytes=cap,
+        )
+    return data
+
+
+def _check_before_reading(path: PathLike, info: os.stat_result, cap: int) -> None:
+    """Refuse anything but a regular file, and a file over the cap, before reading it."""
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(
+            f"{str(path)!r} is {_kind(info.st_mode)}, not a regular file, and is not read",
+            hint="readers take regular files only; copy the content into a file first",
+            path=str(path),
+        )
+    if info.st_size > cap:
+        raise UserError(
+            f"{str(path)!r} is {_size(info.st_size)}, over the cap of {_size(cap)} on a "
+            "file read, so it was not loaded",
+            hint=_CAP_HINT,
+            path=str(path),
+            size=info.st_size,
+            max_bytes=cap,
+        )
+
+
+def _kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _run_reader(reader: Reader, data: bytes, path: PathLike) -> tuple[str, dict[str, Any]]:
