@@ -114,10 +114,16 @@ def test_run_status_list_and_resume(flow: Path, tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("ray_session")
 def test_cancel_a_running_run_then_resume_it(tmp_path: Path) -> None:
+    # Node b waits (cancellably) for a gate the test opens only after the cancel: the run is
+    # surely still going when it is cancelled, however slow the machine.
     flow = tmp_path / "slow.py"
     flow.write_text(
-        "import time\nfrom gecko_actors.workflow import Workflow\n"
-        "def step(ctx):\n    time.sleep(1.5)\n    return f'{ctx.input}>{ctx.node}'\n"
+        "import asyncio\nfrom pathlib import Path\nfrom gecko_actors.workflow import Workflow\n"
+        "GATE = Path(__file__).parent / 'gate'\n"
+        "async def step(ctx):\n"
+        "    while ctx.node == 'b' and not GATE.exists():\n"
+        "        await asyncio.sleep(0.05)\n"
+        "    return f'{ctx.input}>{ctx.node}'\n"
         "workflow = Workflow('slow').add_node('a', step).add_node('b', step)"
         ".add_node('c', step).add_edge('a', 'b').add_edge('b', 'c')\n"
     )
@@ -131,6 +137,7 @@ def test_cancel_a_running_run_then_resume_it(tmp_path: Path) -> None:
     assert code == 0 and f"cancelled {run.run_id}" in out
     with pytest.raises(WorkflowError, match="cancelled"):
         run.result(timeout=60)
+    (tmp_path / "gate").touch()
     code, out = cli("resume", run.run_id, f"{flow}:workflow", "--checkpoint", runs)
     assert code == 0, out
     assert out.rstrip().endswith("result:\nx>a>b>c") and "▶ a" not in out  # a: committed
@@ -185,13 +192,35 @@ def test_bad_targets_are_one_line_and_a_non_zero_exit(
     assert "Traceback" not in done.stderr
 
 
-def test_commands_that_need_a_cluster_or_a_run_say_so(tmp_path: Path) -> None:
+def test_commands_that_need_a_cluster_or_a_run_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out = cli("status", "nope", "--checkpoint", str(tmp_path))
     assert code == 1 and "no run 'nope'" in out
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     code, out = cli("submit", "flow.py:workflow")
     assert code == 1 and "no cluster to submit to" in out
-    code, out = cli("run", "x.py:workflow", "--address", "http://127.0.0.1:8265")
-    assert code == 1
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_a_dashboard_url_is_refused_where_a_driver_connects(
+    flow: Path, tmp_path: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The target loads (a real workflow file), so the refusal comes from the address check and
+    # not from a missing file; it comes before any Ray starts or any run is created.
+    def init(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"connected to Ray with {args}")  # fails fast if the check is gone
+
+    monkeypatch.setattr("gecko_actors.init", init)
+    runs = str(tmp_path / "runs")
+    args = ["run", f"{flow}:workflow"] if command == "run" else ["resume", "r-1", f"{flow}:build"]
+    code, out = cli(*args, "--address", "http://127.0.0.1:8265", "--checkpoint", runs)
+    assert code == 1, out
+    assert (
+        "error: http://127.0.0.1:8265 is a dashboard URL: use it with `gecko-actors submit`" in out
+    )
+    assert "--address auto" in out and "Traceback" not in out
+    assert "connected to Ray" not in out and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -37,6 +37,7 @@ from gecko_actors import (
     UserError,
     tool,
 )
+from gecko_actors.stores import SQLiteSessionStore
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -94,22 +95,49 @@ def call(name: str, **arguments: Any) -> ToolCall:
 def programmable_model(member: str) -> ScriptedModel:
     """A model driven by its input, a JSON order: ``delay`` (seconds, or ``delays`` per
     member), ``fail`` / ``model_error`` (members that raise), ``tag`` (echoed). It replies
-    JSON with the member's name and the start/end times of the call."""
+    JSON with the member's name and the start/end times of the call.
+
+    With ``log`` (a folder), the call touches ``<member>.started``, then ``<member>.done``,
+    ``.failed`` or ``.cancelled`` there (what happened, seen from inside the member); with
+    ``after`` ({member: [file, ...]}) the member first waits until those files exist in
+    ``log``, so a test orders members by facts instead of by delays."""
 
     async def reply(messages, tools):
         import asyncio
         import json
+        import pathlib
         import time
 
         from gecko_actors import ModelError
 
         start = time.time()
         order = json.loads(messages[-1].text)
-        await asyncio.sleep(order.get("delays", {}).get(member, order.get("delay", 0.0)))
+        log = order.get("log")
+
+        def mark(what: str) -> None:
+            if log:
+                pathlib.Path(log, f"{member}.{what}").touch()
+
+        async def wait_for_files(names: list[str]) -> None:
+            deadline = time.monotonic() + 60  # fails the member, never decides an order
+            while not all(pathlib.Path(log, n).exists() for n in names):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{member} waited in vain for {names}")
+                await asyncio.sleep(0.01)
+
+        mark("started")
+        try:
+            await wait_for_files(order.get("after", {}).get(member, []))
+            await asyncio.sleep(order.get("delays", {}).get(member, order.get("delay", 0.0)))
+        except asyncio.CancelledError:
+            mark("cancelled")
+            raise
         if member in order.get("fail", []):
+            mark("failed")
             raise RuntimeError(f"boom from {member}")
         if member in order.get("model_error", []):
             raise ModelError(f"provider down for {member}", model=member)
+        mark("done")
         return json.dumps(
             {"name": member, "start": start, "end": time.time(), "tag": order.get("tag")}
         )
@@ -183,6 +211,25 @@ def make_side_effect_tool(timeout: float | None = None):
     return tool(side_effect, timeout=timeout)
 
 
+def make_gated_tool():
+    def gated(marker: str, gate: str) -> dict:
+        """Append a line with the process id to `marker`, then wait until the file `gate`
+        exists (blocking, past the box's 0.5 s: this tool has a timeout of its own)."""
+        import os
+        import time
+
+        with open(marker, "a") as fh:
+            fh.write(f"started in {os.getpid()}\n")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gate {gate} never opened")
+            time.sleep(0.01)
+        return {"pid": os.getpid()}
+
+    return tool(gated, timeout=90.0)
+
+
 def session_model(marker_dir: str, delay: float) -> ScriptedModel:
     """Touch ``<input>.<pid>.<nonce>`` in ``marker_dir`` when called, sleep, answer."""
 
@@ -200,11 +247,11 @@ def session_model(marker_dir: str, delay: float) -> ScriptedModel:
     return ScriptedModel(reply)
 
 
-def slow_ack_store(store_cls: type, path: Path, marker_dir: Path):
+def slow_ack_store(path: Path, marker_dir: Path):
     """A SQLite store that, after a first (non-duplicate) append, touches ``saved-<session>``
     and takes 3 s to acknowledge it: a crash in that window loses the reply, not the write."""
 
-    class SlowAckStore(store_cls):
+    class SlowAckStore(SQLiteSessionStore):
         def __init__(self, path, marker_dir):
             super().__init__(path)
             self.marker_dir = str(marker_dir)
@@ -276,11 +323,15 @@ def parse(output) -> dict[str, Any]:
 # --- 1. Team.run fan-out ---------------------------------------------------------------------
 
 
-def test_run_fans_out_in_parallel_and_keeps_member_order(team, crew):
-    result = team.run(order(delay=0.3))
+def test_run_fans_out_in_parallel_and_keeps_member_order(team, crew, tmp_path):
+    names = [a.name for a in crew]
+    # Each member answers only once all three are inside their model calls: members run one
+    # after another would never get there (and fail at their deadline).
+    everyone = [f"{n}.started" for n in names]
+    result = team.run(order(log=str(tmp_path), after=dict.fromkeys(names, everyone)))
 
-    assert result.ok
-    assert result.members == [a.name for a in crew]
+    assert result.ok, result.errors
+    assert result.members == names
     replies = [json.loads(text) for text in result.contents]
     assert [r["name"] for r in replies] == result.members
     # All three model calls were running at one instant: max(start) < min(end).
@@ -294,16 +345,28 @@ async def test_arun_is_awaitable(team, crew):
     assert [parse(o)["tag"] for o in result.outputs] == ["async"] * 3
 
 
-async def test_arun_first_skips_failures_and_times_out(team, crew):
+async def test_arun_first_skips_failures_and_times_out(team, crew, tmp_path):
     fast, medium, slow = (a.name for a in crew)
     result = await team.arun(
-        order(delays={fast: 0.0, medium: 0.3, slow: 5.0}, fail=[fast]), strategy="first"
+        failed_then_answered(tmp_path / "first", fast, medium, slow), strategy="first"
     )
     assert parse(result.winner)["name"] == medium
     assert isinstance(result.errors[0], RuntimeError) and result.outputs[2] is None
     with pytest.raises(TeamError, match="timed out") as info:
-        await team.arun(order(delays={fast: 0.0, medium: 5.0, slow: 5.0}), timeout=1.0)
+        await team.arun(order(delays={fast: 0.0, medium: 60, slow: 60}), timeout=3.0)
     assert parse(info.value.result.outputs[0])["name"] == fast
+
+
+def failed_then_answered(log: Path, failing: str, answering: str, slow: str) -> str:
+    """An order in which ``failing`` raises at once, ``answering`` answers only after that
+    failure (plus 0.3 s for it to reach the caller) and ``slow`` would take a minute."""
+    log.mkdir()
+    return order(
+        log=str(log),
+        fail=[failing],
+        after={answering: [f"{failing}.failed"]},
+        delays={failing: 0.0, answering: 0.3, slow: 60},
+    )
 
 
 # --- 2. failure isolation ------------------------------------------------------------------
@@ -352,7 +415,7 @@ def test_raise_on_error_raises_team_error_carrying_the_successes(team, crew):
 
 def test_first_returns_the_fast_member_without_waiting_for_the_slow(team, crew):
     fast, slow1, slow2 = (a.name for a in crew)
-    result = team.run(order(delays={fast: 0.05, slow1: 5.0, slow2: 5.0}), strategy="first")
+    result = team.run(order(delays={fast: 0.05, slow1: 60, slow2: 60}), strategy="first")
 
     assert result.winner is not None
     assert parse(result.winner)["name"] == fast
@@ -363,15 +426,37 @@ def test_first_returns_the_fast_member_without_waiting_for_the_slow(team, crew):
     assert result.ok
 
 
-def test_first_with_accept_skips_a_rejected_answer(team, crew):
+@pytest.mark.parametrize("call", ["run", "arun"])
+def test_first_cancels_the_other_members_and_waits_for_them(team, crew, tmp_path, call):
+    fast, slow1, slow2 = (a.name for a in crew)
+    # The fast member answers once both slow ones are inside their model calls, so the
+    # cancellation has something running to stop; they would sleep for a minute.
+    started = [f"{slow1}.started", f"{slow2}.started"]
+    work = order(log=str(tmp_path), after={fast: started}, delays={slow1: 60, slow2: 60})
+    if call == "run":
+        result = team.run(work, strategy="first")
+    else:
+        result = asyncio.run(team.arun(work, strategy="first"))
+
+    assert parse(result.winner)["name"] == fast and result.outputs[1:] == [None, None]
+    # Seen from inside the members, and already when the team returned: the slow model
+    # calls were cancelled (not left running, not finished).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{fast}.started", f"{fast}.done", *started, f"{slow1}.cancelled", f"{slow2}.cancelled"]
+    )
+
+
+def test_first_with_accept_skips_a_rejected_answer(team, crew, tmp_path):
     fast, medium, slow = (a.name for a in crew)
 
     def accept(output) -> bool:
-        return parse(output)["name"] != fast
+        name = parse(output)["name"]
+        (tmp_path / f"judged-{name}").touch()
+        return name != fast
 
-    result = team.run(
-        order(delays={fast: 0.05, medium: 0.5, slow: 5.0}), strategy="first", accept=accept
-    )
+    # The medium member answers only once the team has judged (and rejected) the fast one.
+    work = order(log=str(tmp_path), after={medium: [f"judged-{fast}"]}, delays={slow: 60})
+    result = team.run(work, strategy="first", accept=accept)
 
     assert parse(result.winner)["name"] == medium
     assert result.outputs[1] is result.winner
@@ -380,10 +465,10 @@ def test_first_with_accept_skips_a_rejected_answer(team, crew):
     assert result.outputs[2] is None
 
 
-def test_first_skips_a_failed_member(team, crew):
+def test_first_skips_a_failed_member(team, crew, tmp_path):
     fast, medium, slow = (a.name for a in crew)
     result = team.run(
-        order(delays={fast: 0.0, medium: 0.3, slow: 5.0}, fail=[fast]), strategy="first"
+        failed_then_answered(tmp_path / "first", fast, medium, slow), strategy="first"
     )
 
     assert parse(result.winner)["name"] == medium
@@ -407,14 +492,16 @@ def test_first_with_every_member_failing_raises(team, crew):
     assert all(isinstance(e, RuntimeError) for e in info.value.result.errors)
 
 
-def test_run_timeout_raises_team_error_with_what_finished(team, crew):
+def test_run_timeout_raises_team_error_with_what_finished(team, crew, tmp_path):
     fast, slow1, slow2 = (a.name for a in crew)
     with pytest.raises(TeamError, match="timed out") as info:
-        team.run(order(delays={fast: 0.0, slow1: 3.0, slow2: 3.0}), timeout=1.0)
+        team.run(order(log=str(tmp_path), delays={fast: 0.0, slow1: 60, slow2: 60}), timeout=3.0)
 
     result = info.value.result
     assert parse(result.outputs[0])["name"] == fast
     assert result.outputs[1:] == [None, None]
+    # The members still running at the deadline were cancelled before the error came out.
+    assert (tmp_path / f"{slow1}.cancelled").exists() and (tmp_path / f"{slow2}.cancelled").exists()
 
 
 def test_run_timeout_bounds_the_whole_run(team, crew):
@@ -572,9 +659,14 @@ def test_agent_uses_a_remote_toolbox(cpu_box, spawned):
 
 @pytest.fixture(scope="module")
 def fragile(ray_session) -> Iterator[RemoteToolBox]:
-    """One replica whose calls time out after 0.5 s (``side_effect`` has 10 s), shared by the
-    tests that hang, recycle and kill it: each starts from a healthy replica."""
-    tools = [make_hang_tool(), make_quick_tool(), make_side_effect_tool(timeout=10.0)]
+    """One replica whose calls time out after 0.5 s (``side_effect`` has 10 s, ``gated`` 90 s),
+    shared by the tests that hang, recycle and kill it: each starts from a healthy replica."""
+    tools = [
+        make_hang_tool(),
+        make_quick_tool(),
+        make_side_effect_tool(timeout=10.0),
+        make_gated_tool(),
+    ]
     box = RemoteToolBox.spawn(unique("fragile"), tools, timeout=0.5)
     try:
         yield box
@@ -615,20 +707,32 @@ async def test_hung_sync_tool_times_out_and_recycles_its_process(fragile):
     assert await quick_pid(fragile) == after
 
 
-async def test_call_arriving_while_a_replica_recycles_is_not_killed(fragile, tmp_path):
-    before = await quick_pid(fragile)
-    marker = tmp_path / "follow-up.log"
+def test_call_arriving_while_a_replica_recycles_is_not_killed(fragile, tmp_path):
+    """A call that arrives once the replica has decided to recycle still runs to its end
+    there. A first call held open by a gate keeps the process up, so the follow-up reaches
+    the recycling process for sure (``test_tools.py`` has the Ray-free twin for a call that
+    arrives while the exit is already scheduled)."""
+    before = asyncio.run(quick_pid(fragile))
+    replica = replica_handle(fragile.name)  # the replica itself: no handle-side deadline
+    held, follow_log, gate = tmp_path / "held.log", tmp_path / "follow-up.log", tmp_path / "gate"
     try:
-        hung = await fragile.execute_call(call("hang"))
-        assert "did not finish within" in hung.content
-        # Sent at once: it reaches the replica while its exit is pending.
-        follow_up = await fragile.execute_call(call("side_effect", marker=str(marker), seconds=1.0))
+        holder = replica.execute_call.remote(call("gated", marker=str(held), gate=str(gate)), None)
+        wait_until(held.exists, what="the holding call to start")
+        hung = ray.get(replica.execute_call.remote(call("hang"), None), timeout=60)
+        assert "did not finish within 0.5s" in hung.content  # the replica now recycles
+        follow_up = replica.execute_call.remote(
+            call("gated", marker=str(follow_log), gate=str(gate)), None
+        )
+        wait_until(follow_log.exists, what="the follow-up call to start")
+        gate.touch()
+        results = ray.get([holder, follow_up], timeout=60)
     finally:
-        await quick_pid(fragile, not_pid=before)  # leave a recycled, healthy replica
+        gate.touch()
+        after = asyncio.run(quick_pid(fragile, not_pid=before))  # a recycled, healthy replica
 
-    if not marker.exists() or marker.read_text() != f"started in {before}\n":
-        pytest.skip("the follow-up call did not reach the recycling process: race not hit")
-    assert not follow_up.is_error, follow_up.content
+    assert [r.is_error for r in results] == [False, False], results
+    assert held.read_text() == follow_log.read_text() == f"started in {before}\n"
+    assert after != before  # and then it did recycle
 
 
 # --- 7. a toolbox replica killed mid-tool ------------------------------------------------------
@@ -659,42 +763,38 @@ def test_replica_killed_mid_tool_becomes_an_error_result(fragile, spawned, tmp_p
 
 
 def test_agent_does_not_silently_take_a_stale_toolbox_of_its_name(fragile, spawned):
-    # `fragile` stands for what a killed agent of this name leaves behind: its toolbox.
-    try:
-        agent = Agent.spawn(
-            fragile.name, model=ScriptedModel(["hi"]), tools=[make_quick_tool()], **IN_PROCESS
+    # `fragile` stands for what a killed agent of this name leaves behind: its toolbox. The
+    # clash is refused (Agent.spawn never serves someone else's tools under the agent's name).
+    with pytest.raises(UserError, match=rf"'toolbox/{fragile.name}/0' already exists"):
+        spawned.append(
+            Agent.spawn(
+                fragile.name, model=ScriptedModel(["hi"]), tools=[make_quick_tool()], **IN_PROCESS
+            )
         )
-    except UserError:
-        return  # refusing the name clash is a fix too
-    spawned.append(agent)
-    assert agent.info()["tools"] == ["quick"]
+    assert fragile.name not in Agent.list()  # refused before any agent actor was made
+    assert sorted(RemoteToolBox.get(fragile.name).names()) == [
+        "gated",
+        "hang",
+        "quick",
+        "side_effect",
+    ]
 
 
 # --- 8. an agent killed mid-run --------------------------------------------------------------
 
 
-@pytest.fixture
-def sqlite_store_cls():
-    stores = pytest.importorskip(
-        "gecko_actors.stores.sessions", reason="gecko_actors.stores.sessions is not written yet"
-    )
-    if not hasattr(stores, "SQLiteSessionStore"):
-        pytest.skip("gecko_actors.stores.sessions has no SQLiteSessionStore yet")
-    return stores.SQLiteSessionStore
+def session_messages(path: Path, session_id: str) -> list[dict[str, Any]]:
+    return asyncio.run(SQLiteSessionStore(path).load(session_id))
 
 
-def session_messages(store_cls: type, path: Path, session_id: str) -> list[dict[str, Any]]:
-    return asyncio.run(store_cls(path).load(session_id))
-
-
-def test_killed_agent_restarts_and_finishes_every_run_once(spawned, tmp_path, sqlite_store_cls):
+def test_killed_agent_restarts_and_finishes_every_run_once(spawned, tmp_path):
     db = tmp_path / "s.db"
     markers = tmp_path / "markers"
     markers.mkdir()
     agent = Agent.spawn(
         unique("phoenix"),
         model=session_model(str(markers), delay=1.0),
-        session_store=sqlite_store_cls(db),
+        session_store=SQLiteSessionStore(db),
     )
     spawned.append(agent)
     before = agent.info()["pid"]
@@ -716,23 +816,21 @@ def test_killed_agent_restarts_and_finishes_every_run_once(spawned, tmp_path, sq
     retried = {p.name.split(".")[0] for p in markers.iterdir() if f".{after}." in p.name}
     assert retried == set(questions)
     for i, q in enumerate(questions):
-        records = session_messages(sqlite_store_cls, db, f"s{i}")
+        records = session_messages(db, f"s{i}")
         assert [(r["role"], r["content"]) for r in records] == [
             ("user", q),
             ("assistant", f"done: {q}"),
         ]
 
 
-def test_agent_killed_after_saving_does_not_store_the_exchange_twice(
-    spawned, tmp_path, sqlite_store_cls
-):
+def test_agent_killed_after_saving_does_not_store_the_exchange_twice(spawned, tmp_path):
     db = tmp_path / "s.db"
     markers = tmp_path / "markers"
     markers.mkdir()
     agent = Agent.spawn(
         unique("phoenix"),
         model=session_model(str(markers), delay=0.0),
-        session_store=slow_ack_store(sqlite_store_cls, db, markers),
+        session_store=slow_ack_store(db, markers),
     )
     spawned.append(agent)
     before = agent.info()["pid"]
@@ -746,7 +844,7 @@ def test_agent_killed_after_saving_does_not_store_the_exchange_twice(
     assert agent.info()["pid"] != before
     # The model ran twice (once per process), the exchange was stored once.
     assert len([p for p in markers.iterdir() if p.name.startswith("remember me.")]) == 2
-    records = session_messages(sqlite_store_cls, db, "only")
+    records = session_messages(db, "only")
     assert [(r["role"], r["content"]) for r in records] == [
         ("user", "remember me"),
         ("assistant", "done: remember me"),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pickle
 import threading
 import time
+from types import SimpleNamespace
 from typing import Literal, Optional
 
 import pytest
@@ -68,6 +70,40 @@ def context_probe(label: str, ctx: ToolContext) -> dict:
         "agent": ctx.agent,
         "session_id": ctx.session_id,
     }
+
+
+def make_recording_nap(
+    name: str = "slow-async", timeout: float | None = None
+) -> tuple[Tool, list[str]]:
+    """An async tool that sleeps and logs ``started``, then ``finished`` or ``cancelled``: a
+    timeout that fires cuts the sleep short (``cancelled``) instead of waiting it out."""
+    log: list[str] = []
+
+    async def nap(seconds: float) -> str:
+        log.append("started")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        log.append("finished")
+        return f"slept {seconds}"
+
+    return tool(nap, name=name, timeout=timeout), log
+
+
+def make_timed_nap() -> tuple[Tool, list[tuple[float, float]]]:
+    """An async tool that sleeps and records its (start, end) interval."""
+    intervals: list[tuple[float, float]] = []
+
+    @tool(name="slow-async")
+    async def nap(seconds: float) -> str:
+        start = time.monotonic()
+        await asyncio.sleep(seconds)
+        intervals.append((start, time.monotonic()))
+        return f"slept {seconds}"
+
+    return nap, intervals
 
 
 # --- @tool: construction -------------------------------------------------------------------
@@ -564,26 +600,21 @@ async def test_execute_unknown_tool_raises():
 
 
 async def test_box_default_timeout_raises_tool_timeout():
-    box = ToolBox([slow_async], timeout=0.2)
-    start = time.perf_counter()
+    nap, log = make_recording_nap()
+    box = ToolBox([nap], timeout=0.2)
     with pytest.raises(ToolTimeoutError) as info:
-        await box.execute("slow-async", {"seconds": 5})
-    assert time.perf_counter() - start < 2
+        await box.execute("slow-async", {"seconds": 10})
+    assert log == ["started", "cancelled"]  # cut at its timeout, not waited out
     assert info.value.timeout == 0.2
     assert info.value.tool == "slow-async"
 
 
 async def test_tool_timeout_beats_box_default():
-    @tool(timeout=0.2)
-    async def nap(seconds: float) -> str:
-        await asyncio.sleep(seconds)
-        return "done"
-
+    nap, log = make_recording_nap("nap", timeout=0.2)
     box = ToolBox([nap], timeout=30)
-    start = time.perf_counter()
     with pytest.raises(ToolTimeoutError) as info:
-        await box.execute("nap", {"seconds": 5})
-    assert time.perf_counter() - start < 2
+        await box.execute("nap", {"seconds": 10})
+    assert log == ["started", "cancelled"]  # the tool's 0.2 s, not the box's 30 s
     assert info.value.timeout == 0.2
 
     # ... and a generous tool timeout wins over a short box default.
@@ -653,12 +684,12 @@ async def test_execute_call_unknown_tool_is_an_error_result():
 
 
 async def test_execute_call_timeout_is_an_error_result():
-    box = ToolBox([slow_async], timeout=0.2)
-    start = time.perf_counter()
+    nap, log = make_recording_nap()
+    box = ToolBox([nap], timeout=0.2)
     result = await box.execute_call(
-        ToolCall(id="t1", name="slow-async", arguments='{"seconds": 5}')
+        ToolCall(id="t1", name="slow-async", arguments='{"seconds": 10}')
     )
-    assert time.perf_counter() - start < 2
+    assert log == ["started", "cancelled"]
     assert result.is_error is True
     assert result.tool_call_id == "t1"
     assert "0.2" in result.content
@@ -677,41 +708,52 @@ async def test_execute_call_sets_tool_call_id_in_context_and_keeps_the_rest():
 
 
 async def test_execute_many_is_concurrent_and_keeps_input_order():
-    box = ToolBox([slow_async], max_concurrency=5, timeout=5)
+    nap, intervals = make_timed_nap()
+    box = ToolBox([nap], max_concurrency=5, timeout=30)
     delays = [0.3, 0.1, 0.25, 0.05, 0.2]
     calls = [
         ToolCall(id=f"c{i}", name="slow-async", arguments=json.dumps({"seconds": d}))
         for i, d in enumerate(delays)
     ]
-    start = time.perf_counter()
     results = await box.execute_many(calls)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.8  # sequential would take 0.9 s
+    # All five were sleeping at one instant: the last to start started before the first ended.
+    assert len(intervals) == 5
+    assert max(start for start, _ in intervals) < min(end for _, end in intervals)
     assert [r.tool_call_id for r in results] == ["c0", "c1", "c2", "c3", "c4"]
     assert [r.content for r in results] == [f"slept {d}" for d in delays]
 
 
-async def test_execute_many_five_sleeps_run_concurrently():
-    box = ToolBox([slow_async], max_concurrency=5)
-    calls = [ToolCall(id=str(i), name="slow-async", arguments='{"seconds": 0.3}') for i in range(5)]
-    start = time.perf_counter()
+async def test_execute_many_five_async_calls_run_concurrently():
+    meeting = asyncio.Barrier(5)
+
+    @tool
+    async def meet(i: int) -> int:
+        """Return only once all five calls are in here at the same time."""
+        # Calls run one after another would wait here for the others forever: the 20 s
+        # deadline only turns that into a failure, it does not decide the outcome.
+        await asyncio.wait_for(meeting.wait(), 20)
+        return i
+
+    box = ToolBox([meet], max_concurrency=5)
+    calls = [ToolCall(id=str(i), name="meet", arguments=f'{{"i": {i}}}') for i in range(5)]
     results = await box.execute_many(calls)
-    assert time.perf_counter() - start < 1.2
-    assert all(r.content == "slept 0.3" for r in results)
+    assert [r.content for r in results] == [str(i) for i in range(5)], results
 
 
 async def test_execute_many_with_sync_tools_runs_them_concurrently():
+    # Five threads must be inside the tool at once to pass the barrier; run one after another,
+    # the first would wait until the barrier's deadline and fail (BrokenBarrierError).
+    meeting = threading.Barrier(5, timeout=20)
+
     @tool
-    def block(seconds: float) -> str:
-        time.sleep(seconds)
+    def block(i: int) -> str:
+        meeting.wait()
         return "ok"
 
     box = ToolBox([block], max_concurrency=5)
-    calls = [ToolCall(id=str(i), name="block", arguments='{"seconds": 0.3}') for i in range(5)]
-    start = time.perf_counter()
+    calls = [ToolCall(id=str(i), name="block", arguments=f'{{"i": {i}}}') for i in range(5)]
     results = await box.execute_many(calls)
-    assert time.perf_counter() - start < 1.2
-    assert [r.content for r in results] == ["ok"] * 5
+    assert [r.content for r in results] == ["ok"] * 5, results
 
 
 def make_tracker():
@@ -877,3 +919,64 @@ def test_hung_sync_tool_does_not_hold_the_program_at_exit() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "True"
+
+
+# --- a toolbox replica recycling after a hung sync tool (the actor class, without Ray) -------
+
+
+async def test_a_recycling_replica_exits_only_after_a_call_that_arrived_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gecko_actors._actors import toolbox as replica_module
+
+    history: list[str] = []
+    exited = asyncio.Event()
+
+    def fake_exit(code: int) -> None:  # the process would end here
+        history.append(f"exit {code}")
+        exited.set()
+
+    monkeypatch.setattr(replica_module, "os", SimpleNamespace(getpid=os.getpid, _exit=fake_exit))
+    stuck, release, checked = threading.Event(), asyncio.Event(), asyncio.Event()
+
+    @tool
+    def hang() -> str:
+        """Block past the replica's timeout, until the test ends."""
+        stuck.wait(30)
+        return "woke up"
+
+    @tool(timeout=30)
+    async def follow_up() -> str:
+        """Run until the test releases it."""
+        await release.wait()
+        history.append("follow-up finished")
+        return "done"
+
+    replica = replica_module.ToolboxActor("r", [hang, follow_up], timeout=0.1, max_concurrency=5)
+    exit_if_idle = replica._exit_if_idle
+
+    def exit_check() -> None:
+        history.append(f"exit check, {replica._in_flight} in flight")
+        checked.set()
+        exit_if_idle()
+
+    replica._exit_if_idle = exit_check  # what the replica schedules once it is idle
+    try:
+        hung = await replica.execute_call(ToolCall(id="h", name="hang"), None)
+        assert "did not finish within 0.1s" in hung.content  # so it recycles: exit scheduled
+        # The follow-up's first step runs before any timer of the loop can fire: it arrives
+        # while the exit is pending, deterministically.
+        follow = asyncio.create_task(replica.execute_call(ToolCall(id="f", name="follow_up"), None))
+        await asyncio.wait_for(checked.wait(), 20)  # deadlines here only catch a hang
+        release.set()
+        result = await asyncio.wait_for(follow, 20)
+        await asyncio.wait_for(exited.wait(), 20)
+    finally:
+        stuck.set()
+    assert not result.is_error and result.content == "done"
+    assert history == [
+        "exit check, 1 in flight",  # busy: it did not exit under the follow-up
+        "follow-up finished",
+        "exit check, 0 in flight",  # the last call to finish exits
+        "exit 1",
+    ]
