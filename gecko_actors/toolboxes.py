@@ -49,6 +49,7 @@ class RemoteToolBox:
         self._schemas: list[dict[str, Any]] = description["schemas"]
         self._tools = [ToolInfo(n, d) for n, d in description["tools"]]
         self.timeout: float = description["timeout"]
+        self._tool_timeouts: dict[str, float] = description.get("tool_timeouts", {})
         self._namespace = namespace()
         self._handles: list[Any] | None = None
         self._next = 0
@@ -147,7 +148,8 @@ class RemoteToolBox:
         """
         replica = self._replica()
         ref = replica.execute_call.remote(call, context)
-        limit = self.timeout + _TRANSPORT_GRACE
+        allowed = self._tool_timeouts.get(call.name, self.timeout)
+        limit = allowed + _TRANSPORT_GRACE
         try:
             result = await asyncio.wait_for(_resolve(ref), limit)
         except asyncio.CancelledError:
@@ -158,7 +160,7 @@ class RemoteToolBox:
             reason = f"its toolbox process died while running it ({type(exc).__name__})"
         except asyncio.TimeoutError:
             ray.kill(replica, no_restart=False)  # stuck past its own timeout: restart it
-            reason = f"its toolbox process stopped answering for {self.timeout}s"
+            reason = f"its toolbox process stopped answering for {allowed}s"
         except RayError as exc:  # not the tool's error (that is a result): Ray's, or a bug's
             reason = f"its toolbox process could not run it ({type(exc).__name__})"
         else:

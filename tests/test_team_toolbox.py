@@ -686,6 +686,17 @@ async def quick_pid(box: RemoteToolBox, *, not_pid: int | None = None) -> int:
         await asyncio.sleep(0.1)
 
 
+async def test_a_tools_own_longer_timeout_is_the_handles_deadline_too(fragile, tmp_path):
+    # side_effect has 10 s of its own in a box of 0.5 s. The handle used to give up (and kill
+    # the replica, with every call on it) at the box's timeout + 5 s; a 6 s call must finish.
+    before = await quick_pid(fragile)
+    marker = tmp_path / "marker"
+    result = await fragile.execute_call(call("side_effect", marker=str(marker), seconds=6.0))
+    assert not result.is_error, result.content
+    assert result.content == "finished"
+    assert await quick_pid(fragile) == before  # the replica was never killed
+
+
 async def test_hung_sync_tool_times_out_and_recycles_its_process(fragile):
     before = await quick_pid(fragile)
     assert before == replica_pid(fragile.name)

@@ -37,6 +37,8 @@ class ToolboxActor:
             "schemas": self.box.schemas(),
             "tools": [(t.name, t.description) for t in self.box.tools()],
             "timeout": self.box.timeout,
+            # A tool's own timeout wins over the box's: the proxies' deadlines follow it.
+            "tool_timeouts": {t.name: t.timeout for t in self.box.tools() if t.timeout},
         }
 
     def stats(self) -> dict[str, dict[str, float]]:
