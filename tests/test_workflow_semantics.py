@@ -514,11 +514,15 @@ async def test_two_engines_on_one_run_the_replaced_one_stops_and_the_checkpoint_
 
 @ray_test
 def test_cancel_with_a_timeout_says_when_a_thread_keeps_the_run_stopping(tmp_path: Path) -> None:
-    started = tmp_path / "started"
+    started, gate = tmp_path / "started", tmp_path / "gate"
 
     def stubborn(ctx: NodeContext) -> str:
         started.touch()
-        time.sleep(3)  # a sync function in a coordinator thread: it cannot be interrupted
+        # A sync function in a coordinator thread cannot be interrupted: it ends only when the
+        # test opens the gate, after the cancel has said so.
+        deadline = time.monotonic() + 120
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return "done"
 
     run = Workflow(unique("stubborn")).add_node("n", stubborn).start(None, checkpoint=tmp_path)
@@ -527,6 +531,7 @@ def test_cancel_with_a_timeout_says_when_a_thread_keeps_the_run_stopping(tmp_pat
         time.sleep(0.05)
     with pytest.raises(WorkflowError, match="still stopping"):
         run.cancel(timeout=0.2)
+    gate.touch()
     with pytest.raises(WorkflowError, match="cancelled"):
         run.result(timeout=60)
     assert run.status()["status"] == "cancelled"
