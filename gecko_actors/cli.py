@@ -6,6 +6,8 @@ Every failure is one line on stderr and a non-zero exit (the traceback with ``--
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import sys
 import time
@@ -17,11 +19,65 @@ import click
 
 from gecko_actors._version import __version__
 from gecko_actors.exceptions import GeckoError, UserError
+from gecko_actors.workflow.inputs import (
+    MAX_INPUT_BYTES,
+    MAX_INPUT_VARIABLE,
+    max_input_bytes,
+    read_input,
+)
 
 _ADDRESS_HELP = "Ray address to connect to (default: RAY_ADDRESS, else a new local Ray)."
 _CHECKPOINT_HELP = "Where runs are checkpointed: a folder, file://, s3:// or gs:// URI."
-# What a job's working_dir upload leaves out: runs, environments, caches.
-_EXCLUDES = ["gecko_runs", ".gecko_cluster", ".venv", "venv", ".git", "__pycache__", "*.pyc"]
+# What a job's working_dir upload leaves out (gitignore patterns, as Ray's "excludes" takes
+# them): runs, environments and caches, which are big and local ...
+_BUILD_EXCLUDES = ("gecko_runs", ".gecko_cluster", ".venv", "venv", ".git", "__pycache__", "*.pyc")
+# ... and the usual homes of secrets: settings read .env, and whatever is uploaded is kept in
+# the cluster's package store, readable by every job of the cluster.
+SECRET_EXCLUDES = (
+    ".env",
+    ".env.*",
+    "*.env",
+    ".envrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.ppk",
+    "*.jks",
+    "*.keystore",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".ssh/",
+    ".aws/",
+    ".azure/",
+    ".gnupg/",
+    ".kube/",
+    ".docker/",
+    ".config/gcloud/",
+    ".netrc",
+    "_netrc",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+    ".pgpass",
+    ".htpasswd",
+    "credentials*.json",
+    "*-credentials.json",
+    "client_secret*.json",
+    "service-account*.json",
+    "secrets.toml",
+    "secrets.yaml",
+    "secrets.yml",
+    "secrets.json",
+    "*.tfvars",
+    "*.tfstate",
+)
+#: What ``gecko-actors submit`` never uploads, unless re-included with ``--exclude '!PATTERN'``.
+DEFAULT_EXCLUDES = (*_BUILD_EXCLUDES, *SECRET_EXCLUDES)
+#: The largest ``--input @file`` read, in bytes (``GECKO_MAX_INPUT_BYTES`` changes it).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Group(click.Group):
@@ -93,20 +149,10 @@ def _input_option(fn: Any) -> Any:
         "--input",
         "input_",
         default=None,
-        help="The run's input: text, or @file.json for JSON data.",
+        help="The run's input: text, or @file.json for JSON data (UTF-8, at most "
+        f"{MAX_INPUT_BYTES // 2**20} MiB unless {MAX_INPUT_VARIABLE} says otherwise; "
+        "NaN and Infinity are refused).",
     )(fn)
-
-
-def _parse_input(value: str | None) -> Any:
-    if value is None or not value.startswith("@"):
-        return value
-    path = Path(value[1:])
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read the input file {str(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"the input file {str(path)!r} is not JSON: {exc}") from None
 
 
 @main.command()
@@ -133,7 +179,7 @@ def run(
     from gecko_actors.workflow.target import load_workflow
 
     wf = load_workflow(target)
-    value = _parse_input(input_)
+    value = read_input(input_)
     _connect(address)
     handle = wf.start(value, run_id=run_id, checkpoint=checkpoint)
     _follow(handle, checkpoint)
@@ -269,6 +315,15 @@ def list_runs(checkpoint: str | None) -> None:
     type=click.Path(exists=True, file_okay=False),
     help="Uploaded as the job's working directory.",
 )
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave files matching PATTERN (gitignore syntax) out of the upload; repeatable. "
+    "Always left out: " + " ".join(DEFAULT_EXCLUDES) + " (plus Ray's own defaults and what "
+    ".gitignore/.rayignore list). Re-include one with --exclude '!PATTERN'.",
+)
 @click.option("--no-wait", is_flag=True, help="Print the ids and return at once.")
 def submit(
     target: str,
@@ -277,12 +332,17 @@ def submit(
     checkpoint: str | None,
     address: str | None,
     working_dir: str,
+    excludes: tuple[str, ...],
     no_wait: bool,
 ) -> None:
     """Submit `gecko-actors run TARGET` as a Ray Job, print the job id and the run id, and
     follow it to the end (its exit code is the job's outcome). With token authentication on
     the cluster, export RAY_AUTH_MODE=token (the token comes from RAY_AUTH_TOKEN or the token
     file).
+
+    The working directory is uploaded to the cluster, where every job can read it: secrets
+    files (.env, keys, credentials; see --exclude) are left out. Give the job its keys
+    through the cluster's environment instead.
 
     \b
     Example:
@@ -302,13 +362,15 @@ def submit(
     run_id = run_id or f"{wf.name}-{uuid.uuid4().hex[:12]}"
     uri = checkpoint_uri(checkpoint)
     _relative_to(target, working_dir)
+    patterns = upload_excludes(excludes)
+    read_input(input_, Path(working_dir))  # the job reads @file in the uploaded copy
     command = ["gecko-actors", "run", target, "--run-id", run_id, "--checkpoint", uri]
     if input_ is not None:
         command += ["--input", input_]
     client = _job_client(address)
     job_id = client.submit_job(
         entrypoint=shlex.join(command),
-        runtime_env={"working_dir": working_dir, "excludes": _EXCLUDES},
+        runtime_env=_runtime_env(working_dir, patterns),
         metadata={"gecko_run_id": run_id, "gecko_workflow": wf.name},
     )
     click.echo(f"job: {job_id}\nrun: {run_id}\ncheckpoint: {uri}")
@@ -319,6 +381,32 @@ def submit(
     click.echo(f"job {job_id}: {outcome}")
     if outcome != "SUCCEEDED":
         sys.exit(1)
+
+
+def upload_excludes(extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """What a job's working-directory upload leaves out: :data:`DEFAULT_EXCLUDES`, then
+    ``extra`` (gitignore patterns; a later ``!PATTERN`` re-includes), each checked."""
+    for pattern in extra:
+        # Ray's gitignore parser fails with an IndexError on these, after the job is built.
+        stripped = pattern.strip()
+        trailing = len(stripped) - len(stripped.rstrip("\\"))
+        if stripped in ("", "!") or trailing % 2:
+            raise UserError(
+                f"--exclude {pattern!r:.80} is not a usable gitignore pattern",
+                hint="write e.g. --exclude 'data/*.csv' or --exclude '!server.key'",
+            )
+        if bad := _CONTROL.search(pattern):
+            raise UserError(f"--exclude {pattern!r:.80} has the control character {bad[0]!r}")
+    return [*DEFAULT_EXCLUDES, *extra]
+
+
+def _runtime_env(working_dir: str, excludes: list[str]) -> dict[str, Any]:
+    """The job's runtime_env: the working directory with ``excludes`` (and the input size
+    limit, if set here, so that the job reads the same ``--input @file``)."""
+    env: dict[str, Any] = {"working_dir": working_dir, "excludes": excludes}
+    if MAX_INPUT_VARIABLE in os.environ:
+        env["env_vars"] = {MAX_INPUT_VARIABLE: str(max_input_bytes())}
+    return env
 
 
 def _relative_to(target: str, working_dir: str) -> None:

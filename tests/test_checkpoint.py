@@ -568,20 +568,6 @@ def test_other_uri_mistakes():
             CheckpointStore(uri)
 
 
-def test_gs_without_google_cloud_storage_says_what_to_install():
-    pytest.importorskip("pyarrow.fs")
-    try:
-        import google.cloud.storage  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("google-cloud-storage is installed")
-    backend = CheckpointStore("gs://bucket/prefix")._backend()
-    with pytest.raises(UserError, match="google-cloud-storage") as info:
-        backend.put_if_absent("run/owner/00000001.msgpack", b"claim")
-    assert "pip install google-cloud-storage" in str(info.value)
-
-
 def test_accepted_uris(tmp_path, s3):
     plain = CheckpointStore(str(tmp_path / "plain"))
     plain.commit_step("r", _step(0, "plain path"))

@@ -18,8 +18,9 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from gecko_actors.core.messages import AgentOutput, Message, ToolCall, Usage
 from gecko_actors.exceptions import CheckpointError, UserError
+from gecko_actors.workflow.graph import Next
 
-__all__ = ["TAG", "check_plain", "decode_value", "encode_field", "encode_value"]
+__all__ = ["MAX_DEPTH", "TAG", "check_plain", "decode_value", "encode_field", "encode_value"]
 
 #: The key that marks a tagged value in encoded data.
 TAG = "__gecko__"
@@ -31,6 +32,11 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 _MODEL_TAGS = {cls: tag for tag, cls in _MODELS.items()}
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+#: How deeply lists and dicts may nest in a stored value. msgpack refuses to pack past 511
+#: levels, and a record adds a few (and an escaped dict one per level), so the limit is
+#: checked here, where the error can name the value, not when the record is packed.
+MAX_DEPTH = 200
+_DEEP_HINT = "return plain data of reasonable depth from workflow nodes"
 _ALLOWED_TYPES = (
     "None, bool, int, float, str, bytes, lists/tuples and dicts with str keys of these, "
     "AgentOutput, Message, ToolCall, Usage, and pydantic models or dataclasses (which come back "
@@ -61,23 +67,26 @@ def encode_field(value: Any, where: str, **context: Any) -> Any:
     at = ", ".join(f"{k} {v!r}" for k, v in context.items() if v is not None)
     at = f" ({at})" if at else ""
     try:
-        return _encode(value)
+        return _encode(value, 0)
     except _Unencodable as exc:
         path = where + "".join(reversed(exc.path))
+        path = path if len(path) <= 200 else f"{path[:197]}..."
         raise UserError(
             f"cannot checkpoint {path}{exc.problem}{at}", hint=exc.hint, **context
         ) from None
     except RecursionError:
         raise UserError(
             f"cannot checkpoint {where}{at}: it is nested too deeply (or contains itself)",
-            hint="return plain data of reasonable depth from workflow nodes",
+            hint=_DEEP_HINT,
             **context,
         ) from None
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, depth: int) -> Any:
     kind = type(value)
-    if value is None or kind is bool or kind is float or kind is str or kind is bytes:
+    if kind is str:
+        return _checked_str(value)
+    if value is None or kind is bool or kind is float or kind is bytes:
         return value
     if kind is int:
         if not _INT_MIN <= value <= _INT_MAX:
@@ -85,11 +94,16 @@ def _encode(value: Any) -> Any:
                 f": the int {value} does not fit in 64 bits", "return very large integers as str"
             )
         return value
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        raise _Unencodable(
+            f": it is nested too deeply (more than {MAX_DEPTH} levels, or it contains itself)",
+            _DEEP_HINT,
+        )
     if kind is list or kind is tuple or isinstance(value, (list, tuple)):
         out_list = []
         for i, item in enumerate(value):
             try:
-                out_list.append(_encode(item))
+                out_list.append(_encode(item, depth + 1))
             except _Unencodable as exc:
                 exc.path.append(f"[{i}]")
                 raise
@@ -103,7 +117,7 @@ def _encode(value: Any) -> Any:
                     "dict keys must be str in what a workflow node returns or stores",
                 )
             try:
-                out[str.__str__(key)] = _encode(item)
+                out[str.__str__(key)] = _encode(item, depth + 1)
             except _Unencodable as exc:
                 exc.path.append(f"[{key!r}]")
                 raise
@@ -111,13 +125,20 @@ def _encode(value: Any) -> Any:
         # a tagged value.
         return {TAG: "dict", "data": out} if TAG in out else out
     if isinstance(value, int):  # IntEnum and friends: stored as the plain value
-        return _encode(int(value))
+        return _encode(int(value), depth)
     if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
-        return str.__str__(value)
+        return _checked_str(str.__str__(value))
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
+    if kind is Next:
+        # A dataclass, so it would be stored as a plain dict and the jump silently lost.
+        raise _Unencodable(
+            f": it is a Next({_short(value.node)}, ...) jump inside a value",
+            "a node jumps by returning one Next(node, input) itself, not inside a list, a "
+            "dict or its state (a map node's items cannot jump)",
+        )
     if kind in _MODEL_TAGS:
         return {TAG: _MODEL_TAGS[kind], "data": _dump_model(value)}
     if isinstance(value, BaseModel) or (
@@ -128,6 +149,26 @@ def _encode(value: Any) -> Any:
         f" of type {_qualname(value)}",
         f"a workflow node may return (and store in its state) {_ALLOWED_TYPES}",
     )
+
+
+def _checked_str(value: str) -> str:
+    """``value`` if it can be stored as UTF-8 (msgpack's str): a lone surrogate (from a
+    ``\\ud800`` JSON escape or a file name decoded with ``surrogateescape``) cannot."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Unencodable(
+                f": the str {_short(value)} holds {value[exc.start]!r} at index {exc.start}, "
+                "which is not valid Unicode text (a lone surrogate)",
+                "decode bytes with errors='replace', or store them as bytes",
+            ) from None
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _qualname(value: Any) -> str:

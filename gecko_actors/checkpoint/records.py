@@ -181,14 +181,19 @@ def validate_epoch(epoch: Any, what: str = "epoch") -> int:
 
 
 def corrupt(where: str, run_id: str | None, problem: str) -> CheckpointError:
-    """The error for a stored object (``where``, its URI) that is damaged or not ours."""
+    """The error for a stored object (``where``, its URI) of run ``run_id`` that is damaged or
+    not ours: the message names the object, the run and ``problem``."""
     return CheckpointError(
-        f"checkpoint object {where!r} {problem}",
+        f"checkpoint object {where!r}{_of_run(run_id)} {problem}",
         hint="the checkpoint is damaged or was written by something else; restore it, or "
         "delete the run and start it again",
         uri=where,
         run_id=run_id,
     )
+
+
+def _of_run(run_id: str | None) -> str:
+    return "" if run_id is None else f" of run {run_id!r}"
 
 
 # --- bytes <-> maps --------------------------------------------------------------------------
@@ -229,7 +234,8 @@ def unpack(raw: bytes, kind: str, run_id: str, where: str) -> dict[str, Any]:
         raise corrupt(where, run_id, "holds something other than plain data") from None
     if type(rec) is not dict or "type" not in rec or "version" not in rec:
         raise corrupt(where, run_id, "is not a gecko_actors checkpoint record")
-    if rec["type"] not in _KEYS:
+    # The type may be any plain value (a list is unhashable): compare, never look it up.
+    if type(rec["type"]) is not str or rec["type"] not in _KEYS:
         raise corrupt(where, run_id, f"holds a record of unknown type {rec['type']!r:.60}")
     if rec["type"] != kind:
         raise corrupt(where, run_id, f"holds a {rec['type']!r} record, not a {kind!r}")
@@ -260,21 +266,17 @@ def _expect(rec: dict[str, Any], where: str, run_id: str, **types: Any) -> None:
     for key, allowed in types.items():
         allowed = allowed if isinstance(allowed, tuple) else (allowed,)
         if not any(rec[key] is None if t is None else type(rec[key]) is t for t in allowed):
-            raise CheckpointError(
-                f"checkpoint object {where!r} has an invalid {key!r}",
-                hint="the checkpoint was tampered with or written by something else",
-                uri=where,
-                run_id=run_id,
+            expected = " or ".join("None" if t is None else t.__name__ for t in allowed)
+            raise corrupt(
+                where,
+                run_id,
+                f"has an invalid {key!r} (expected {expected}, found {type(rec[key]).__name__})",
             )
 
 
 def _status_of(rec: dict[str, Any], where: str, run_id: str) -> str:
     if rec["status"] not in STATUSES:
-        raise CheckpointError(
-            f"checkpoint object {where!r} has the unknown status {rec['status']!r:.40}",
-            uri=where,
-            run_id=run_id,
-        )
+        raise corrupt(where, run_id, f"has the unknown status {rec['status']!r:.40}")
     return rec["status"]
 
 
@@ -283,7 +285,10 @@ def _decode_at(data: Any, where: str, run_id: str) -> Any:
         return decode_value(data)
     except CheckpointError as exc:
         raise CheckpointError(
-            f"checkpoint object {where!r}: {exc.message}", hint=exc.hint, uri=where, run_id=run_id
+            f"checkpoint object {where!r}{_of_run(run_id)}: {exc.message}",
+            hint=exc.hint,
+            uri=where,
+            run_id=run_id,
         ) from None
 
 

@@ -7,8 +7,6 @@ conversion both ways and an exact msgpack form (plain data, never pickle).
 from __future__ import annotations
 
 import json
-import math
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -17,8 +15,8 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
-from gecko_actors._redact import redact
 from gecko_actors.core.media import DEFAULT_MAX_IMAGE_BYTES, MediaResource, load_image
+from gecko_actors.core.strict_json import StrictJSONError, loads_strict
 from gecko_actors.exceptions import ToolArgumentsError, UserError
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -132,65 +130,13 @@ class ToolCall(_Packable):
 MAX_ARGUMENT_DEPTH = 100
 """Deepest nesting of objects and arrays accepted in a tool call's arguments."""
 _NAME_CHARS = 80  # how much of a tool name an error message quotes
-_SNIPPET_CHARS = 200  # how much of malformed arguments an error message quotes
-
-
-class _NonFinite(ValueError):
-    """Internal: the JSON held a number that is not finite (``args[0]`` is its text)."""
-
-
-def _refuse_constant(text: str) -> Any:
-    raise _NonFinite(text)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # "1e400" reads as inf: a number the model never sent
-        raise _NonFinite(text)
-    return value
-
-
-class ModelJSONError(ValueError):
-    """Text from a model that is not acceptable JSON; the message says why, for the model."""
-
-
-def parse_model_json(text: str) -> Any:
-    """Parse JSON written by a model, refusing what Python's ``json`` would accept or crash on:
-    ``NaN``/``Infinity`` and numbers that overflow a float, integers too long to read, and
-    nesting deeper than :data:`MAX_ARGUMENT_DEPTH`. Raises :class:`ModelJSONError`."""
-    try:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except json.JSONDecodeError as exc:
-        # Redacted before it is clipped, so that a clipped secret cannot slip through.
-        snippet = redact(text[: _SNIPPET_CHARS * 5])[:_SNIPPET_CHARS]
-        raise ModelJSONError(
-            f"the JSON is not valid JSON ({exc.msg} at position {exc.pos}): {snippet!r}"
-        ) from None
-    except _NonFinite as exc:
-        raise ModelJSONError(
-            f"the JSON holds the number {_clip(exc.args[0], 40)!r}, which is not finite: NaN, Infinity and numbers "
-            "beyond ±1.8e308 are not allowed; send a finite number"
-        ) from None
-    except RecursionError:
-        raise ModelJSONError(_TOO_DEEP) from None
-    except ValueError:  # an integer literal longer than Python's int_max_str_digits
-        raise ModelJSONError(
-            "the JSON holds an integer too long to read (more than "
-            f"{sys.get_int_max_str_digits()} digits); send a smaller number"
-        ) from None
-    if _nested_deeper_than(value, MAX_ARGUMENT_DEPTH):
-        raise ModelJSONError(_TOO_DEEP)
-    return value
-
-
-_TOO_DEEP = f"the JSON is nested too deeply; the limit is {MAX_ARGUMENT_DEPTH} levels"
 
 
 def _argument_problem(arguments: str) -> dict[str, Any] | str:
     """The parsed arguments object, or the text of what is wrong with them."""
     try:
-        value = parse_model_json(arguments.strip() or "{}")
-    except ModelJSONError as exc:
+        value = loads_strict(arguments.strip() or "{}", max_depth=MAX_ARGUMENT_DEPTH)
+    except StrictJSONError as exc:
         return f"are refused: {exc}"
     if not isinstance(value, dict):
         kind = type(value)
@@ -200,20 +146,6 @@ def _argument_problem(arguments: str) -> dict[str, Any] | str:
 
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 _JSON_TYPES.update({bool: "a boolean", type(None): "null"})
-
-
-def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether objects/arrays in ``value`` nest deeper than ``limit`` (iteratively: no stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, (dict, list)):
-            continue
-        if depth > limit:
-            return True
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _clip(text: str, limit: int) -> str:

@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gecko_actors.core.messages import Message, ModelJSONError, parse_model_json
+from gecko_actors.core.messages import MAX_ARGUMENT_DEPTH, Message
+from gecko_actors.core.strict_json import StrictJSONError, loads_strict
 
 OUTPUT_TOOL = "final_result"
 _M = TypeVar("_M", bound=BaseModel)
@@ -95,8 +96,8 @@ def _first_object(text: str) -> str | None:
 
 def _validate(raw: str, response_model: type[_M]) -> _M:
     try:
-        data = parse_model_json(raw)
-    except ModelJSONError as exc:
+        data = loads_strict(raw, max_depth=MAX_ARGUMENT_DEPTH)
+    except StrictJSONError as exc:
         raise ParseFailure(str(exc)) from None
     try:
         return response_model.model_validate(data)

@@ -53,6 +53,14 @@ SessionStoreFactory = Callable[[str], SessionStore]
 VectorStoreFactory = Callable[..., Any]
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
+_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_SECRET_QUERY = re.compile(
+    r"((?:^|[&;])[^=&;]*(?:pass|pwd|secret|token|key|auth|credential|sig)[^=&;]*=)[^&;#]*", re.I
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_PORT_DIGITS = 5
+# Schemes whose URL is a path after "://", where a '@' is part of a file name.
+_PATH_SCHEMES = frozenset(("sqlite", "lancedb", "file"))
 _GROUPS = {"session": "gecko_actors.session_stores", "vector": "gecko_actors.vector_stores"}
 _EXAMPLES = {
     "session": (
@@ -72,20 +80,42 @@ _EXAMPLES = {
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its user information masked (``redis://user:***@host/0``), for messages.
+    """``url`` with its user information masked (``redis://user:***@host/0``), and the values
+    of query parameters whose names say they hold a secret (``?password=***``), for messages.
 
     Errs on the side of masking: everything before the last ``@`` is treated as user
-    information, so even a password with an unescaped ``/``, ``?`` or ``#`` does not leak.
+    information, so even a password with an unescaped ``/``, ``?`` or ``#`` does not leak;
+    so is a ``user:password@`` after a ``scheme:`` without ``//``, or after ``:///``.
     """
     head, sep, rest = url.partition("://")
-    if not sep or rest.startswith("/"):
-        return url
+    if not sep:
+        scheme = _SCHEME_PREFIX.match(url)
+        start = scheme.end() if scheme else 0
+        at = url.rfind("@")
+        if at < start:
+            return _redact_query(url)
+        return f"{url[:start]}{MASK}{_redact_query(url[at:])}"
     at = rest.rfind("@")
     if at < 0:
-        return url
+        return f"{head}://{_redact_query(rest)}"
+    if rest.startswith("/"):
+        # A path after the slashes (sqlite:///data/me@home.db) keeps its '@'; in any other
+        # scheme, or with a ':' before it, it is "user:password@" one slash too far.
+        slashes = len(rest) - len(rest.lstrip("/"))
+        if head.lower() in _PATH_SCHEMES and ":" not in rest[slashes:at]:
+            return f"{head}://{_redact_query(rest)}"
+        return f"{head}://{rest[:slashes]}{MASK}{_redact_query(rest[at:])}"
     user, colon, _ = rest[:at].partition(":")
     masked = f"{user}:{MASK}" if colon and "/" not in user else MASK
-    return f"{head}://{masked}{rest[at:]}"
+    return f"{head}://{masked}{_redact_query(rest[at:])}"
+
+
+def _redact_query(text: str) -> str:
+    """``text`` (a URL's tail, from its host on) with secret-named query values masked."""
+    before, question, query = text.partition("?")
+    if not question:
+        return text
+    return f"{before}?{_SECRET_QUERY.sub(lambda m: m[1] + MASK, query)}"
 
 
 @dataclass(frozen=True)
@@ -124,18 +154,18 @@ class StoreURL:
         """A :class:`UserError` about this URL: ``problem`` says which part is wrong."""
         examples = _EXAMPLES[self.kind]
         return UserError(
-            f"invalid {self.kind} store URL {str(self)!r}: {problem}",
+            f"invalid {self.kind} store URL {_clip(str(self))!r}: {problem}",
             hint=f"{hint}; {examples}" if hint else examples,
-            url=str(self),
+            url=_clip(str(self)),
         )
 
     def port_number(self, default: int) -> int:
         """The port, checked to be a number from 1 to 65535 (``default`` if absent)."""
         if self.port is None:
             return default
-        if not self.port.isdigit() or not 0 < int(self.port) < 65536:
+        if not _is_number(self.port, _MAX_PORT_DIGITS) or not 0 < int(self.port) < 65536:
             raise self.error(
-                f"the port {self.port!r} is not a number from 1 to 65535",
+                f"the port {self.port!r:.20} is not a number from 1 to 65535",
                 hint=f"write the port after the host, e.g. {self.scheme}://localhost:{default}",
             )
         return int(self.port)
@@ -155,12 +185,23 @@ class StoreURL:
         value = self.query.get(name)
         if value is None:
             return None
-        if not value.isdigit() or int(value) == 0:
+        if not _is_number(value, 18) or int(value) == 0:
             raise self.error(
                 f"the {name} {value!r} is not a whole number above 0",
                 hint=f"write e.g. ?{name}=3600",
             )
         return int(value)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text`` (a URL shown in a message) cut to ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _is_number(text: str, max_digits: int) -> bool:
+    # isdigit() alone accepts '²' (which int() refuses) and digits of other scripts; a
+    # 5,000-digit number is refused by int() itself.
+    return text.isascii() and text.isdigit() and len(text) <= max_digits
 
 
 def parse_store_url(url: object, kind: Kind = "session") -> StoreURL:
@@ -189,6 +230,8 @@ def parse_store_url(url: object, kind: Kind = "session") -> StoreURL:
     if parts.password:
         register_secret(parts.password)
     host, port = _split_host(parts, hostport)
+    if host and (bad := _CONTROL.search(host)):  # a %00 in the host decodes to NUL
+        raise parts.error(f"the host has the control character {bad[0]!r}")
     return dataclasses.replace(parts, host=host, port=port, query=_parse_query(parts, query))
 
 
@@ -203,7 +246,11 @@ def _split_scheme(url: object, kind: Kind) -> tuple[str, str, str]:
     head, sep, rest = text.partition("://")
     scheme = head.lower()
     problem, hint = None, _EXAMPLES[kind]
-    if not sep or not _SCHEME.fullmatch(scheme):
+    if bad := _CONTROL.search(text):
+        # NUL cannot be in a file name, and a newline in a URL is a copy-paste accident.
+        problem = f"it has the control character {bad[0]!r} (at index {bad.start()})"
+        hint = f"remove it; {hint}"
+    elif not sep or not _SCHEME.fullmatch(scheme):
         problem = "it does not start with a scheme (letters before '://')"
     elif "@" in rest.partition("?")[2]:
         # Most likely a password with an unescaped "?": say so without quoting any of it.
@@ -213,7 +260,7 @@ def _split_scheme(url: object, kind: Kind) -> tuple[str, str, str]:
             "(urllib.parse.quote(value, safe=''))"
         )
     if problem:
-        shown = redact_url(text)
+        shown = _clip(redact_url(text))
         raise UserError(f"invalid {kind} store URL {shown!r}: {problem}", hint=hint, url=shown)
     return text, scheme, rest
 
@@ -327,13 +374,24 @@ class _Registry:
             raise _missing_module(self.kind, parts, entry, exc) from exc
         except GeckoError:
             raise
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:
+            # Any of them (a RuntimeError for "~nosuchuser/", an OSError, a plugin's own):
+            # the caller gets one typed error naming the URL, never with its password.
+            shown = _clip(str(parts))
             raise ConfigurationError(
-                f"could not build a {self.kind} store from {str(parts)!r}: "
-                f"{type(exc).__name__}: {exc}",
+                f"could not build a {self.kind} store from {shown!r}: "
+                f"{type(exc).__name__}: {_clip(_without_password(str(exc), parts), 500)}",
                 hint=_EXAMPLES[self.kind],
-                url=str(parts),
+                url=shown,
             ) from exc
+
+
+def _without_password(text: str, parts: StoreURL) -> str:
+    """``text`` (a factory's error) with the URL's password masked, as given and decoded."""
+    for secret in {parts.password, parts.rest.rpartition("@")[0].partition(":")[2]}:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def missing_extra(what: str, module: str, extra: str) -> ConfigurationError:
@@ -489,6 +547,11 @@ def _lancedb(url: str, *, embedder: Embedder | None = None, table: str = "memory
         )
     if not path:
         raise parts.error("it names no directory")
+    if parts.password is not None or parts.username is not None:
+        # It would become the directory's name, with the password in it.
+        raise parts.error(
+            "it has a user or password ('...@'), but a lancedb:// URL names a local directory"
+        )
     return LanceVectorStore(path, table=table, embedder=embedder)
 
 

@@ -390,7 +390,9 @@ class RunEngine:
         jump = outcome.value if isinstance(outcome.value, Next) else None
         output = None if jump else normalised(outcome.value, "output", visit.node)
         if jump is not None:
-            jump = Next(jump.node, normalised(jump.input, "Next input", visit.node))
+            # A node may return any target (a list, None, a typo): checked before the input.
+            target = self.graph.jump_target(visit.node, jump.node, self.run_id)
+            jump = Next(target, normalised(jump.input, "Next input", visit.node))
         writes = tuple(
             w
             if w.deleted

@@ -24,19 +24,31 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gecko_actors.exceptions import UserError
+from gecko_actors.exceptions import UserError, WorkflowError
 
 NodeKind = Literal["agent", "team", "function", "workflow"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
+# How much of a bad jump target, and how many valid node names, an error message shows: a
+# node may return anything (a 10 MB string, a list of a million names).
+_REPR = reprlib.Repr()  # keyword arguments need Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlist = 3, 80, 80, 80, 5
+_SHOWN_NODES = 30
 
 
 @dataclass(frozen=True)
 class Next:
-    """Returned by a node: continue at ``node`` with ``input`` (loops, retries of a stage)."""
+    """Returned by a node: continue at ``node`` with ``input`` (loops, retries of a stage).
+
+    ``node`` is the name (a str) of a node of the same workflow; anything else fails the
+    visit that returned it with a :class:`~gecko_actors.exceptions.WorkflowError` naming the
+    target and the valid nodes (see :meth:`WorkflowGraph.jump_target`), before its step is
+    committed.
+    """
 
     node: str
     input: Any = None
@@ -192,14 +204,28 @@ class WorkflowGraph:
         self, source: str, target: str, *, when: Callable[[NodeContext], Any] | None = None
     ) -> WorkflowGraph:
         """Run ``target`` after ``source`` (if ``when(ctx)`` holds)."""
+        self._check_name("add_edge source", source)
+        self._check_name("add_edge target", target)
         if when is not None and not callable(when):
             raise UserError(f"the condition of edge {source!r} → {target!r} is not callable")
         self.edges.append(Edge(source, target, when))
         return self
 
     def set_entry(self, name: str) -> WorkflowGraph:
+        """Start runs at node ``name`` (by default, the first node added)."""
+        self._check_name("set_entry", name)
         self.entry = name
         return self
+
+    def _check_name(self, what: str, name: Any) -> None:
+        """Refuse a node reference that is not a str (a list would break :meth:`validate`
+        with a TypeError); whether the node exists is checked by :meth:`validate`."""
+        if not isinstance(name, str):
+            raise UserError(
+                f"{what} of workflow {self.name!r} got {_REPR.repr(name)} "
+                f"(of type {type(name).__name__}), not a node name",
+                hint=f"name one of {_node_list(self.nodes)} by its name (a str)",
+            )
 
     # --- checking -----------------------------------------------------------------------
 
@@ -235,6 +261,32 @@ class WorkflowGraph:
                 hint="connect them with add_edge or remove them",
                 nodes=unreachable,
             )
+
+    def jump_target(self, source: str, target: Any, run_id: str | None = None) -> str:
+        """The node that a ``Next(target, ...)`` returned by node ``source`` jumps to.
+
+        Raises :class:`WorkflowError` (with ``run_id``, ``node=source`` and ``target``) if
+        ``target`` is not the name of one of this graph's nodes: not a str (a list of names,
+        None, a number), empty, or unknown. The message shows the target (clipped) and the
+        valid names; a ``str`` subclass (a ``StrEnum`` member) comes back as a plain str.
+        """
+        shown = _REPR.repr(target)
+        if not isinstance(target, str):
+            problem = (
+                f"returned Next(node={shown}): a jump target must be a node's name (a str), "
+                f"not of type {type(target).__name__}"
+            )
+        elif str.__str__(target) in self.nodes:
+            return str.__str__(target)
+        else:
+            problem = f"jumped to unknown node {shown}"
+        raise WorkflowError(
+            f"node {source!r} of workflow {self.name!r} {problem}",
+            hint=f"Next(...) must name one of {_node_list(self.nodes)}",
+            run_id=run_id,
+            node=source,
+            target=shown,
+        )
 
     def successors(self, name: str) -> list[Edge]:
         return [e for e in self.edges if e.source == name]
@@ -341,6 +393,14 @@ def target_name(target: Any) -> str:
         return f"team:{[m.name for m in target.members]}"
     module = getattr(target, "__module__", "?")
     return f"function:{module}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def _node_list(names: Mapping[str, Any]) -> str:
+    """The sorted node names, the first few of a huge graph and a count of the rest."""
+    ordered = sorted(names)
+    if len(ordered) <= _SHOWN_NODES:
+        return str(ordered)
+    return f"{ordered[:_SHOWN_NODES]} (and {len(ordered) - _SHOWN_NODES} more)"
 
 
 def _condition_name(when: Callable[..., Any] | None) -> str:
