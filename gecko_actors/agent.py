@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -53,8 +52,8 @@ class Agent:
     Create one with :meth:`spawn`, attach to an existing one with :meth:`get`.
 
     Hooks and events cross the process boundary in opposite directions. Hooks (``hooks=`` of
-    :meth:`spawn`) run *in the actor*, around every run whoever started it: they are
-    module-level functions, sent by reference and re-imported when Ray restarts the actor.
+    :meth:`spawn`) run *in the actor*, around every run whoever started it, on the actor's
+    copies: a module-level function is imported there, anything else is copied by value.
     An event bus (``event_bus=`` of :meth:`spawn` or :meth:`get`) stays *in this process*
     with its subscribers: the runs started through this handle (``run``, ``arun``,
     ``stream``, ``astream``) send their events along a Ray stream, and the handle publishes
@@ -119,12 +118,13 @@ class Agent:
             detached: outlive the driver that spawned it (``kill()`` removes it).
             get_if_exists: attach to a live agent of that name instead of failing (it keeps
                 its own configuration and hooks; ``event_bus`` applies to the new handle).
-            hooks: :class:`Hooks` run inside the actor, around each of its runs. Each must be
-                a module-level function (sync or async) that the actor's workers can import:
-                it is sent by reference and imported again when the actor restarts. A
-                lambda, a nested function or a callable object is a ``UserError``. A hook
-                may change what it is given (a tool result, say) and so the run's output;
-                what it writes to this process's variables stays in the actor's copy.
+            hooks: :class:`Hooks` run inside the actor, around each of its runs (sync or
+                async). A module-level function is sent by reference and imported in the
+                actor; a lambda, a closure or a function of the script being run is copied by
+                value with what it captures; a hook that cannot be pickled is a
+                ``UserError``. A hook may change what it is given (a tool result, say) and so
+                the run's output; what it writes to this process's variables stays in the
+                actor's copy. The actor keeps its hooks across Ray's restarts.
             event_bus: an :class:`EventBus` in this process that receives the events of the
                 runs started through the returned handle (see the class docstring).
             **actor_options: Ray actor options (``num_cpus``, ``resources``, ``max_restarts``,
@@ -146,10 +146,12 @@ class Agent:
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
+        # The model first: a model refused (a secret value) must leave no toolbox behind.
+        resolved = resolve_model(model)
         placed, owned = _place_tools(name, tools, tools_in_process)
         spec = AgentSpec(
             name=name,
-            model=resolve_model(model),
+            model=resolved,
             tools=placed,
             owns_tools=owned,
             system_prompt=system_prompt,
@@ -382,7 +384,7 @@ def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> tuple[Any, bo
 
 
 def _check_hooks(agent: str, hooks: Hooks | None) -> Hooks | None:
-    """``hooks`` if every hook can be sent to the actor by reference, else a UserError."""
+    """``hooks`` if every hook can be sent to the actor, else a UserError naming the hook."""
     if hooks is None:
         return None
     if not isinstance(hooks, Hooks):
@@ -393,37 +395,22 @@ def _check_hooks(agent: str, hooks: Hooks | None) -> Hooks | None:
         )
     for slot in dataclasses.fields(hooks):
         hook = getattr(hooks, slot.name)
-        if hook is not None and not _importable(hook):
+        if hook is None:
+            continue
+        try:
+            # Ray sends it this way: a module-level function by reference, anything else by
+            # value with what it captures. Found now, not as a failed actor creation.
+            ray.cloudpickle.dumps(hook)
+        except Exception as exc:
             raise UserError(
-                f"hook {slot.name!r} of agent {agent!r} ({_describe(hook)}) cannot be sent to "
-                "the agent actor by name: a lambda, a nested function or a callable object "
-                "would be copied with whatever it captured, and the actor rebuilds its hooks "
-                "from its spec when Ray restarts it",
-                hint=f"define {slot.name} as a function at module level, in a module the Ray "
-                "workers can import, and pass that function",
+                f"hook {slot.name!r} of agent {agent!r} cannot be sent to the agent's actor: "
+                f"{type(exc).__name__}: {str(exc)[:200]}",
+                hint=f"define {slot.name} as a function at module level (it is imported in the "
+                "actor), or make sure what it captures can be pickled",
                 agent=agent,
                 hook=slot.name,
-            )
+            ) from None
     return hooks
-
-
-def _importable(fn: Any) -> bool:
-    """Whether ``fn`` is what its module holds under its qualified name: a module-level
-    function (or a class's static one), which pickles by reference."""
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    qualname = getattr(fn, "__qualname__", None)
-    if module is None or not isinstance(qualname, str) or "<" in qualname:
-        return False  # "<lambda>" and "<locals>" name nothing a worker can import
-    target: Any = module
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
-    return target is fn
-
-
-def _describe(fn: Any) -> str:
-    """A short, secret-free name for a hook in an error message."""
-    name = getattr(fn, "__qualname__", None)
-    return name if isinstance(name, str) else f"a {type(fn).__name__} object"
 
 
 def _check_event_bus(bus: EventBus | None) -> EventBus | None:

@@ -76,7 +76,6 @@ SECRET_EXCLUDES = (
 )
 #: What ``gecko-actors submit`` never uploads, unless re-included with ``--exclude '!PATTERN'``.
 DEFAULT_EXCLUDES = (*_BUILD_EXCLUDES, *SECRET_EXCLUDES)
-#: The largest ``--input @file`` read, in bytes (``GECKO_MAX_INPUT_BYTES`` changes it).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import ray
 
+import gecko_actors.agent as agent_module
 from gecko_actors import Agent, Hooks, ModelError, ScriptedModel, UserError
 from gecko_actors._actors.agent import AgentActor, AgentSpec
 from gecko_actors.core.agent import LocalAgent
@@ -233,11 +235,25 @@ def _nested() -> Any:
     [lambda turn, messages: None, _nested(), _CallableHook(), _CallableHook().method],
     ids=["lambda", "nested", "callable-object", "bound-method"],
 )
-def test_spawn_refuses_hooks_the_actor_cannot_import(hook: Any) -> None:
+def test_hooks_that_ray_can_copy_are_accepted(hook: Any) -> None:
+    # Copied by value with what they capture: they run in the actor, on the actor's copies.
+    hooks = Hooks(on_turn_start=hook)
+    assert agent_module._check_hooks("a", hooks) is hooks
+
+
+def test_spawn_refuses_a_hook_that_cannot_be_sent_before_touching_ray() -> None:
+    lock = threading.Lock()
+
+    def on_turn_start(turn: int, messages: list[Message]) -> None:
+        with lock:  # a lock cannot be pickled: neither can this closure
+            pass
+
     with pytest.raises(UserError) as caught:
-        Agent.spawn("never-made", model=ScriptedModel(["x"]), hooks=Hooks(on_turn_start=hook))
+        Agent.spawn(
+            "never-made", model=ScriptedModel(["x"]), hooks=Hooks(on_turn_start=on_turn_start)
+        )
     error = caught.value
-    assert "'on_turn_start'" in str(error) and "module level" in str(error)
+    assert "'on_turn_start'" in str(error) and "lock" in str(error)
     assert error.hook == "on_turn_start" and error.agent == "never-made"
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is UserError and copy.hook == "on_turn_start"

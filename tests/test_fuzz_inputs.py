@@ -770,8 +770,8 @@ def test_input_file_mistakes_name_the_file_and_the_problem(input_dir: Path) -> N
     (input_dir / "truncated.json").write_text('{"a": [1, 2')
     (input_dir / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     cases = {
-        "missing.json": "No such file or directory",
-        "a-folder": "Is a directory",
+        "missing.json": "does not exist",
+        "a-folder": "is a folder, not a file",
         "nan.json": "the number 'NaN', which is not finite",
         "latin1.json": "is not UTF-8 text: byte 0xe9 at offset 4",
         "truncated.json": "is not valid JSON",
@@ -798,11 +798,36 @@ def test_input_files_over_the_size_cap_are_refused_before_reading(input_dir: Pat
         assert code == 1 and f"is {11 * 2**20} bytes" in out and "GECKO_MAX_INPUT_BYTES" in out
     with cli_without_ray(GECKO_MAX_INPUT_BYTES="100") as accepted:
         code, out = run_input(input_dir, f"@{small}")
-        assert code == 1 and "at most 100 bytes" in out
-        if os.path.exists("/dev/zero"):  # no size to check first: the read stops at the cap
+        assert code == 1 and "over the cap of 100 bytes" in out
+        if os.path.exists("/dev/zero"):  # endless, with no size: never read at all
             code, out = run_input(input_dir, "@/dev/zero")
-            assert code == 1 and "over 100 bytes" in out
+            assert code == 1 and "is a character device, not a regular file" in out
     with cli_without_ray(GECKO_MAX_INPUT_BYTES="1000") as accepted:
         code, out = run_input(input_dir, f"@{small}")
     assert "_Started" in out and accepted == [["x" * 200]]
     sparse.unlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX feature")
+def test_an_input_fifo_is_refused_without_waiting_for_a_writer(input_dir: Path) -> None:
+    fifo = input_dir / "input.fifo"
+    os.mkfifo(fifo)
+    try:
+        with cli_without_ray() as accepted:
+            code, out = run_input(input_dir, f"@{fifo}")  # opening it used to block forever
+        assert code == 1 and "is a FIFO (named pipe), not a regular file" in out, out
+        assert accepted == []
+    finally:
+        fifo.unlink()
+
+
+@pytest.mark.parametrize("cap", ["9" * 5000, "²", "-1", "0", "1e6"])
+def test_an_unusable_input_cap_is_a_user_error_naming_the_variable(
+    input_dir: Path, cap: str
+) -> None:
+    small = input_dir / "tiny.json"
+    small.write_text("[1]")
+    with cli_without_ray(GECKO_MAX_INPUT_BYTES=cap) as accepted:
+        code, out = run_input(input_dir, f"@{small}")
+    assert code == 1 and "GECKO_MAX_INPUT_BYTES=" in out and "not a number of bytes" in out, out
+    assert accepted == []

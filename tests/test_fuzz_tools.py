@@ -15,7 +15,11 @@ import math
 import re
 import sys
 import tracemalloc
-from typing import Any
+import typing
+from collections import deque
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, MutableSet, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any, Literal, NewType
 
 import msgpack
 import pytest
@@ -384,6 +388,54 @@ async def test_a_boolean_is_not_read_as_a_number(arguments: str, field: str) -> 
     assert result.is_error and f"{field}:" in result.content and "boolean" in result.content
 
 
+Count = NewType("Count", int)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "where"),
+    [
+        (Sequence[int], [1, True], "x.1"),
+        (typing.Sequence[float], [False], "x.0"),
+        (MutableSequence[int], [True], "x.0"),
+        (Mapping[str, float], {"a": 1.5, "b": True}, "x.b"),
+        (MutableMapping[str, int], {"a": False}, "x.a"),
+        (Iterable[int], [2, True], "x.1"),
+        (typing.Iterable[float], [True], "x.0"),
+        (AbstractSet[int], [True], "x.0"),
+        (MutableSet[float], [False], "x.0"),
+        (deque[int], [True], "x.0"),
+        (Sequence[Mapping[str, Sequence[int]]], [{"a": [1, True]}], "x.0.a.1"),
+        (Sequence[int] | None, [True], "x.0"),
+        (Literal[1, 2], True, "x"),
+        (Count, True, "x"),
+    ],
+)
+async def test_a_boolean_is_not_read_as_a_number_in_any_container(
+    annotation: Any, value: Any, where: str
+) -> None:
+    # Sequence[int] and the other collections.abc containers read [true] as [1] when only the
+    # built-in containers were checked; a lazily checked Iterable failed inside the tool.
+    calls: list[Any] = []
+
+    def numbers(x):
+        """Record what arrived."""
+        calls.append(list(x) if isinstance(x, Iterable) and not isinstance(x, Mapping) else x)
+        return "ok"
+
+    numbers.__annotations__ = {"x": annotation}
+    box = ToolBox([tool(numbers)])
+    arguments = json.dumps({"x": value})
+    result = await box.execute_call(ToolCall(id="b", name="numbers", arguments=arguments))
+    assert calls == [], f"{annotation} let a boolean through as {calls}"
+    assert result.is_error and result.metadata["error"] == "tool_arguments", result.content
+    assert f"{where}" in result.content and "boolean" in result.content, result.content
+    # The same value with numbers for the booleans is accepted, as the numbers that were sent.
+    numbers_only = json.loads(json.dumps(value).replace("true", "1").replace("false", "2"))
+    arguments = json.dumps({"x": numbers_only})
+    ok = await box.execute_call(ToolCall(id="n", name="numbers", arguments=arguments))
+    assert ok.content == "ok" and calls == [numbers_only], ok.content
+
+
 @pytest.mark.parametrize("levels", [MAX_ARGUMENT_DEPTH + 1, 900, 10_000])
 async def test_deep_nesting_is_an_error_not_a_recursion_error(levels: int) -> None:
     probe, calls = make_probe()
@@ -598,11 +650,12 @@ def test_structured_answers_refuse_what_tool_arguments_refuse(text: str, expecte
             parse_reply(message, _Answer)
 
 
-def test_a_megabyte_of_open_braces_is_scanned_once() -> None:
+@pytest.mark.parametrize("unit", ["{", '{"', '"{'])
+def test_a_megabyte_of_open_braces_is_scanned_a_bounded_number_of_times(unit: str) -> None:
     # Rescanning from every brace made this quadratic (8,000 braces took seconds, a megabyte
     # would not end); one pass finds there is no object.
     with pytest.raises(ParseFailure):
-        parse_reply(Message.assistant("{" * 1_000_000), _Answer)
+        parse_reply(Message.assistant(unit * (1_000_000 // len(unit))), _Answer)
 
 
 @pytest.mark.parametrize(
@@ -612,6 +665,7 @@ def test_a_megabyte_of_open_braces_is_scanned_once() -> None:
         ('{ unclosed {"value": 4} ', 4.0),
         ('noise {"value": 5, "note": "a } in a string"} tail', 5.0),
         ('```json\n{"value": 6}\n```', 6.0),
+        ('I used "{" in the template; answer: {"value": 7}', 7.0),
     ],
 )
 def test_structured_answers_are_found_in_prose(text: str, value: float) -> None:

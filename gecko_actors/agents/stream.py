@@ -13,6 +13,7 @@ import ray
 from gecko_actors._actors.common import cancel_and_wait, cancel_and_wait_blocking, unwrap
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.messages import AgentOutput
+from gecko_actors.exceptions import RunError
 
 
 class RemoteAgentStream:
@@ -166,8 +167,7 @@ def final_output(items: Iterator[str | AgentOutput]) -> AgentOutput:
             output = item
     finally:
         items.close()  # type: ignore[attr-defined]  # a generator
-    assert isinstance(output, AgentOutput)
-    return output
+    return _checked_output(output)
 
 
 async def afinal_output(items: AsyncIterator[str | AgentOutput]) -> AgentOutput:
@@ -178,5 +178,14 @@ async def afinal_output(items: AsyncIterator[str | AgentOutput]) -> AgentOutput:
             output = item
     finally:
         await items.aclose()  # type: ignore[attr-defined]  # an async generator
-    assert isinstance(output, AgentOutput)
+    return _checked_output(output)
+
+
+def _checked_output(output: object) -> AgentOutput:
+    """The last item of a relayed run, which the actor always sends as its output."""
+    if not isinstance(output, AgentOutput):
+        raise RunError(
+            f"the agent's run ended without its output (last item: {type(output).__name__})",
+            hint="the agent actor and this driver may run different gecko_actors versions",
+        )
     return output

@@ -64,15 +64,32 @@ def _candidates(text: str) -> list[str]:
 def _first_object(text: str) -> str | None:
     """The first balanced ``{...}`` in ``text``, skipping braces inside JSON strings.
 
-    One pass with a stack of open braces (a reply can be a megabyte of ``{``: rescanning from
-    every brace would be quadratic). The first time the stack empties closes the outermost
-    object that started first; if it never does, the earliest-opened object that closed wins.
+    Each scan is one pass with a stack of open braces (a reply can be a megabyte of ``{``:
+    rescanning from every brace would be quadratic). A quote in prose before the object (``I
+    used "{" here``) can make a scan read the rest as a string; only then is it worth scanning
+    again from the next brace, and that is done a bounded number of times.
     """
+    start = text.find("{")
+    for _ in range(_RESCANS):
+        if start == -1:
+            return None
+        found, saw_string = _scan_object(text, start)
+        if found is not None or not saw_string:
+            return found
+        start = text.find("{", start + 1)
+    return None
+
+
+_RESCANS = 8
+
+
+def _scan_object(text: str, start: int) -> tuple[str | None, bool]:
+    """The first balanced object found scanning from ``start`` (the outermost one that closes
+    first, else the earliest-opened one that closed), and whether a string was entered."""
     opened: list[int] = []
     best: tuple[int, int] | None = None
-    in_string = escaped = False
-    first = text.find("{")
-    for i in range(first, len(text) if first != -1 else first):
+    in_string = escaped = saw_string = False
+    for i in range(start, len(text)):
         ch = text[i]
         if in_string:
             if escaped:
@@ -82,16 +99,16 @@ def _first_object(text: str) -> str | None:
             elif ch == '"':
                 in_string = False
         elif ch == '"':
-            in_string = True
+            in_string = saw_string = True
         elif ch == "{":
             opened.append(i)
         elif ch == "}" and opened:
-            start = opened.pop()
+            begin = opened.pop()
             if not opened:
-                return text[start : i + 1]
-            if best is None or start < best[0]:
-                best = (start, i)
-    return text[best[0] : best[1] + 1] if best else None
+                return text[begin : i + 1], saw_string
+            if best is None or begin < best[0]:
+                best = (begin, i)
+    return (text[best[0] : best[1] + 1] if best else None), saw_string
 
 
 def _validate(raw: str, response_model: type[_M]) -> _M:

@@ -23,12 +23,12 @@ import io
 import json
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from gecko_actors.core.files import read_capped
 from gecko_actors.exceptions import ConfigurationError, GeckoError, UserError
 from gecko_actors.knowledge.documents import Document
 from gecko_actors.logging import get_logger
@@ -234,16 +234,6 @@ def _cap(max_bytes: int | None) -> int:
     return max_bytes
 
 
-def _size(n: int) -> str:
-    """``n`` bytes, for people: ``10737418240 bytes (10.0 GiB)``."""
-    value, unit = float(n), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{n} bytes" if unit == "bytes" else f"{n} bytes ({value:.1f} {unit})"
-
-
 def _read_bytes(path: PathLike, resolved: Path, cap: int) -> bytes:
     if resolved.is_dir():
         raise UserError(
@@ -251,59 +241,7 @@ def _read_bytes(path: PathLike, resolved: Path, cap: int) -> bytes:
             hint="use read_documents() or expand_paths() to read the files in a folder",
             path=str(path),
         )
-    try:
-        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, maybe forever. On a
-        # regular file it changes nothing, and anything else is refused below.
-        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-        fd = os.open(resolved, flags)
-    except FileNotFoundError:
-        raise UserError(f"no file at {str(path)!r}", path=str(path)) from None
-    except OSError as exc:
-        raise UserError(f"cannot read {str(path)!r}: {exc}", path=str(path)) from exc
-    with os.fdopen(fd, "rb") as src:
-        # fstat of the open file, not a stat of the name: the name may be swapped meanwhile.
-        _check_before_reading(path, os.fstat(src.fileno()), cap)
-        try:
-            data = src.read(cap + 1)  # never more than one byte past the cap
-        except OSError as exc:
-            raise UserError(f"cannot read {str(path)!r}: {exc}", path=str(path)) from exc
-    if len(data) > cap:  # it grew after the size check
-        raise UserError(
-            f"{str(path)!r} grew past the cap of {_size(cap)} while it was read",
-            hint=_CAP_HINT,
-            path=str(path),
-            max_bytes=cap,
-        )
-    return data
-
-
-def _check_before_reading(path: PathLike, info: os.stat_result, cap: int) -> None:
-    """Refuse anything but a regular file, and a file over the cap, before reading it."""
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(
-            f"{str(path)!r} is {_kind(info.st_mode)}, not a regular file, and is not read",
-            hint="readers take regular files only; copy the content into a file first",
-            path=str(path),
-        )
-    if info.st_size > cap:
-        raise UserError(
-            f"{str(path)!r} is {_size(info.st_size)}, over the cap of {_size(cap)} on a "
-            "file read, so it was not loaded",
-            hint=_CAP_HINT,
-            path=str(path),
-            size=info.st_size,
-            max_bytes=cap,
-        )
-
-
-def _kind(mode: int) -> str:
-    kinds = [
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ]
-    return next((name for test, name in kinds if test(mode)), "a special file")
+    return read_capped(resolved, cap, label=repr(str(path)), hint=_CAP_HINT)
 
 
 def _run_reader(reader: Reader, data: bytes, path: PathLike) -> tuple[str, dict[str, Any]]:

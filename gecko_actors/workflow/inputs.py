@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gecko_actors.checkpoint.codec import MAX_DEPTH, encode_value
+from gecko_actors.core.files import read_capped
 from gecko_actors.core.strict_json import StrictJSONError, loads_strict
 from gecko_actors.exceptions import UserError
 
@@ -41,37 +42,24 @@ def max_input_bytes() -> int:
     raw = os.environ.get(MAX_INPUT_VARIABLE)
     if raw is None:
         return MAX_INPUT_BYTES
-    if not (raw.strip().isascii() and raw.strip().isdigit()) or int(raw) <= 0:
+    text = raw.strip()
+    # isdigit() alone takes '²' and digits of other scripts; 15 digits is far past any memory.
+    if not (text.isascii() and text.isdigit() and len(text) <= 15) or int(text) <= 0:
         raise UserError(
             f"{MAX_INPUT_VARIABLE}={raw!r:.40} is not a number of bytes above 0",
             hint=f"unset it (the default is {MAX_INPUT_BYTES}) or set e.g. 52428800 for 50 MiB",
         )
-    return int(raw)
-
-
-def _too_big(path: Path, size: str, limit: int) -> UserError:
-    return UserError(
-        f"the input file {str(path)!r} is {size}; --input @file reads at most {limit} bytes",
-        hint=f"set {MAX_INPUT_VARIABLE} to raise the limit, or have the workflow read the "
-        "data itself (pass its path or URL as the input)",
-    )
+    return int(text)
 
 
 def _read_json(path: Path) -> Any:
-    """The JSON data of ``path``, read up to the size limit (checked before reading, and
-    while reading: a FIFO or /dev/zero has no size)."""
-    limit = max_input_bytes()
-    try:
-        with path.open("rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            if size > limit:
-                raise _too_big(path, f"{size} bytes", limit)
-            raw = src.read(limit + 1)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise UserError(f"cannot read the input file {str(path)!r}: {reason}") from None
-    if len(raw) > limit:
-        raise _too_big(path, f"over {limit} bytes", limit)
+    """The JSON data of ``path``, read up to the size cap."""
+    hint = (
+        f"set {MAX_INPUT_VARIABLE} to raise the cap, or have the workflow read the data "
+        "itself (pass its path or URL as the input)"
+    )
+    label = f"the input file {str(path)!r}"
+    raw = read_capped(path, max_input_bytes(), label=label, hint=hint)
     try:
         text = raw.decode("utf-8-sig")  # a BOM is tolerated, as most editors write one
     except UnicodeDecodeError as exc:

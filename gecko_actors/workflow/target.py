@@ -164,7 +164,11 @@ def _user_frame(exc: BaseException) -> str | None:
 
 def _cause(exc: BaseException, where: str | None) -> str:
     """``where: Type: message`` on one line, the message shortened."""
-    text = f"{type(exc).__name__}: {_short(str(exc))}" if str(exc) else type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:  # a user's exception whose __str__ itself fails
+        message = ""
+    text = f"{type(exc).__name__}: {_short(message)}" if message else type(exc).__name__
     return f"{where}: {text}" if where else text
 
 
