@@ -17,9 +17,9 @@ How each creates an object only if absent, atomically:
   credentials. Before its first conditional PUT, each backend checks once that the server
   honours the condition (some S3-compatible servers ignore it, which would lose the fence);
 - ``gs://``: an upload with ``if_generation_match=0`` through google-cloud-storage, which
-  also lists folders (pyarrow's GCS filesystem sees only folders it made marker objects
-  for). It is optional: without it the first write or listing is a ConfigurationError saying
-  to ``pip install google-cloud-storage``.
+  also lists folders (see :mod:`gecko_actors.checkpoint.gcs`, imported at the first ``gs://``
+  store). It is optional: without it the first write or listing is a ConfigurationError
+  saying to ``pip install google-cloud-storage``.
 
 Everything else on S3 and GCS goes through ``pyarrow.fs``. Object stores publish whatever a
 stream held when it is closed, even by an exception: every write is one call with all its bytes.
@@ -38,12 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 from gecko_actors.checkpoint import s3
 from gecko_actors.checkpoint.location import Location
-from gecko_actors.exceptions import ConfigurationError, UserError
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
 
-__all__ = ["Backend", "Entry", "open_backend"]
+__all__ = ["ArrowBackend", "Backend", "Entry", "open_backend"]
 
 
 @dataclass(frozen=True)
@@ -89,11 +88,15 @@ class Backend(ABC):
 
 def open_backend(location: Location) -> Backend:
     """The backend for a parsed location; clients are made lazily, at first use."""
+    if location.scheme == "gs":
+        # Imported here: the GCS module builds on this one (ArrowBackend, Entry).
+        from gecko_actors.checkpoint.gcs import GcsBackend
+
+        return GcsBackend(location)
     kinds: dict[str, type[Backend]] = {
         "file": FileBackend,
         "memory": MemoryBackend,
         "s3": S3Backend,
-        "gs": GcsBackend,
     }
     return kinds[location.scheme](location)
 
@@ -278,9 +281,10 @@ class MemoryBackend(Backend):
 # --- object stores through pyarrow.fs --------------------------------------------------------
 
 
-class _ArrowBackend(Backend):
+class ArrowBackend(Backend):
     """``put``/``get``/``list``/``delete`` through a ``pyarrow.fs`` filesystem; subclasses
-    make the filesystem and the conditional put."""
+    (:class:`S3Backend`, :class:`~gecko_actors.checkpoint.gcs.GcsBackend`) make the
+    filesystem and the conditional put."""
 
     parallel_reads = True
 
@@ -333,7 +337,7 @@ class _ArrowBackend(Backend):
             self.filesystem().delete_dir(self._abs(folder))
 
 
-class S3Backend(_ArrowBackend):
+class S3Backend(ArrowBackend):
     """S3 (or an S3-compatible server) through pyarrow, plus boto3 for conditional PUTs."""
 
     def __init__(self, location: Location) -> None:
@@ -395,173 +399,3 @@ class S3Backend(_ArrowBackend):
                     s3.check_conditional_writes(self._client, bucket, prefix)
                     self._fence_checked = True
         return s3.put_if_absent(self._client, bucket, f"{prefix}/{path}" if prefix else path, data)
-
-
-# Each request is retried briefly by the client: the store retries with its own backoff, and
-# google-cloud-cpp's default (minutes) would hold a commit for that long when GCS is down.
-_GCS_RETRY_SECONDS = 1.0
-_GCS_TIMEOUT = 60.0  # seconds for one google-cloud-storage request
-
-
-class GcsBackend(_ArrowBackend):
-    """Google Cloud Storage: pyarrow for reads, writes and deletes; google-cloud-storage for
-    what pyarrow's GCS filesystem lacks: the create-if-absent upload that fences a commit
-    (``if_generation_match=0``), and listings (pyarrow lists only the folders it created
-    marker objects for, so runs written object by object would not be found).
-
-    Both clients talk to the same endpoint with the same kind of credentials: the URI's
-    ``endpoint_override``/``scheme``, else ``STORAGE_EMULATOR_HOST`` (an emulator), else GCS;
-    over https with Google's default credentials, over http with none (see
-    :func:`_gcs_settings`).
-    """
-
-    def __init__(self, location: Location) -> None:
-        super().__init__(location)
-        self._settings = _gcs_settings(location)  # a bad option is refused here, not later
-        self._client: Any = None
-        bucket, _, prefix = location.root.partition("/")
-        self._bucket_name, self._prefix = bucket, prefix.strip("/")
-
-    def _make_filesystem(self) -> FileSystem:
-        from datetime import timedelta
-
-        from pyarrow import fs
-
-        settings = self._settings
-        kwargs: dict[str, Any] = {
-            "anonymous": settings["anonymous"],
-            "scheme": settings["scheme"],
-            "retry_time_limit": timedelta(seconds=settings["retry_limit_seconds"]),
-        }
-        if settings["endpoint"]:
-            kwargs["endpoint_override"] = settings["endpoint"]
-        for name, arg in (("project_id", "project_id"), ("location", "default_bucket_location")):
-            if settings.get(name):
-                kwargs[arg] = settings[name]
-        return fs.GcsFileSystem(**kwargs)
-
-    def _make_client(self) -> Any:
-        try:
-            from google.cloud import storage
-        except ImportError:
-            raise ConfigurationError(
-                f"gs:// checkpoints ({self.location.display()!r}) need google-cloud-storage: "
-                "pyarrow's GCS filesystem can neither create an object only if it is absent "
-                "(the fence of a commit) nor list folders it did not create",
-                hint="pip install google-cloud-storage",
-            ) from None
-        settings = self._settings
-        # An explicit project (None included) spares the client a lookup of the default one.
-        kwargs: dict[str, Any] = {"project": settings.get("project_id") or None}
-        if settings["endpoint"]:
-            kwargs["client_options"] = {
-                "api_endpoint": f"{settings['scheme']}://{settings['endpoint']}"
-            }
-        if settings["anonymous"]:
-            from google.auth.credentials import AnonymousCredentials
-
-            kwargs["credentials"] = AnonymousCredentials()
-        try:
-            return storage.Client(**kwargs)
-        except Exception as exc:  # google.auth's DefaultCredentialsError, mostly
-            raise ConfigurationError(
-                f"cannot open {self.location.display()!r}: {type(exc).__name__}: {exc}",
-                hint="set GOOGLE_APPLICATION_CREDENTIALS (or run `gcloud auth "
-                "application-default login`); add anonymous=true to the URI for a public "
-                "bucket or an emulator",
-            ) from None
-
-    def client(self) -> Any:
-        """The google-cloud-storage client, made at first use (shared by threads, as its
-        own transfer manager does)."""
-        with self._lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def _key(self, path: str) -> str:
-        return f"{self._prefix}/{path}" if self._prefix and path else (self._prefix or path)
-
-    def put_if_absent(self, path: str, data: bytes) -> bool:
-        """An upload with ``if_generation_match=0``: GCS refuses it (412) if the object
-        exists. Not retried by the client: the store retries, and reads back what a retry
-        after a lost reply finds."""
-        from google.api_core import exceptions as gexc
-
-        blob = self.client().bucket(self._bucket_name).blob(self._key(path))
-        try:
-            blob.upload_from_string(data, if_generation_match=0, retry=None, timeout=_GCS_TIMEOUT)
-        except gexc.PreconditionFailed:
-            return False
-        except gexc.GoogleAPIError as exc:
-            raise OSError(f"GCS error: {exc}") from exc
-        return True
-
-    def list(self, folder: str) -> list[Entry]:
-        """One listing with ``delimiter="/"``: the folder's objects, and its sub-folders
-        (the prefixes GCS reports), whether or not a marker object names them."""
-        from google.api_core import exceptions as gexc
-
-        key = self._key(folder)
-        prefix = f"{key}/" if key else ""
-        try:
-            pages = self.client().list_blobs(
-                self._bucket_name, prefix=prefix, delimiter="/", retry=None, timeout=_GCS_TIMEOUT
-            )
-            files = [
-                Entry(blob.name[len(prefix) :], blob.size, False)
-                for blob in pages
-                if blob.name != prefix  # a folder marker (pyarrow's create_dir), not a file
-            ]
-        except gexc.NotFound:  # no bucket: nothing in it
-            return []
-        except gexc.GoogleAPIError as exc:
-            raise OSError(f"GCS error: {exc}") from exc
-        # The iterator collects the prefixes of every page it went through.
-        folders = sorted(name[len(prefix) :].rstrip("/") for name in pages.prefixes)
-        return files + [Entry(name, None, True) for name in folders]
-
-    def delete(self, folder: str) -> None:
-        """Delete every object under the folder (pyarrow deletes them in parallel); a folder
-        that does not exist is no error (pyarrow's ``delete_dir`` calls it one)."""
-        self.filesystem().delete_dir_contents(self._abs(folder), missing_dir_ok=True)
-
-
-def _gcs_settings(location: Location) -> dict[str, Any]:
-    """The endpoint, scheme, credentials and limits shared by both GCS clients (the URI's
-    options are already checked and parsed).
-
-    Without ``anonymous=``, credentials are sent over https only: an endpoint reached over
-    plain http (an emulator, a test server) gets none, since a token sent there could be
-    read on the way; ``STORAGE_EMULATOR_HOST`` stands for an emulator, reached the same way.
-    """
-    options = dict(location.options)
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
-    if options.get("endpoint_override"):
-        written_scheme, host = _split_endpoint(str(options["endpoint_override"]))
-    elif emulator:  # an address without a scheme is plain http, as google-cloud-storage reads it
-        written_scheme, host = _split_endpoint(emulator)
-        written_scheme = written_scheme or "http"
-    else:
-        written_scheme, host = None, ""
-    scheme = options.get("scheme") or written_scheme or "https"
-    if scheme not in ("http", "https"):
-        raise UserError(
-            f"the GCS endpoint of {location.display()!r} has the scheme {scheme!r:.40}",
-            hint="use http:// or https:// (in STORAGE_EMULATOR_HOST or endpoint_override)",
-        )
-    anonymous = options.get("anonymous")
-    return {
-        "endpoint": host or None,
-        "scheme": scheme,
-        "anonymous": scheme == "http" if anonymous is None else anonymous,
-        "project_id": options.get("project_id"),
-        "location": options.get("location"),
-        "retry_limit_seconds": options.get("retry_limit_seconds", _GCS_RETRY_SECONDS),
-    }
-
-
-def _split_endpoint(endpoint: str) -> tuple[str | None, str]:
-    """``http://host:port/`` → ``("http", "host:port")``; ``host:port`` → ``(None, ...)``."""
-    scheme, sep, host = endpoint.strip().rpartition("://")
-    return (scheme.lower() if sep else None), host.rstrip("/")

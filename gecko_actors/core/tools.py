@@ -8,7 +8,8 @@ crashing the run.
 Arguments come from a model, so validation refuses what would call the tool with a value the
 model never sent: NaN and infinite numbers anywhere in the arguments, and ``true``/``false``
 for a number (numeric strings such as ``"3"`` are still read as numbers). Error text sent back
-to the model is redacted like the logs and cut to :data:`MAX_ERROR_CHARS`.
+to the model is redacted like the logs and cut to :data:`MAX_ERROR_CHARS`. Those checks and
+that text live in :mod:`gecko_actors.core.tool_args`.
 """
 
 from __future__ import annotations
@@ -19,22 +20,26 @@ import functools
 import importlib
 import inspect
 import json
-import math
-import operator
 import re
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints, overload
+from typing import Any, get_type_hints, overload
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
-from pydantic_core import PydanticCustomError, PydanticSerializationError, to_jsonable_python
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from gecko_actors._redact import redact
+# MAX_ERROR_CHARS is re-exported: callers import it, and error_text, from here.
+from gecko_actors.core.tool_args import MAX_ERROR_CHARS as MAX_ERROR_CHARS
+from gecko_actors.core.tool_args import (
+    describe_exception,
+    error_text,
+    no_bool_numbers,
+    non_finite_path,
+    validation_text,
+)
 from gecko_actors.exceptions import ToolArgumentsError, ToolError, UserError
 from gecko_actors.logging import get_logger
 
@@ -219,13 +224,13 @@ class Tool:
         try:
             kwargs = self.validate(arguments)
         except ValidationError as exc:
-            details = _validation_text(exc)
+            details = validation_text(exc)
         except Exception as exc:  # a custom validator's own bug, or input too deep to walk
             details = describe_exception(exc)
         else:
             # Caught after validation too: Any/dict fields and a user's own nested models
             # let NaN through (as Python floats, or coerced from strings like "nan").
-            where = _non_finite_path(kwargs)
+            where = non_finite_path(kwargs)
             if where is None:
                 return kwargs
             details = f"{where}: NaN and Infinity are not allowed; send a finite number"
@@ -308,87 +313,6 @@ async def _wait_for_thread(finished: asyncio.Event, deadline: float | None, name
         _log.warning("sync tool still running at its deadline; thread abandoned", thread=name)
 
 
-MAX_ERROR_CHARS = 2000
-"""The longest error text a tool call sends back to the model (the rest is cut)."""
-_MAX_ERRORS_LISTED = 5  # validation errors quoted in one result; the rest are counted
-_CUT = " ... (truncated)"
-_LOC_CHARS = 64  # how much of one field name (a model may invent a megabyte-long key) is quoted
-
-
-def error_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """``text`` made safe to send to a model: redacted like the logs, cut to ``limit``
-    characters, and with lone surrogates escaped (they cannot be encoded as UTF-8)."""
-    # Redact before cutting, so that a secret cut in half cannot slip through; the first cut
-    # only bounds the cost of redacting a huge exception message.
-    text = redact(text[: limit * 10])
-    if len(text) > limit:
-        text = text[: limit - len(_CUT)] + _CUT
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``"TypeName: message"`` for an exception, even one whose ``__str__`` itself fails."""
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not turn an error result into a crash
-        message = "<its message could not be rendered>"
-    return f"{type(exc).__name__}: {message[: MAX_ERROR_CHARS * 10]}"
-
-
-def _validation_text(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    parts = []
-    for err in errors[:_MAX_ERRORS_LISTED]:
-        where = ".".join(_loc_part(p) for p in err["loc"]) or "arguments"
-        parts.append(f"{where}: {err['msg']}")
-    if len(errors) > _MAX_ERRORS_LISTED:
-        parts.append(f"and {len(errors) - _MAX_ERRORS_LISTED} more errors")
-    return "; ".join(parts)
-
-
-def _loc_part(part: str | int) -> str:
-    """One step of an error's location: a field name as is, an odd key (empty, spaces,
-    punctuation: a model may invent any) quoted so that the model can tell which it was."""
-    if isinstance(part, int) or part.isidentifier():
-        return _clip(str(part), _LOC_CHARS)
-    return repr(_clip(part, _LOC_CHARS))
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _non_finite_path(kwargs: dict[str, Any]) -> str | None:
-    """Where a NaN or infinite number sits in validated arguments (``"a.b.0"``), if anywhere.
-
-    Iterative, so that deep values cannot exhaust the stack, and each container is visited
-    once, so that a self-referencing one (passed from Python) cannot loop forever.
-    """
-    stack: list[tuple[Any, str]] = [
-        (value, _clip(name, _LOC_CHARS)) for name, value in kwargs.items()
-    ]
-    seen: set[int] = set()
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, (dict, list, tuple, set, frozenset, BaseModel)):
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-        if isinstance(value, (float, Decimal)):
-            if not (math.isfinite(value) if isinstance(value, float) else value.is_finite()):
-                return where
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                stack.append((key, where))
-                stack.append((item, f"{where}.{_clip(str(key), _LOC_CHARS)}"))
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend((item, f"{where}.{i}") for i, item in enumerate(value))
-        elif isinstance(value, BaseModel):
-            fields = type(value).model_fields
-            stack.extend((getattr(value, f), f"{where}.{f}") for f in fields)
-    return None
-
-
 # --- @tool ---------------------------------------------------------------------------------
 
 
@@ -468,48 +392,13 @@ def _describe_function(
             context_param = param.name
             continue
         default = ... if param.default is param.empty else param.default
-        annotation = _no_bool_numbers(annotation)
+        annotation = no_bool_numbers(annotation)
         fields[param.name] = (annotation, Field(default, description=param_docs.get(param.name)))
     model_name = "".join(part.title() for part in re.split(r"[_-]", tool_name)) + "Args"
     # allow_inf_nan=False: a model's "nan" or "1e999" must not reach a float parameter.
     config = ConfigDict(extra="forbid", allow_inf_nan=False)
     args_model = create_model(model_name, __config__=config, **fields)
     return summary, args_model, context_param
-
-
-def _refuse_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError(
-            "bool_not_number", "Input should be a number, not a boolean (true/false)"
-        )
-    return value
-
-
-_CONTAINERS = (list, set, frozenset, tuple, dict)
-
-
-def _no_bool_numbers(annotation: Any) -> Any:
-    """``annotation`` with every ``int``/``float`` in it refusing ``true``/``false``.
-
-    Pydantic's lax mode (kept: numeric strings such as ``"3"`` are fine) reads a boolean as
-    1 or 0, which would call the tool with a number the model never sent. Plain types, unions
-    and the built-in containers are rewritten; anything else is left as declared.
-    """
-    if annotation is int or annotation is float:
-        return Annotated[annotation, BeforeValidator(_refuse_bool)]
-    origin, args = get_origin(annotation), get_args(annotation)
-    if not args:
-        return annotation
-    if origin is Annotated:
-        return Annotated[(_no_bool_numbers(args[0]), *annotation.__metadata__)]
-    if origin in (Union, types.UnionType):
-        # A union that names bool means a boolean is a valid answer: leave it alone.
-        if bool in args:
-            return annotation
-        return functools.reduce(operator.or_, [_no_bool_numbers(a) for a in args])
-    if origin in _CONTAINERS:
-        return origin[tuple(_no_bool_numbers(a) for a in args)]
-    return annotation
 
 
 _SECTION = re.compile(
