@@ -227,8 +227,8 @@ class Agent:
         With an event bus, the run's events are published to it as they happen.
         """
         if self.event_bus is not None:
-            start = self._relayed_run(input, session_id, response_model, run_id, tool_context)
-            items = relay_blocking(start, self.event_bus, grace=cancel_grace, timeout=timeout)
+            run = self._relayed_run(input, session_id, response_model, run_id, tool_context)
+            items = relay_blocking(*run, self.event_bus, grace=cancel_grace, timeout=timeout)
             return final_output(items)
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
@@ -260,8 +260,8 @@ class Agent:
         bus, the run's events are published to it as they happen.
         """
         if self.event_bus is not None:
-            start = self._relayed_run(input, session_id, response_model, run_id, tool_context)
-            items = relay_async(start, self.event_bus, grace=cancel_grace)
+            run = self._relayed_run(input, session_id, response_model, run_id, tool_context)
+            items = relay_async(*run, self.event_bus, grace=cancel_grace)
             return await afinal_output(items)
         ref = self._submit(input, session_id, response_model, run_id, tool_context)
         try:
@@ -304,8 +304,8 @@ class Agent:
             ...         print(chunk, end="")
             >>> stream.output.usage
         """
-        start = self._streamed_run(input, session_id, run_id)
-        return RemoteAgentStream(relay_blocking(start, self.event_bus, grace=cancel_grace))
+        run = self._streamed_run(input, session_id, run_id)
+        return RemoteAgentStream(relay_blocking(*run, self.event_bus, grace=cancel_grace))
 
     def astream(
         self,
@@ -321,17 +321,21 @@ class Agent:
         has stopped before CancelledError goes on, as :meth:`arun` does; so do ``aclose()``
         and the end of an ``async with`` block. A stream merely dropped after ``break`` is
         closed by the event loop soon after, not at once: use ``async with`` to know when."""
-        start = self._streamed_run(input, session_id, run_id)
-        return AsyncRemoteAgentStream(relay_async(start, self.event_bus, grace=cancel_grace))
+        run = self._streamed_run(input, session_id, run_id)
+        return AsyncRemoteAgentStream(relay_async(*run, self.event_bus, grace=cancel_grace))
 
     def _streamed_run(
         self, input: MessageInput, session_id: str | None, run_id: str | None
-    ) -> Callable[[], Any]:
-        """What starts the actor's ``stream`` generator (called at the first ``next()``)."""
+    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """What starts the actor's ``stream`` generator (called at the first ``next()``), and
+        what stops its run."""
         run_id = run_id or uuid.uuid4().hex
         events = self.event_bus is not None
-        return lambda: self._handle.stream.options(num_returns="streaming").remote(
-            input, session_id, run_id, events
+        return (
+            lambda: self._handle.stream.options(num_returns="streaming").remote(
+                input, session_id, run_id, events
+            ),
+            lambda: self._handle.stop_run.remote(run_id),
         )
 
     def _relayed_run(
@@ -341,11 +345,15 @@ class Agent:
         response_model: type[BaseModel] | None,
         run_id: str | None,
         tool_context: ToolContext | None,
-    ) -> Callable[[], Any]:
-        """What starts a run that streams its events back (``run`` and ``arun`` with a bus)."""
+    ) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """What starts a run that streams its events back (``run`` and ``arun`` with a bus),
+        and what stops it."""
         run_id = run_id or uuid.uuid4().hex
-        return lambda: self._handle.run_relayed.options(num_returns="streaming").remote(
-            input, session_id, response_model, run_id, tool_context
+        return (
+            lambda: self._handle.run_relayed.options(num_returns="streaming").remote(
+                input, session_id, response_model, run_id, tool_context
+            ),
+            lambda: self._handle.stop_run.remote(run_id),
         )
 
     # --- management ---------------------------------------------------------------------

@@ -212,6 +212,24 @@ async def test_closing_the_actor_stream_cancels_the_run(tmp_path: Path) -> None:
     assert path.read_text() == "cancelled"  # stopped before aclose() returned
 
 
+async def test_stop_run_stops_a_run_whose_stream_is_left_suspended(tmp_path: Path) -> None:
+    # Ray may cancel a generator task while Ray, not the generator, is running (sending the
+    # last item): the generator stays suspended and is closed only later. stop_run, which the
+    # handle calls whenever it leaves a stream early, stops the run all the same.
+    path = tmp_path / "tool.txt"
+    actor = shell()
+    stream = actor.stream(f"{WAIT}{path}", None, "r4")
+    assert await stream.__anext__() == "Working "
+    while not path.exists():
+        await asyncio.sleep(0.01)
+    await actor.stop_run("r4")  # the generator is never closed here
+    assert path.read_text() == "cancelled"
+    await actor.stop_run("r4")  # a run already stopped, or unknown: nothing to do
+    await actor.stop_run("unknown")
+    await stream.aclose()
+    assert actor._streamed == {}  # nothing kept once the stream has gone
+
+
 # --- validation, without Ray --------------------------------------------------------------
 
 

@@ -62,6 +62,10 @@ class AgentActor:
 
     def __init__(self, spec: AgentSpec) -> None:
         self.spec = spec
+        # The runs streamed back, by run id: a caller that leaves early stops its run through
+        # stop_run, which Ray's cancellation of a generator cannot promise (it may land while
+        # Ray, not the generator, is running, and leave the generator to be closed later).
+        self._streamed: dict[str, set[asyncio.Future[Any]]] = {}
         relay = EventBus()
         relay.subscribe("*", _forward)
         self.agent = LocalAgent(
@@ -115,7 +119,7 @@ class AgentActor:
 
         # aclosing: leaving this generator early must close the inner one (and so stop the
         # run) now, not whenever the garbage collector finalizes it.
-        async with contextlib.aclosing(self._relayed(produce, events)) as items:
+        async with contextlib.aclosing(self._relayed(produce, events, run_id)) as items:
             async for item in items:
                 yield item
 
@@ -139,18 +143,29 @@ class AgentActor:
                 tool_context=tool_context,
             )
 
-        async with contextlib.aclosing(self._relayed(produce, True)) as items:
+        async with contextlib.aclosing(self._relayed(produce, True, run_id)) as items:
             async for item in items:
                 yield item
 
+    async def stop_run(self, run_id: str) -> None:
+        """Stop the streamed runs of ``run_id`` and return once they have stopped (what a
+        caller that left a stream early calls)."""
+        for task in list(self._streamed.get(run_id, ())):
+            await _stop(task)
+
     async def _relayed(
-        self, produce: Callable[[asyncio.Queue[Any]], Awaitable[Any]], events: bool
+        self,
+        produce: Callable[[asyncio.Queue[Any]], Awaitable[Any]],
+        events: bool,
+        run_id: str | None,
     ) -> AsyncIterator[StreamItem]:
         """Run ``produce`` in a task of its own that puts chunks (and, with ``events``, the
         run's events) on one queue, so both leave in the order they happened and an event
         is sent while the run waits on a tool, not with the next chunk."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self._counted(_producing(queue, produce, events)))
+        running = self._streamed.setdefault(run_id or "", set())
+        running.add(task)
         try:
             while (item := await queue.get()) is not _END:
                 yield item
@@ -158,6 +173,9 @@ class AgentActor:
         finally:
             # Cancelled by Ray, or the consumer left: the run stops before this call ends.
             await _stop(task)
+            running.discard(task)
+            if not running:
+                self._streamed.pop(run_id or "", None)
 
     async def _counted(self, run: Awaitable[AgentOutput]) -> AgentOutput:
         """Await a run and count it in the metrics by how it ended."""

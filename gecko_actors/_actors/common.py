@@ -111,6 +111,12 @@ async def cancel_and_wait(refs: list[Any], *, grace: float = CANCEL_GRACE) -> bo
     for ref in refs:
         with contextlib.suppress(Exception):  # already finished, or its actor is gone
             ray.cancel(ref)
+    return await wait_settled(refs, grace=grace)
+
+
+async def wait_settled(refs: list[Any], *, grace: float = CANCEL_GRACE) -> bool:
+    """Wait until every ref has resolved (value or error), at most ``grace`` seconds, holding
+    back cancellations of the caller meanwhile; True when all of them have."""
     waiting = {asyncio.ensure_future(_settled(ref)) for ref in refs}
     deadline = asyncio.get_running_loop().time() + grace
     while waiting:
@@ -131,6 +137,11 @@ def cancel_and_wait_blocking(refs: list[Any], *, grace: float = CANCEL_GRACE) ->
     for ref in refs:
         with contextlib.suppress(Exception):
             ray.cancel(ref)
+    return wait_settled_blocking(refs, grace=grace)
+
+
+def wait_settled_blocking(refs: list[Any], *, grace: float = CANCEL_GRACE) -> bool:
+    """The blocking twin of :func:`wait_settled`."""
     if not refs:
         return True
     _, pending = ray.wait(list(refs), num_returns=len(refs), timeout=grace, fetch_local=False)

@@ -10,7 +10,13 @@ from typing import Any
 
 import ray
 
-from gecko_actors._actors.common import cancel_and_wait, cancel_and_wait_blocking, unwrap
+from gecko_actors._actors.common import (
+    cancel_and_wait,
+    cancel_and_wait_blocking,
+    unwrap,
+    wait_settled,
+    wait_settled_blocking,
+)
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.messages import AgentOutput
 from gecko_actors.exceptions import RunError
@@ -90,6 +96,7 @@ class AsyncRemoteAgentStream:
 
 def relay_blocking(
     start: Callable[[], Any],
+    stop: Callable[[], Any],
     bus: EventBus | None,
     *,
     grace: float,
@@ -97,7 +104,8 @@ def relay_blocking(
 ) -> Iterator[str | AgentOutput]:
     """The items of the actor generator ``start()`` begins: events go to ``bus``, errors
     come out as the library's own, and leaving before the end (a close, ``timeout``, an
-    interrupt) cancels the run and waits until it has stopped."""
+    interrupt) stops the run (``stop()`` asks the actor, and the generator is cancelled) and
+    waits until it has stopped."""
     deadline = None if timeout is None else time.monotonic() + timeout
     refs = start()
     ended = False
@@ -121,11 +129,13 @@ def relay_blocking(
             yield item
     finally:
         if not ended:
+            stopping = [stop()]
             cancel_and_wait_blocking([refs.completed()], grace=grace)
+            wait_settled_blocking(stopping, grace=grace)
 
 
 async def relay_async(
-    start: Callable[[], Any], bus: EventBus | None, *, grace: float
+    start: Callable[[], Any], stop: Callable[[], Any], bus: EventBus | None, *, grace: float
 ) -> AsyncIterator[str | AgentOutput]:
     """The async twin of :func:`relay_blocking`; cancelling the iterating task cancels the
     run too, and CancelledError goes on once it has stopped."""
@@ -146,7 +156,9 @@ async def relay_async(
         ended = True
     finally:
         if not ended:
+            stopping = [stop()]
             await cancel_and_wait([refs.completed()], grace=grace)
+            await wait_settled(stopping, grace=grace)
 
 
 def _wait_next(refs: Any, deadline: float | None) -> None:
