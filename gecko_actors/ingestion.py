@@ -113,7 +113,9 @@ def ingest(
         roots: the folders files may be read from (default: each folder named in ``paths``,
             and the folder of each file or glob); anything resolving outside is refused.
         embedder: what makes the vectors (default: the store's); shipped to ``embed_actors``
-            actors, e.g. a gateway embedder for LiteLLM embeddings.
+            actors, e.g. a gateway embedder for LiteLLM embeddings. One holding a secret
+            value is refused before anything starts (pass secrets by variable name:
+            ``api_key_env=``, ``headers_env=``, ``extra_env=``).
         splitter: how documents are chunked (default: 1,000 characters, 200 overlap).
         batch_size: chunks per embedding call.
         progress: a progress bar over files (default: when stderr is a terminal).
@@ -134,6 +136,8 @@ def ingest(
             hint=f"e.g. max_file_bytes=200 * 1024 * 1024; the default is {DEFAULT_MAX_FILE_BYTES}",
         )
     store = _as_store(store, embedder)
+    shipped = embedder or store.embedder
+    _check_shippable(shipped)  # before any task or actor: Ray keeps an actor's arguments
     items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     allowed = [str(r) for r in roots] if roots is not None else _default_roots(items)
     files = [str(f) for f in expand_paths(items, roots=allowed)]
@@ -144,8 +148,7 @@ def ingest(
     groups = [files[i : i + _FILES_PER_TASK] for i in range(0, len(files), _FILES_PER_TASK)]
     pending = [_read_task.remote(group, allowed, splitter, max_file_bytes) for group in groups]
     actors = [
-        ray.remote(EmbedderActor).options(num_cpus=0.5).remote(embedder or store.embedder)
-        for _ in range(embed_actors)
+        ray.remote(EmbedderActor).options(num_cpus=0.5).remote(shipped) for _ in range(embed_actors)
     ]
     pool, buffer = ActorPool(actors), []
     show = sys.stderr.isatty() if progress is None else progress
@@ -168,6 +171,15 @@ def ingest(
             ray.kill(actor)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_shippable(embedder: Any) -> None:
+    """Refuse an embedder holding a secret value (a ``LiteLLMEmbedder`` with a key in
+    ``extra_headers``, say): it is every embedder actor's argument, which Ray keeps in its
+    actor table. The error names the argument and how to pass it by variable name."""
+    check = getattr(embedder, "check_shippable", None)
+    if callable(check):
+        check()
 
 
 def _embed(actor: Any, chunks: list[Document]) -> Any:

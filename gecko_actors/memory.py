@@ -9,12 +9,14 @@ import ray
 
 from gecko_actors._actors.common import check_name, create, known, lookup
 from gecko_actors._actors.memory import MemoryActor, RemoteSessionStore
+from gecko_actors._redact import mask_url, redact, url_holds_secret
 from gecko_actors.core.embedders import Embedder, LiteLLMEmbedder
 from gecko_actors.core.messages import Message
 from gecko_actors.exceptions import UserError
 from gecko_actors.gateway import embedding_gateway
 from gecko_actors.runtime import namespace
 from gecko_actors.settings import load_settings
+from gecko_actors.stores.redis_sessions import PASSWORD_ENV
 from gecko_actors.stores.sessions import session_store_from_url
 from gecko_actors.stores.vectors import VectorHit
 
@@ -29,12 +31,31 @@ def _absolute(url: str) -> str:
     return url
 
 
+def _check_shippable(url: str, source: str) -> None:
+    """Refuse a session store URL holding a credential: it becomes the memory actor's
+    argument, which Ray keeps in its actor table. ``source`` says where the URL came from."""
+    if not url_holds_secret(url):
+        return
+    shown = redact(mask_url(url))  # never the password, nor anything shaped like a key
+    raise UserError(
+        f"the session store URL {shown!r} ({source}) holds a password or token: on Ray it "
+        "would be copied into the memory actor's arguments, which Ray keeps in its actor table",
+        hint=f"remove it from the URL and set {PASSWORD_ENV} in the environment where the "
+        "memory actor runs (every node's, on a cluster): a redis:// store reads its password "
+        "there; a store of another scheme, from its own environment variable",
+        url=shown,
+    )
+
+
 class Memory:
     """Conversations (a session store) and vector recall (LanceDB) in one actor, shared by
     agents and surviving their restarts.
 
     Args of :meth:`spawn`:
-        sessions: ``"sqlite:///path.db"`` or ``"memory://"`` (default ``GECKO_STORAGE_URL``).
+        sessions: ``"sqlite:///path.db"``, ``"redis://host:6379/0"`` or ``"memory://"``
+            (default ``GECKO_STORAGE_URL``). The URL is the memory actor's argument, so one
+            holding a password is refused (a ``UserError``): a Redis password goes in
+            ``GECKO_REDIS_PASSWORD`` where the actor runs.
         vectors: a LanceDB directory for :meth:`add` / :meth:`search` (optional).
         embedder: how texts become vectors (default: the offline ``HashEmbedder``; a
             ``LiteLLMEmbedder`` for real models, keyed by ``api_key_env``).
@@ -68,6 +89,7 @@ class Memory:
     ) -> Memory:
         actor_name = check_name("memory", name)
         url = _absolute(sessions or load_settings().storage_url)
+        _check_shippable(url, "sessions=" if sessions else "the GECKO_STORAGE_URL setting")
         vectors_uri = str(Path(vectors).resolve()) if vectors is not None else None
         if isinstance(embedder, LiteLLMEmbedder):
             embedder = embedding_gateway(embedder)  # litellm stays out of the memory actor

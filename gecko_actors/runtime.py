@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gecko_actors._redact import is_secret_name, is_secret_value
+from gecko_actors._redact import is_secret_setting
 from gecko_actors.exceptions import UserError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import prepare_offline_environment
@@ -42,7 +42,9 @@ def init(
         namespace: the Ray namespace for every gecko_actors actor (names like ``agent/<name>``).
         num_cpus: CPUs of a local instance.
         runtime_env: merged with the variables workers need. Its ``env_vars`` must not hold
-            secrets (by name, such as ``OPENAI_API_KEY``, or by shape, such as ``sk-...``).
+            secrets (by name, such as ``OPENAI_API_KEY``, or by shape, such as ``sk-...`` or
+            a password in a URL); a credentials variable holding a file's path
+            (``GOOGLE_APPLICATION_CREDENTIALS=/etc/sa.json``) is not a secret.
         include_dashboard: start the dashboard of a local instance (``ray list actors`` and
             ``ray.util.state`` need it); Ray's default when ``None``.
         allow_secret_env: ship secret-looking ``env_vars`` anyway (a warning is still logged).
@@ -86,11 +88,8 @@ def init(
 
 def _check_secret_env(env_vars: dict[str, Any], *, allow: bool) -> None:
     """Refuse (or, when allowed, warn about) runtime_env variables that look like secrets."""
-    names = [
-        str(name)
-        for name, value in env_vars.items()
-        if is_secret_name(str(name)) or (isinstance(value, str) and is_secret_value(value))
-    ]
+    # The same rule as the log redaction's: a variable refused here is masked in logs too.
+    names = [str(name) for name, value in env_vars.items() if is_secret_setting(str(name), value)]
     if not names:
         return
     if not allow:

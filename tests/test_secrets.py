@@ -6,6 +6,10 @@
 - The ``GECKO_API_KEY`` setting travels by name and is read where the gateway runs (its
   environment, or ``.env`` in its working directory).
 - ``init()`` refuses secret-looking runtime_env variables unless the caller opts in.
+- The review's follow-ups: ``ingest`` checks its embedder, a store URL or a Redis store holding
+  a password never becomes an actor's argument, a password in a URL is a secret value, one
+  rule for secret names holds everywhere (and no longer refuses ``prompt_cache_key`` and the
+  like), and ``extra_env`` cannot name the header arguments.
 
 Most tests need no Ray. Two use the session's Ray: a canary read by name inside a gateway
 reaches the (fake) provider but none of Ray's records of the actors (the creation task specs
@@ -18,6 +22,7 @@ session's Ray, started long before, cannot show.
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import os
@@ -37,11 +42,30 @@ import pytest
 import ray
 
 import gecko_actors.gateway as gateway_module
-from gecko_actors import Agent, ConfigurationError, LiteLLMModel, Message, ModelGateway, UserError
+import gecko_actors.ingestion as ingestion_module
+import gecko_actors.memory as memory_module
+from gecko_actors import (
+    Agent,
+    ConfigurationError,
+    LanceVectorStore,
+    LiteLLMModel,
+    Memory,
+    Message,
+    ModelGateway,
+    UserError,
+)
+from gecko_actors import _redact as redact_module
 from gecko_actors import runtime as runtime_module
+from gecko_actors._actors.agent import AgentSpec
+from gecko_actors._redact import is_secret_value, redact
+from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.core.embedders import LiteLLMEmbedder
+from gecko_actors.core.secret_args import secret_leaves
 from gecko_actors.gateway import embedding_gateway, gateway_label
+from gecko_actors.ingestion import ingest
 from gecko_actors.settings import settings_api_key
+from gecko_actors.stores.redis_sessions import PASSWORD_ENV, RedisSessionStore
+from gecko_actors.stores.registry import redact_url, session_store_from_url
 from gecko_actors.testing import FakeLLMServer, FakeReply
 
 NAMESPACE = "gecko"
@@ -574,6 +598,230 @@ def test_a_secret_value_is_refused_before_any_actor_on_ray() -> None:
         assert not [n for n in named if n.startswith(f"gateway/{label}/")]
     finally:
         kill_named(f"agent/{name}", f"gateway/{label}/0")
+
+
+# --- review follow-ups: what still leaked, and what was refused for nothing -------------------
+
+
+def test_ingest_refuses_an_embedder_holding_a_secret_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Before: the embedder went straight into every EmbedderActor's constructor arguments.
+    reached: list[str] = []
+
+    def stop_here(*args: Any, **kwargs: Any) -> None:
+        reached.append("ray")
+        raise ReachedRay
+
+    monkeypatch.setattr(ingestion_module, "ensure_initialized", stop_here)
+    (tmp_path / "doc.txt").write_text("some text")
+    value = secret()
+    embedder = LiteLLMEmbedder(
+        "openai/text-embedding-3-small", extra_headers={"Authorization": f"Bearer sk-{value}"}
+    )
+    for kwargs in (
+        {"store": LanceVectorStore(tmp_path / "given"), "embedder": embedder},
+        {"store": LanceVectorStore(tmp_path / "own", embedder=embedder)},  # the store's own
+    ):
+        with pytest.raises(UserError, match=r"extra_headers\['Authorization'\]") as excinfo:
+            ingest(tmp_path / "doc.txt", **kwargs)
+        assert "headers_env" in excinfo.value.hint
+        assert value not in str(excinfo.value)
+    assert reached == []
+    # A shippable embedder goes on to Ray.
+    with pytest.raises(ReachedRay):
+        ingest(tmp_path / "doc.txt", store=LanceVectorStore(tmp_path / "plain"))
+
+
+@pytest.fixture
+def memory_actors(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """``Memory.spawn`` records the memory actor it would create instead of creating it."""
+    created: list[tuple[Any, ...]] = []
+
+    def record(actor_cls: Any, actor_name: str, args: tuple[Any, ...], **options: Any) -> str:
+        created.append(args)
+        return "handle"
+
+    monkeypatch.setattr(memory_module, "create", record)
+    return created
+
+
+@pytest.mark.parametrize("given", ["sessions", "setting"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:{pw}@127.0.0.1:6379/0",
+        "rediss://reader:{pw}@127.0.0.1:6379/2?ttl=60",
+        "redis://user:pa/{pw}@[::1]:6379/0",  # an unescaped '/' in the password
+    ],
+)
+def test_a_store_url_with_a_password_never_becomes_a_memory_actor_argument(
+    memory_actors: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch, url: str, given: str
+) -> None:
+    password = secret()
+    url = url.format(pw=password)
+    if given == "setting":
+        monkeypatch.setenv("GECKO_STORAGE_URL", url)
+        kwargs: dict[str, Any] = {}
+    else:
+        kwargs = {"sessions": url}
+    with pytest.raises(UserError) as excinfo:
+        Memory.spawn("pw-test", **kwargs)
+    assert memory_actors == []
+    err = excinfo.value
+    assert ("GECKO_STORAGE_URL" if given == "setting" else "sessions=") in err.message
+    assert "actor table" in err.message and PASSWORD_ENV in err.hint
+    for text in (err.message, err.hint, str(err.context), str(pickle.loads(pickle.dumps(err)))):
+        assert password not in text
+    # Without the password (an ACL user may stay), the memory actor is created.
+    Memory.spawn("no-pw", sessions="redis://alice@127.0.0.1:6379/0?ttl=60")
+    assert [args[1] for args in memory_actors] == ["redis://alice@127.0.0.1:6379/0?ttl=60"]
+
+
+def test_a_redis_store_holding_a_password_is_refused_when_it_would_leave_the_process() -> None:
+    password = secret()
+    store = session_store_from_url(f"redis://:{password}@127.0.0.1:6379/0")
+    spec = AgentSpec(name="a", model=None, session_store=store)
+    # pickle is how Ray ships a constructor's arguments (an AgentSpec holds the store).
+    for dump in (lambda: pickle.dumps(store), lambda: ray.cloudpickle.dumps(spec)):
+        with pytest.raises(UserError) as excinfo:
+            dump()
+        assert PASSWORD_ENV in excinfo.value.hint
+        assert password not in str(excinfo.value) and password not in excinfo.value.message
+    with pytest.raises(UserError):
+        store.check_shippable()
+    # In this process it is still a store that knows its password.
+    assert copy.deepcopy(store)._password == password
+    without = RedisSessionStore("127.0.0.1", 6379, username="alice")
+    without.check_shippable()
+    assert pickle.loads(pickle.dumps(without)).username == "alice"
+
+
+def test_a_password_in_a_url_is_a_secret_value() -> None:
+    password = "hunter2pass"
+    database_url = f"postgres://u:{password}@db/x"
+    # In a runtime_env variable whose name says nothing...
+    with pytest.raises(UserError, match="DATABASE_URL"):
+        runtime_module._check_secret_env({"DATABASE_URL": database_url}, allow=False)
+    # ...in a model's extras...
+    model = LiteLLMModel(
+        "openai/fake-model", extra_body={"webhook": f"https://bob:{password}@hooks/x"}
+    )
+    assert model.secret_arguments() == ["extra_body['webhook']"]
+    with pytest.raises(UserError):
+        model.check_shippable()
+    # ...and in a log line, masked with the user and host kept.
+    assert redact(f"connect {database_url} failed") == "connect postgres://u:***@db/x failed"
+    # A URL without a password is none.
+    assert not is_secret_value("https://alice@hooks.example/x?page=2")
+    assert not is_secret_value("https://hooks.example:8443/x")
+
+
+PROVIDER_KEYS = [
+    "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 4,
+    "sk-ant-api03-" + "x7Yz_Q2w-E5r" * 8 + "AA",
+    "sk-" + "0123456789abcdef" * 3,
+]
+
+
+def test_key_shaped_values_need_a_random_looking_tail() -> None:
+    # Before: any "rk-" or "sk-" followed by 8 characters was a key, so a batch label was
+    # refused on Ray; real keys must still be caught.
+    for key in PROVIDER_KEYS:
+        assert is_secret_value(key), key
+        assert LiteLLMModel("openai/fake-model", user=key).secret_arguments() == ["user"]
+    for label in ("rk-2024-nightly-batch", "sk-learn-pipeline-v2", "pk-abcdefghijklmnopqrstuv"):
+        assert not is_secret_value(label), label
+        assert LiteLLMModel("openai/fake-model", user=label).secret_arguments() == []
+
+
+def test_legitimate_arguments_are_not_refused(no_ray: list[str]) -> None:
+    # Before: each of these was refused on Ray, by its name or by the shape of its value.
+    model = LiteLLMModel(
+        "openai/fake-model",
+        prompt_cache_key="tenant-42",  # a real OpenAI parameter
+        idempotency_key="run-7",
+        token_budget=5000,
+        pass_through="all",
+        vertex_credentials="/etc/gcp/sa.json",  # a path to the credentials, not them
+        extra_body={"run": "rk-2024-nightly-batch"},
+        extra_headers={"Idempotency-Key": "run-7"},
+    )
+    assert model.secret_arguments() == []
+    with pytest.raises(ReachedRay):
+        ModelGateway.spawn(model)
+    assert no_ray == ["ray"]
+
+
+def test_a_credentials_path_in_runtime_env_is_shipped_and_not_masked(
+    fake_ray_init: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_vars = {"GOOGLE_APPLICATION_CREDENTIALS": "/etc/gcp/sa.json", "RUN": "rk-2024-nightly"}
+    runtime_module.init(runtime_env={"env_vars": env_vars})
+    (call,) = fake_ray_init
+    assert call["runtime_env"]["env_vars"].items() >= env_vars.items()
+    # The environment scan agrees: the path is not masked in logs; JSON credentials would be.
+    monkeypatch.setattr(redact_module, "_env_scanned", False)
+    monkeypatch.setattr(redact_module, "_secrets", set(redact_module._secrets))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcp/sa.json")
+    assert redact("reading /etc/gcp/sa.json") == "reading /etc/gcp/sa.json"
+    with pytest.raises(UserError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        runtime_module._check_secret_env(
+            {"GOOGLE_APPLICATION_CREDENTIALS": '{"type": "service_account"}'}, allow=False
+        )
+
+
+def test_a_variable_refused_in_runtime_env_is_masked_in_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: DB_PASS was refused in runtime_env but its value was not masked in logs.
+    value = secret()
+    with pytest.raises(UserError, match="DB_PASS"):
+        runtime_module._check_secret_env({"DB_PASS": value}, allow=False)
+    monkeypatch.setattr(redact_module, "_env_scanned", False)
+    monkeypatch.setattr(redact_module, "_secrets", set(redact_module._secrets))
+    monkeypatch.setenv("DB_PASS", value)
+    assert redact(f"login with {value}") == "login with ***"
+
+
+SECRET_NAMES = ["api_key", "x-api-key", "DB_PASS", "sig"]
+ORDINARY_NAMES = ["prompt_cache_key", "token_budget", "pass_through", "aws_access_key_id"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES + ORDINARY_NAMES)
+def test_every_place_agrees_on_which_names_are_secret(name: str) -> None:
+    # Before, four definitions disagreed: e.g. a checkpoint URI took ?api_key= for an unknown
+    # option, a store URL masked ?token_budget=, runtime_env let DB_PASS through its names.
+    expected = name in SECRET_NAMES
+    value = "v" + uuid.uuid4().hex  # shaped like nothing
+    places = {}
+    places["model extras"] = bool(list(secret_leaves({name: value})))
+    try:
+        runtime_module._check_secret_env({name.upper().replace("-", "_"): value}, allow=False)
+        places["runtime_env"] = False
+    except UserError:
+        places["runtime_env"] = True
+    places["store URL masking"] = value not in redact_url(f"redis://host/0?{name}={value}")
+    try:
+        parse_uri(f"s3://bucket/runs?{name}={value}")
+        places["checkpoint URI"] = False
+    except UserError as exc:
+        places["checkpoint URI"] = "carries credentials" in exc.message
+        assert value not in exc.message
+    assert places == dict.fromkeys(places, expected)
+
+
+def test_extra_env_cannot_name_the_header_arguments() -> None:
+    # Before: accepted, then a ValueError at call time when headers_env merged its headers
+    # into the string read for extra_headers.
+    for kwargs in (
+        {"extra_env": {"extra_headers": "MY_HEADERS"}, "headers_env": {"X-Auth": "MY_AUTH"}},
+        {"extra_env": {"headers": "MY_HEADERS"}},
+    ):
+        for build in (LiteLLMModel, LiteLLMEmbedder):
+            with pytest.raises(UserError, match="extra_env cannot set") as excinfo:
+                build("openai/fake-model", **kwargs)
+            assert "headers_env" in excinfo.value.hint
 
 
 # --- the GECKO_API_KEY setting on a Ray started where it is set -------------------------------

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from gecko_actors._redact import is_secret_name, mask_url
 from gecko_actors.exceptions import UserError
 
 __all__ = ["GS_OPTIONS", "S3_OPTIONS", "Location", "parse_uri"]
 
-# Query parameters and user-info that would put a credential into the URI.
-_SECRET_PARAM = re.compile(r"(secret|token|password|passwd|credential|access_?key)", re.I)
 _MEMORY_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 # S3 and GCS bucket names: 3-63 lower-case letters, digits, '.', '-' (and '_' on GCS);
 # upper case and longer names are still allowed for legacy buckets and other servers. No
@@ -145,16 +144,12 @@ class Location:
 
 
 def _shown(uri: str) -> str:
-    """``uri`` as an error message shows it: without its query and fragment, clipped, and
-    with everything before its last '@' masked (a password may hold an unescaped '/', '?' or
-    '#'; a path with a '@' in it is masked too, which is harmless)."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:  # a path, or a URI without '//' (whose query may hold a secret)
-        scheme, rest = "", uri
-    if "@" in rest:
-        rest = f"***@{rest.rpartition('@')[2]}"
-    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
-    return _clip(f"{scheme}://{rest}" if sep else rest)
+    """``uri`` as an error message shows it: masked as every URL the package shows, with
+    everything before its last '@' taken for credentials (a password may hold an unescaped
+    '/', '?' or '#'; a path with a '@' in it is masked too, which is harmless), then without
+    its query and fragment, clipped."""
+    masked = mask_url(uri, path_schemes=(), keep_user=False)
+    return _clip(re.split(r"[?#]", masked, maxsplit=1)[0])
 
 
 def _clip(shown: str) -> str:
@@ -212,7 +207,7 @@ def parse_uri(uri: Any) -> Location:
     if "@" in parts.netloc:
         raise _credentials_error(shown, "user:password@")
     query = parse_qsl(parts.query, keep_blank_values=True)
-    secret = sorted({name for name, _ in query if _SECRET_PARAM.search(name)})
+    secret = sorted({name for name, _ in query if is_secret_name(name)})
     if secret:
         raise _credentials_error(shown, "query parameters " + ", ".join(secret))
     for name, value in query:

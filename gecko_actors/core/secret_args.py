@@ -12,13 +12,29 @@ import os
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import SecretStr
 
-from gecko_actors._redact import is_secret_name, is_secret_value, register_secret
+from gecko_actors._redact import (
+    is_credentials_path,
+    is_secret_name,
+    is_secret_value,
+    register_secret,
+    url_holds_secret,
+)
 from gecko_actors.exceptions import ConfigurationError, UserError
 from gecko_actors.settings import API_KEY_VARIABLE, settings_api_key
+
+__all__ = [
+    "HEADER_ARGUMENTS",
+    "env_arguments",
+    "read_key",
+    "refuse_secret_arguments",
+    "register_extra_secrets",
+    "resolve_env_arguments",
+    "secret_leaves",
+    "url_holds_secret",  # one definition, in _redact: re-exported for the models
+]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -59,7 +75,9 @@ def env_arguments(
     reserved: Collection[str],
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Check and copy ``extra_env`` and ``headers_env`` (argument or header -> variable name);
-    a bad name, a reserved argument or one also given as a value is a :class:`UserError`."""
+    a bad name, a reserved argument or one also given as a value is a :class:`UserError`.
+    The header arguments (``extra_headers``, ``headers``) are reserved for ``extra_env``:
+    header values go in ``headers_env``, one variable per header."""
     headers_given = [
         name
         for argument in HEADER_ARGUMENTS
@@ -67,10 +85,24 @@ def env_arguments(
         for name in extra[argument]
     ]
     arguments = _env_mapping(
-        "extra_env", extra_env, _ENV_NAME, model, reserved=reserved, given=extra.keys()
+        "extra_env",
+        extra_env,
+        _ENV_NAME,
+        model,
+        reserved=[*reserved, *HEADER_ARGUMENTS],
+        given=extra.keys(),
     )
     headers = _env_mapping("headers_env", headers_env, _HEADER_NAME, model, given=headers_given)
     return arguments, headers
+
+
+_RESERVED_HINT = "use the model's own parameter (api_key_env= for the key)"
+# A whole header dictionary read from one variable would be a string where litellm expects a
+# dict (and clash with headers_env at call time): headers are named one by one.
+_RESERVED_HINTS = {
+    argument: "name each header's variable in headers_env={'Header': 'NAME'}"
+    for argument in HEADER_ARGUMENTS
+}
 
 
 def _env_mapping(
@@ -99,7 +131,7 @@ def _env_mapping(
         if name in reserved:
             raise UserError(
                 f"{parameter} cannot set {name!r}",
-                hint="use the model's own parameter (api_key_env= for the key)",
+                hint=_RESERVED_HINTS.get(name, _RESERVED_HINT),
                 model=model,
             )
         if name.lower() in taken:
@@ -148,7 +180,8 @@ def secret_leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             where = f"{path}[{key!r}]" if path else str(key)
             if item is None or item == "" or isinstance(item, bool | int | float):
                 continue  # nothing secret travels (a flag such as use_token=True)
-            if isinstance(key, str) and is_secret_name(key):
+            # A credentials path (vertex_credentials="/etc/sa.json") names a file, not a secret.
+            if isinstance(key, str) and is_secret_name(key) and not is_credentials_path(key, item):
                 yield where, item
             else:
                 yield from secret_leaves(item, where)
@@ -175,18 +208,6 @@ def register_extra_secrets(extra: Mapping[str, Any]) -> None:
             value = value.get_secret_value()
         if isinstance(value, str):
             register_secret(value)
-
-
-def url_holds_secret(url: str) -> bool:
-    """Whether ``url`` carries a credential: a password, a secret-named query parameter, or a
-    credential-shaped part."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return is_secret_value(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    return bool(password) or any(is_secret_name(k) for k, _ in query) or is_secret_value(url)
 
 
 def refuse_secret_arguments(what: str, model: str, paths: Sequence[str]) -> None:

@@ -106,13 +106,16 @@ class RedisSessionStore:
         db: the database number.
         username: the ACL user (``None``: the default user).
         password: the password; when ``None`` it is read from ``GECKO_REDIS_PASSWORD`` in the
-            process that connects, which keeps it out of pickles (prefer that on Ray).
+            process that connects. A store holding a password works in this process only:
+            it refuses to be pickled (sent to a Ray actor), see :meth:`check_shippable`.
         ssl: connect with TLS.
         ttl: seconds a session lives after its last write (``None``: for ever).
         namespace: the prefix of every key.
 
     The connection is made lazily, one client per event loop, and the store pickles as its
-    settings (Ray ships it to actors). The password is never in ``repr``, messages or logs.
+    settings (Ray ships it to actors), never with a password: on Ray, leave the password out
+    of the store and its URL and set ``GECKO_REDIS_PASSWORD`` where it runs. The password is
+    never in ``repr``, messages or logs.
     Failures raise :class:`~gecko_actors.exceptions.StorageError`; reads, replaces, deletes
     and keyed appends are retried on connection errors, an unkeyed append is not (it could
     be applied twice).
@@ -177,9 +180,39 @@ class RedisSessionStore:
             f"ttl={self.ttl}, namespace={self.namespace!r})"
         )
 
+    def check_shippable(self) -> None:
+        """Raise :class:`UserError` if this store holds a password: sent to another process
+        (a Ray actor, whose arguments Ray keeps in its actor table) it would carry it along.
+        Without one, the store reads ``GECKO_REDIS_PASSWORD`` where it connects."""
+        if not self._password:
+            return
+        raise UserError(
+            f"{self!r} holds a password, which would travel with it to another process: on "
+            "Ray into an actor's arguments, which Ray keeps in its actor table",
+            hint=f"leave the password out of the store and its URL "
+            f"(redis://host:6379/0, or redis://user@host:6379/0 for an ACL user) and set "
+            f"{PASSWORD_ENV} in the environment where the store is used (every node's, on a "
+            "cluster): the store reads it there when it connects",
+            store=repr(self),
+        )
+
+    def _settings(self) -> dict[str, Any]:
+        names = ("host", "port", "db", "username", "ssl", "ttl", "namespace", "_password")
+        return {name: getattr(self, name) for name in names}
+
     def __getstate__(self) -> dict[str, Any]:
-        settings = ("host", "port", "db", "username", "ssl", "ttl", "namespace", "_password")
-        return {name: getattr(self, name) for name in settings}
+        # Pickling is how a store leaves this process (Ray ships its arguments that way).
+        self.check_shippable()
+        return self._settings()
+
+    def __copy__(self) -> RedisSessionStore:
+        # A copy stays in this process: it may keep the password (pickling may not).
+        copy = object.__new__(type(self))
+        copy.__setstate__(self._settings())
+        return copy
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RedisSessionStore:
+        return self.__copy__()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -346,8 +379,10 @@ class RedisSessionStore:
         text = str(exc)
         if isinstance(exc, errors.AuthenticationError) or "NOAUTH" in text or "WRONGPASS" in text:
             return (
-                "the server refused the credentials: give the password in the URL "
-                f"(redis://:<password>@host:port/db) or in {PASSWORD_ENV}"
+                f"the server refused the credentials: set {PASSWORD_ENV} where the store "
+                "connects (on Ray, in the environment of every node), or, for a store used "
+                "in this process only, give the password in the URL "
+                "(redis://:<password>@host:port/db)"
             )
         if isinstance(exc, errors.TimeoutError):
             return f"the server did not answer within {_TIMEOUT_S:g} s: check its load"

@@ -31,7 +31,7 @@ from importlib import metadata
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
-from gecko_actors._redact import MASK, register_secret
+from gecko_actors._redact import MASK, mask_url, register_secret
 from gecko_actors.core.embedders import Embedder
 from gecko_actors.core.sessions import InMemorySessionStore, SessionStore
 from gecko_actors.exceptions import ConfigurationError, GeckoError, UserError
@@ -53,14 +53,8 @@ SessionStoreFactory = Callable[[str], SessionStore]
 VectorStoreFactory = Callable[..., Any]
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
-_SCHEME_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
-_SECRET_QUERY = re.compile(
-    r"((?:^|[&;])[^=&;]*(?:pass|pwd|secret|token|key|auth|credential|sig)[^=&;]*=)[^&;#]*", re.I
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PORT_DIGITS = 5
-# Schemes whose URL is a path after "://", where a '@' is part of a file name.
-_PATH_SCHEMES = frozenset(("sqlite", "lancedb", "file"))
 _GROUPS = {"session": "gecko_actors.session_stores", "vector": "gecko_actors.vector_stores"}
 _EXAMPLES = {
     "session": (
@@ -85,37 +79,10 @@ def redact_url(url: str) -> str:
 
     Errs on the side of masking: everything before the last ``@`` is treated as user
     information, so even a password with an unescaped ``/``, ``?`` or ``#`` does not leak;
-    so is a ``user:password@`` after a ``scheme:`` without ``//``, or after ``:///``.
+    so is a ``user:password@`` after a ``scheme:`` without ``//``, or after ``:///``. The
+    same masking as every URL the package shows (:func:`gecko_actors._redact.mask_url`).
     """
-    head, sep, rest = url.partition("://")
-    if not sep:
-        scheme = _SCHEME_PREFIX.match(url)
-        start = scheme.end() if scheme else 0
-        at = url.rfind("@")
-        if at < start:
-            return _redact_query(url)
-        return f"{url[:start]}{MASK}{_redact_query(url[at:])}"
-    at = rest.rfind("@")
-    if at < 0:
-        return f"{head}://{_redact_query(rest)}"
-    if rest.startswith("/"):
-        # A path after the slashes (sqlite:///data/me@home.db) keeps its '@'; in any other
-        # scheme, or with a ':' before it, it is "user:password@" one slash too far.
-        slashes = len(rest) - len(rest.lstrip("/"))
-        if head.lower() in _PATH_SCHEMES and ":" not in rest[slashes:at]:
-            return f"{head}://{_redact_query(rest)}"
-        return f"{head}://{rest[:slashes]}{MASK}{_redact_query(rest[at:])}"
-    user, colon, _ = rest[:at].partition(":")
-    masked = f"{user}:{MASK}" if colon and "/" not in user else MASK
-    return f"{head}://{masked}{_redact_query(rest[at:])}"
-
-
-def _redact_query(text: str) -> str:
-    """``text`` (a URL's tail, from its host on) with secret-named query values masked."""
-    before, question, query = text.partition("?")
-    if not question:
-        return text
-    return f"{before}?{_SECRET_QUERY.sub(lambda m: m[1] + MASK, query)}"
+    return mask_url(url)
 
 
 @dataclass(frozen=True)
