@@ -146,7 +146,10 @@ class Agent:
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
-        # The model first: a model refused (a secret value) must leave no toolbox behind.
+        # What may be refused first (a secret value in the model or the session store): a
+        # refusal must leave no toolbox actor behind.
+        if session_store is not None and hasattr(session_store, "check_shippable"):
+            session_store.check_shippable()
         resolved = resolve_model(model)
         placed, owned = _place_tools(name, tools, tools_in_process)
         spec = AgentSpec(

@@ -52,6 +52,7 @@ from gecko_actors import (
     Memory,
     Message,
     ModelGateway,
+    ScriptedModel,
     UserError,
 )
 from gecko_actors import _redact as redact_module
@@ -59,6 +60,7 @@ from gecko_actors import runtime as runtime_module
 from gecko_actors._actors.agent import AgentSpec
 from gecko_actors._redact import is_secret_value, redact
 from gecko_actors.checkpoint.location import parse_uri
+from gecko_actors.core.calculator import calculator
 from gecko_actors.core.embedders import LiteLLMEmbedder
 from gecko_actors.core.secret_args import secret_leaves
 from gecko_actors.gateway import embedding_gateway, gateway_label
@@ -588,16 +590,22 @@ def test_a_secret_value_is_refused_before_any_actor_on_ray() -> None:
     name = f"refused-{uuid.uuid4().hex[:8]}"
     label = gateway_label(model)
     try:
+        # Tools of its own: their toolbox actor would be made first, and be left behind.
         with pytest.raises(UserError) as excinfo:
-            Agent.spawn(name, model=model)
+            Agent.spawn(name, model=model, tools=[calculator])
         assert "extra_headers['Authorization']" in str(excinfo.value)
         assert "headers_env" in str(excinfo.value)
         assert value not in str(excinfo.value)
+        # Nor a session store holding a password (it would travel in the agent's spec).
+        store = RedisSessionStore("127.0.0.1", 6379, password=value)
+        with pytest.raises(UserError) as excinfo:
+            Agent.spawn(name, model=ScriptedModel(["x"]), tools=[calculator], session_store=store)
+        assert PASSWORD_ENV in excinfo.value.hint and value not in str(excinfo.value)
         named = ray.util.list_named_actors()
-        assert f"agent/{name}" not in named
+        assert f"agent/{name}" not in named and f"toolbox/{name}/0" not in named
         assert not [n for n in named if n.startswith(f"gateway/{label}/")]
     finally:
-        kill_named(f"agent/{name}", f"gateway/{label}/0")
+        kill_named(f"agent/{name}", f"gateway/{label}/0", f"toolbox/{name}/0")
 
 
 # --- review follow-ups: what still leaked, and what was refused for nothing -------------------
