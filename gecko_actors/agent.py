@@ -334,11 +334,12 @@ class Agent:
         what stops its run."""
         run_id = run_id or uuid.uuid4().hex
         events = self.event_bus is not None
+        token = uuid.uuid4().hex  # this call's own: a run id may be reused by another call
         return (
             lambda: self._handle.stream.options(num_returns="streaming").remote(
-                input, session_id, run_id, events
+                input, session_id, run_id, events, token
             ),
-            lambda: self._handle.stop_run.remote(run_id),
+            lambda: self._handle.stop_stream.remote(token),
         )
 
     def _relayed_run(
@@ -352,11 +353,12 @@ class Agent:
         """What starts a run that streams its events back (``run`` and ``arun`` with a bus),
         and what stops it."""
         run_id = run_id or uuid.uuid4().hex
+        token = uuid.uuid4().hex
         return (
             lambda: self._handle.run_relayed.options(num_returns="streaming").remote(
-                input, session_id, response_model, run_id, tool_context
+                input, session_id, response_model, run_id, tool_context, token
             ),
-            lambda: self._handle.stop_run.remote(run_id),
+            lambda: self._handle.stop_stream.remote(token),
         )
 
     # --- management ---------------------------------------------------------------------

@@ -212,22 +212,37 @@ async def test_closing_the_actor_stream_cancels_the_run(tmp_path: Path) -> None:
     assert path.read_text() == "cancelled"  # stopped before aclose() returned
 
 
-async def test_stop_run_stops_a_run_whose_stream_is_left_suspended(tmp_path: Path) -> None:
+async def test_stop_stream_stops_a_run_whose_stream_is_left_suspended(tmp_path: Path) -> None:
     # Ray may cancel a generator task while Ray, not the generator, is running (sending the
-    # last item): the generator stays suspended and is closed only later. stop_run, which the
-    # handle calls whenever it leaves a stream early, stops the run all the same.
+    # last item): the generator stays suspended and is closed only later. stop_stream, which
+    # the handle calls whenever it leaves a stream early, stops the run all the same.
+    path, other = tmp_path / "tool.txt", tmp_path / "other.txt"
+    actor = shell()
+    stream = actor.stream(f"{WAIT}{path}", None, "r4", False, "token-a")
+    # Another call reusing the run id: a caller may, and it must not be stopped with the first.
+    second = actor.stream(f"{WAIT}{other}", None, "r4", False, "token-b")
+    assert await stream.__anext__() == "Working "
+    assert await second.__anext__() == "Working "
+    while not (path.exists() and other.exists()):
+        await asyncio.sleep(0.01)
+    await actor.stop_stream("token-a")  # the generator is never closed here
+    assert path.read_text() == "cancelled"
+    assert other.read_text() == "started"
+    await actor.stop_stream("token-a")  # already stopped: nothing to do
+    await stream.aclose()
+    await second.aclose()
+    assert other.read_text() == "cancelled"
+    assert actor._streamed == {}  # nothing kept once the streams have gone
+
+
+async def test_a_stream_stopped_before_it_began_does_not_run(tmp_path: Path) -> None:
     path = tmp_path / "tool.txt"
     actor = shell()
-    stream = actor.stream(f"{WAIT}{path}", None, "r4")
-    assert await stream.__anext__() == "Working "
-    while not path.exists():
-        await asyncio.sleep(0.01)
-    await actor.stop_run("r4")  # the generator is never closed here
-    assert path.read_text() == "cancelled"
-    await actor.stop_run("r4")  # a run already stopped, or unknown: nothing to do
-    await actor.stop_run("unknown")
-    await stream.aclose()
-    assert actor._streamed == {}  # nothing kept once the stream has gone
+    await actor.stop_stream("late")  # the caller left; its stream had not reached the actor
+    items = [item async for item in actor.stream(f"{WAIT}{path}", None, "r5", False, "late")]
+    assert items == [] and not path.exists()
+    # Remembered once: the same token is not refused forever.
+    assert [item async for item in actor.stream("go", None, "r6", False, "late")]
 
 
 # --- validation, without Ray --------------------------------------------------------------

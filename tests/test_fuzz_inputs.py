@@ -831,3 +831,18 @@ def test_an_unusable_input_cap_is_a_user_error_naming_the_variable(
         code, out = run_input(input_dir, f"@{small}")
     assert code == 1 and "GECKO_MAX_INPUT_BYTES=" in out and "not a number of bytes" in out, out
     assert accepted == []
+
+
+def test_a_generous_input_cap_costs_no_memory_up_front(input_dir: Path) -> None:
+    small = input_dir / "small-under-a-huge-cap.json"
+    small.write_text('{"a": 1}')
+    # A cap of 999 TB used to be reserved by read(cap + 1): a MemoryError on a 8-byte file.
+    with cli_without_ray(GECKO_MAX_INPUT_BYTES="999999999999999") as accepted:
+        _, out = run_input(input_dir, f"@{small}")
+    assert "_Started" in out and accepted == [{"a": 1}], out
+
+
+def test_an_input_path_with_a_nul_is_a_user_error(input_dir: Path) -> None:
+    with cli_without_ray() as accepted:
+        code, out = run_input(input_dir, "@bad\x00name.json")
+    assert code == 1 and "not a usable file name" in out and accepted == [], out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ _relay: ContextVar[asyncio.Queue[Any] | None] = ContextVar("gecko_event_relay", 
 running that call's run, and the bus runs handlers in tasks that copy its context, so the
 queue is found without matching run ids (a caller may reuse one)."""
 _END = object()  # the run's producer has stopped: read its result
+_STOPPED_KEPT = 1024  # tokens of streams stopped before they began, remembered
 
 
 @dataclass
@@ -62,10 +64,13 @@ class AgentActor:
 
     def __init__(self, spec: AgentSpec) -> None:
         self.spec = spec
-        # The runs streamed back, by run id: a caller that leaves early stops its run through
-        # stop_run, which Ray's cancellation of a generator cannot promise (it may land while
-        # Ray, not the generator, is running, and leave the generator to be closed later).
-        self._streamed: dict[str, set[asyncio.Future[Any]]] = {}
+        # The runs streamed back, by the caller's stream token: a caller that leaves early
+        # stops its run through stop_stream, which Ray's cancellation of a generator cannot
+        # promise (it may land while Ray, not the generator, is running, and leave the
+        # generator to be closed later). Tokens stopped before their stream began are kept
+        # (the most recent ones), so that a late start does not run.
+        self._streamed: dict[str, asyncio.Future[Any]] = {}
+        self._stopped: OrderedDict[str, None] = OrderedDict()
         relay = EventBus()
         relay.subscribe("*", _forward)
         self.agent = LocalAgent(
@@ -106,6 +111,7 @@ class AgentActor:
         session_id: str | None,
         run_id: str | None,
         events: bool = False,
+        token: str | None = None,
     ) -> AsyncIterator[StreamItem]:
         """Stream a run (call with ``num_returns="streaming"``): its text chunks, with its
         events between them when ``events``, then its :class:`AgentOutput`. A ``ray.cancel``
@@ -119,7 +125,7 @@ class AgentActor:
 
         # aclosing: leaving this generator early must close the inner one (and so stop the
         # run) now, not whenever the garbage collector finalizes it.
-        async with contextlib.aclosing(self._relayed(produce, events, run_id)) as items:
+        async with contextlib.aclosing(self._relayed(produce, events, token)) as items:
             async for item in items:
                 yield item
 
@@ -130,6 +136,7 @@ class AgentActor:
         response_model: type[BaseModel] | None,
         run_id: str | None,
         tool_context: ToolContext | None,
+        token: str | None = None,
     ) -> AsyncIterator[Event | AgentOutput]:
         """:meth:`run`, streaming the run's events as they happen, then its output: what a
         handle with an event bus calls."""
@@ -143,29 +150,37 @@ class AgentActor:
                 tool_context=tool_context,
             )
 
-        async with contextlib.aclosing(self._relayed(produce, True, run_id)) as items:
+        async with contextlib.aclosing(self._relayed(produce, True, token)) as items:
             async for item in items:
                 yield item
 
-    async def stop_run(self, run_id: str) -> None:
-        """Stop the streamed runs of ``run_id`` and return once they have stopped (what a
-        caller that left a stream early calls)."""
-        for task in list(self._streamed.get(run_id, ())):
-            await _stop(task)
+    async def stop_stream(self, token: str) -> None:
+        """Stop the run of the stream ``token`` (the caller's, one per call) and return once
+        it has stopped; a stream that has not begun yet will not run."""
+        task = self._streamed.get(token)
+        if task is None:
+            self._stopped[token] = None
+            while len(self._stopped) > _STOPPED_KEPT:
+                self._stopped.popitem(last=False)
+            return
+        await _stop(task)
 
     async def _relayed(
         self,
         produce: Callable[[asyncio.Queue[Any]], Awaitable[Any]],
         events: bool,
-        run_id: str | None,
+        token: str | None,
     ) -> AsyncIterator[StreamItem]:
         """Run ``produce`` in a task of its own that puts chunks (and, with ``events``, the
         run's events) on one queue, so both leave in the order they happened and an event
         is sent while the run waits on a tool, not with the next chunk."""
+        if token is not None and token in self._stopped:
+            del self._stopped[token]
+            return  # its caller left before it began
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.ensure_future(self._counted(_producing(queue, produce, events)))
-        running = self._streamed.setdefault(run_id or "", set())
-        running.add(task)
+        if token is not None:
+            self._streamed[token] = task
         try:
             while (item := await queue.get()) is not _END:
                 yield item
@@ -173,9 +188,8 @@ class AgentActor:
         finally:
             # Cancelled by Ray, or the consumer left: the run stops before this call ends.
             await _stop(task)
-            running.discard(task)
-            if not running:
-                self._streamed.pop(run_id or "", None)
+            if token is not None:
+                self._streamed.pop(token, None)
 
     async def _counted(self, run: Awaitable[AgentOutput]) -> AgentOutput:
         """Await a run and count it in the metrics by how it ended."""

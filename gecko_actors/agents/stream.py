@@ -129,7 +129,7 @@ def relay_blocking(
             yield item
     finally:
         if not ended:
-            stopping = [stop()]
+            stopping = _asked_to_stop(stop)
             cancel_and_wait_blocking([refs.completed()], grace=grace)
             wait_settled_blocking(stopping, grace=grace)
 
@@ -156,9 +156,18 @@ async def relay_async(
         ended = True
     finally:
         if not ended:
-            stopping = [stop()]
+            stopping = _asked_to_stop(stop)
             await cancel_and_wait([refs.completed()], grace=grace)
             await wait_settled(stopping, grace=grace)
+
+
+def _asked_to_stop(stop: Callable[[], Any]) -> list[Any]:
+    """The ref of the actor's stop call, or nothing if it could not be sent (Ray shut down,
+    the actor gone): the generator's cancellation still goes ahead."""
+    try:
+        return [stop()]
+    except Exception:
+        return []
 
 
 def _wait_next(refs: Any, deadline: float | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from gecko_actors.exceptions import UserError
 
@@ -48,6 +49,8 @@ def read_capped(path: str | Path, cap: int, *, label: str, hint: str) -> bytes:
         fd = os.open(path, flags)
     except OSError as exc:
         raise _unreadable(path, label, exc) from None
+    except ValueError:  # a NUL in the name
+        raise UserError(f"{label} is not a usable file name", path=repr(str(path))) from None
     try:
         # fstat of the open file, not a stat of the name: the name may be swapped meanwhile.
         # Before fdopen, which refuses a folder with an OSError of its own.
@@ -57,7 +60,7 @@ def read_capped(path: str | Path, cap: int, *, label: str, hint: str) -> bytes:
         raise
     with os.fdopen(fd, "rb") as src:
         try:
-            data = src.read(cap + 1)  # never more than one byte past the cap
+            data = _read_at_most(src, cap + 1)  # never more than one byte past the cap
         except OSError as exc:
             raise _unreadable(path, label, exc) from None
     if len(data) > cap:  # it grew after the size check
@@ -68,6 +71,20 @@ def read_capped(path: str | Path, cap: int, *, label: str, hint: str) -> bytes:
             max_bytes=cap,
         )
     return data
+
+
+_CHUNK = 1 << 20
+
+
+def _read_at_most(src: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes, read in chunks: ``read(limit)`` would reserve ``limit`` bytes
+    up front, and a generous cap is far more memory than a small file needs."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0 and (chunk := src.read(min(left, _CHUNK))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _unreadable(path: str | Path, label: str, exc: OSError) -> UserError:
