@@ -10,6 +10,11 @@
   a password never becomes an actor's argument, a password in a URL is a secret value, one
   rule for secret names holds everywhere (and no longer refuses ``prompt_cache_key`` and the
   like), and ``extra_env`` cannot name the header arguments.
+- The second review: log masking finds every key shape and secret name that refusal finds
+  (one list of shapes, one name rule), masks a value whole (``Authorization: Basic ...``, a
+  private key through its END line, a URL password holding ``@``), in linear time; flags,
+  ``PWD`` and JSON schemas with a ``token`` property are not secrets; no thread redacts before
+  the environment scan has registered its secrets.
 
 Most tests need no Ray. Two use the session's Ray: a canary read by name inside a gateway
 reaches the (fake) provider but none of Ray's records of the actors (the creation task specs
@@ -27,6 +32,7 @@ import http.client
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +64,7 @@ from gecko_actors import (
 from gecko_actors import _redact as redact_module
 from gecko_actors import runtime as runtime_module
 from gecko_actors._actors.agent import AgentSpec
-from gecko_actors._redact import is_secret_value, redact
+from gecko_actors._redact import MASK, is_secret_value, mask_url, redact, url_holds_secret
 from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.core.calculator import calculator
 from gecko_actors.core.embedders import LiteLLMEmbedder
@@ -792,20 +798,45 @@ def test_a_variable_refused_in_runtime_env_is_masked_in_logs(
     assert redact(f"login with {value}") == "login with ***"
 
 
-SECRET_NAMES = ["api_key", "x-api-key", "DB_PASS", "sig"]
-ORDINARY_NAMES = ["prompt_cache_key", "token_budget", "pass_through", "aws_access_key_id"]
+SECRET_NAMES = [
+    "api_key",
+    "x-api-key",
+    "DB_PASS",
+    "sig",
+    # Found missing in the second review:
+    "passwd",
+    "Ocp-Apim-Subscription-Key",
+    "AccountKey",
+    "AWS_BEARER_TOKEN_BEDROCK",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "SENTRY_DSN",
+    "DOCKER_AUTH_CONFIG",
+]
+ORDINARY_NAMES = [
+    "prompt_cache_key",
+    "token_budget",
+    "pass_through",
+    "aws_access_key_id",
+    "routing_key",
+    "public_key",
+]
 
 
 @pytest.mark.parametrize("name", SECRET_NAMES + ORDINARY_NAMES)
-def test_every_place_agrees_on_which_names_are_secret(name: str) -> None:
+def test_every_place_agrees_on_which_names_are_secret(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Before, four definitions disagreed: e.g. a checkpoint URI took ?api_key= for an unknown
     # option, a store URL masked ?token_budget=, runtime_env let DB_PASS through its names.
+    # After the first review a log line still masked only a fixed list (not passwd=,
+    # AccountKey=...), and none of the places knew the Bedrock, Azure, Sentry or Docker names.
     expected = name in SECRET_NAMES
     value = "v" + uuid.uuid4().hex  # shaped like nothing
     places = {}
     places["model extras"] = bool(list(secret_leaves({name: value})))
+    variable = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).upper().replace("-", "_")
     try:
-        runtime_module._check_secret_env({name.upper().replace("-", "_"): value}, allow=False)
+        runtime_module._check_secret_env({variable: value}, allow=False)
         places["runtime_env"] = False
     except UserError:
         places["runtime_env"] = True
@@ -816,6 +847,11 @@ def test_every_place_agrees_on_which_names_are_secret(name: str) -> None:
     except UserError as exc:
         places["checkpoint URI"] = "carries credentials" in exc.message
         assert value not in exc.message
+    places["log line"] = value not in redact(f"sent {name}={value} and {name}: {value}")
+    monkeypatch.setattr(redact_module, "_secrets", set(redact_module._secrets))
+    monkeypatch.setattr(redact_module, "_env_scanned", False)
+    monkeypatch.setenv(variable, value)
+    places["environment scan"] = value not in redact(f"saw {value}")
     assert places == dict.fromkeys(places, expected)
 
 
@@ -830,6 +866,335 @@ def test_extra_env_cannot_name_the_header_arguments() -> None:
             with pytest.raises(UserError, match="extra_env cannot set") as excinfo:
                 build("openai/fake-model", **kwargs)
             assert "headers_env" in excinfo.value.hint
+
+
+# --- the second review: log masking and secret detection agree ------------------------------
+
+
+@pytest.fixture
+def fresh_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets registered by the test stay in it, and the environment is scanned again."""
+    monkeypatch.setattr(redact_module, "_secrets", set(redact_module._secrets))
+    monkeypatch.setattr(redact_module, "_env_scanned", False)
+
+
+def fake_key(prefix: str, length: int = 36) -> str:
+    """A random-looking key after ``prefix``, made at run time (no key-shaped literal in the
+    repository for secret scanners to flag)."""
+    tail = (uuid.uuid4().hex + uuid.uuid4().hex.upper() + uuid.uuid4().hex)[:length]
+    return prefix + tail
+
+
+PRIVATE_KEY = "\n".join(
+    [
+        "-----BEGIN " + "PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" + uuid.uuid4().hex,
+        "bodyline2" + uuid.uuid4().hex,
+        "-----END " + "PRIVATE KEY-----",
+    ]
+)
+# Each key shape is_secret_value knows, with the part that must not survive redact().
+KEY_SHAPES = {
+    "AWS access key id": "AKIA" + "IOSFODNN7" + "EXAMPLE",
+    "GitHub token": fake_key("gh" + "p_"),
+    "GitHub fine-grained token": fake_key("github" + "_pat_", 82),
+    "GitLab token": fake_key("gl" + "pat-", 20),
+    "Slack token": "xo" + "xb-" + "123456789012-" + uuid.uuid4().hex,
+    "Google API key": fake_key("AI" + "za", 35),
+    "JWT": "ey" + "JhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0." + uuid.uuid4().hex,
+    "Hugging Face token": fake_key("h" + "f_", 34),
+    "Stripe secret key": fake_key("sk" + "_live_", 24),
+    "Stripe restricted key": fake_key("rk" + "_live_", 24),
+    "Groq key": fake_key("gs" + "k_", 52),
+    "xAI key": fake_key("xa" + "i-", 80),
+    "Bedrock API key": fake_key("AB" + "SKQmVkcm9ja0FQSUtleS1", 60),
+    "PEM private key": PRIVATE_KEY,
+}
+
+
+@pytest.mark.parametrize("kind", KEY_SHAPES)
+@pytest.mark.usefixtures("fresh_redaction")
+def test_redact_masks_every_key_shape_that_is_refused(kind: str) -> None:
+    # Before: redact() knew only sk-..., Bearer, URL passwords and a few key=value names, so
+    # a GitHub token or a JWT in a log line went out whole; and is_secret_value() did not know
+    # github_pat_, glpat-, hf_, sk_live_, gsk_, xai- or ABSK keys at all.
+    key = KEY_SHAPES[kind]
+    assert is_secret_value(key)
+    for text, kept in (
+        (f"calling with {key} now", ("calling with ", " now")),
+        (f"GET /v1/models?key={key}&alt=json", ("GET /v1/models?key=", "&alt=json")),
+        (json.dumps({"header": key, "n": 1}), ('"n": 1',)),
+    ):
+        masked = redact(text)
+        assert MASK in masked
+        assert all(part not in masked for part in key.splitlines() if len(part) > 6), masked
+        assert all(part in masked for part in kept), masked
+
+
+@pytest.mark.usefixtures("fresh_redaction")
+def test_a_private_key_is_masked_through_its_end_line() -> None:
+    # Before: not masked at all; a mask of the BEGIN line alone would leave the body.
+    body = PRIVATE_KEY.splitlines()[1:-1]
+    assert redact(f"key:\n{PRIVATE_KEY}\nloaded") == "key:\n***\nloaded"
+    # In a JSON line the newlines are escaped: still one block, and the line stays JSON.
+    line = json.dumps({"event": "loaded", "private_key": PRIVATE_KEY + "\n", "n": 1})
+    record = json.loads(redact(line))
+    assert record["private_key"] in (MASK, MASK + "\n")
+    assert record["event"] == "loaded" and record["n"] == 1
+    # Cut short (no END line): masked to the closing quote, not beyond.
+    cut = json.dumps({"private_key": "\n".join(PRIVATE_KEY.splitlines()[:2]), "n": 2})
+    record = json.loads(redact(cut))
+    assert record == {"private_key": MASK, "n": 2}
+    assert not any(part in redact(cut) for part in body)
+
+
+ALL_OF_THE_VALUE = [
+    # (text, expected): the whole value goes, spaces and all, to the end of the line or the
+    # closing quote; the rest of the text stays.
+    (str({"Authorization": "Basic dXNlcjpwYXNzd29yZA=="}), "{'Authorization': '***'}"),
+    ("Authorization: Token 9f8e7d6c5b4a3f2e1d0c\nnext line", "Authorization: ***\nnext line"),
+    (
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/iam/"
+        "aws4_request, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6",
+        "Authorization: ***",
+    ),
+    ("Cookie: session=abc123def; theme=dark\nHost: x", "Cookie: ***\nHost: x"),
+    ("Set-Cookie: sid=abc123def; Path=/; HttpOnly", "Set-Cookie: ***"),
+    ("login passwd=hunter22 user=bob", "login passwd=*** user=bob"),
+    (
+        "run --pwd=hunter22 --password=hunter23 --user bob",
+        "run --pwd=*** --password=*** --user bob",
+    ),
+    ("Ocp-Apim-Subscription-Key: 0123456789abcdef0123", "Ocp-Apim-Subscription-Key: ***"),
+    (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5MTIz==",
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***",
+    ),
+    (
+        "GET https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=abcDEF123%2Bxyz&se=2030",
+        "GET https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=***&se=2030",
+    ),
+    ("config password = 'correct horse battery' done", "config password = '***' done"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ALL_OF_THE_VALUE)
+@pytest.mark.usefixtures("fresh_redaction")
+def test_secret_named_pairs_are_masked_whole(text: str, expected: str) -> None:
+    # Before: a fixed list of names, and the value stopped at the first space, so
+    # "Authorization: Basic <base64>" showed the base64 and Cookie/passwd/pwd/AccountKey/sig
+    # were not masked at all.
+    assert redact(text) == expected
+
+
+@pytest.mark.usefixtures("fresh_redaction")
+def test_masking_keeps_a_json_line_valid() -> None:
+    inner = json.dumps({"Authorization": "Basic dXNlcjpwYXNzd29yZA==", "n": 1})
+    line = json.dumps(
+        {
+            "event": f"sent {inner} with Cookie: sid=abc123def; x=1",
+            "note": "missing token:",
+            "token": 'ab"c\\',
+            "level": "info",
+        }
+    )
+    masked = redact(line)
+    record = json.loads(masked)  # still one valid JSON object
+    assert "dXNlcjpwYXNzd29yZA" not in masked and "abc123def" not in masked
+    assert record["event"] == 'sent {"Authorization": "***", "n": 1} with Cookie: ***'
+    assert record["note"] == "missing token:"  # the field's own closing quote is no value
+    assert record["token"] == MASK
+    assert record["level"] == "info"
+
+
+@pytest.mark.usefixtures("fresh_redaction")
+def test_url_passwords_are_masked_whole() -> None:
+    # Before: "p@ss" showed "ss" (the mask stopped at the first "@"), and a password over 256
+    # characters was not matched at all, neither masked nor refused.
+    assert redact("connect postgres://user:p@ss@db/x failed") == (
+        "connect postgres://user:***@db/x failed"
+    )
+    long_password = "p" + "Xy9" * 100
+    url = f"postgres://user:{long_password}@db/x"
+    assert redact(f"connect {url} failed") == "connect postgres://user:***@db/x failed"
+    assert is_secret_value(url)
+    assert url_holds_secret(url)
+    # An "@" after a path is no user information: left as it is.
+    for text in ("see https://mastodon.social/@alice", "https://h.example/c?email=a@b.example"):
+        assert redact(text) == text
+        assert not is_secret_value(text)
+
+
+ADVERSARIAL_PREFIXES = [
+    "eyJ-",  # quadratic before: 100 KB took 3.8 s, 200 KB 15 s, per call
+    "eyJab-",
+    "eyJhbGciOiJ-",
+    "eyJaaaaaaaaa.",
+    "sk-",
+    "sk_live_",
+    "ghp_",
+    "xoxb-",
+    "AIza",
+    "ABSK",
+    "Bearer ",
+    "Basic ",
+    "://a:",
+    "a://b:c@d ",
+    "@",
+    "-----BEGIN ",
+    "-----BEGIN PRIVATE KEY-----'",
+    "api_key=",
+    '"api_key": "',
+    "Authorization: ",
+    "--password=",
+    "a-",
+    "a:",
+    '\\"',
+]
+
+
+@pytest.mark.timeout(30)
+def test_adversarial_inputs_take_linear_time() -> None:
+    # A pattern that can start at every repetition of its prefix and scan to the end of the
+    # text is quadratic: each of these 200 KB inputs then takes seconds to minutes. Linear
+    # patterns take milliseconds each, so the whole test ends far inside its timeout.
+    for prefix in ADVERSARIAL_PREFIXES:
+        text = prefix * (200_000 // len(prefix))
+        redact(text)
+        is_secret_value(text)
+        mask_url(text)
+        url_holds_secret(text)
+
+
+def test_more_secret_shapes_and_names_are_refused_on_ray() -> None:
+    # Before: each of these models went to the gateway actor's arguments.
+    bedrock = fake_key("AB" + "SKQmVkcm9ja0FQSUtleS1", 60)
+    for extras in (
+        {"extra_headers": {"X-Bedrock": bedrock}},
+        {"extra_body": {"hub_token": fake_key("h" + "f_", 34)}},
+        {"extra_body": {"AZURE_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=" + secret()}},
+        {"extra_body": {"sentry_dsn": "https://" + secret() + "@o0.ingest.example/1"}},
+        {"extra_body": {"auth": {"token": secret()}}},  # a dict is searched, not skipped
+        {"extra_headers": {"Cookie": ["sid=" + secret(), "x=" + secret()]}},
+    ):
+        model = LiteLLMModel("openai/fake-model", **extras)
+        assert model.secret_arguments(), extras
+        with pytest.raises(UserError):
+            model.check_shippable()
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "token": {"type": "string", "description": "The token to look up"},
+        "api_key": {"type": "string"},
+        "password": {"type": "string", "minLength": 12},
+        "auth": {"type": "object", "properties": {"mode": {"enum": ["basic", "oauth"]}}},
+    },
+    "required": ["token", "password"],
+}
+
+
+def test_secret_named_properties_of_a_schema_are_not_refused(no_ray: list[str]) -> None:
+    # Before: a property named token, api_key, password or auth held a dict, and a dict under
+    # a secret name was flagged whole, so the model was refused on Ray.
+    model = LiteLLMModel(
+        "openai/fake-model",
+        extra_body={
+            "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}],
+            "guided_json": SCHEMA,
+            "use_auth_token": "false",
+        },
+    )
+    assert model.secret_arguments() == []
+    with pytest.raises(ReachedRay):
+        ModelGateway.spawn(model)
+    assert no_ray == ["ray"]
+
+
+@pytest.mark.usefixtures("fresh_redaction")
+def test_flags_and_the_shells_directory_are_not_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: runtime_env refused PWD and OLDPWD (only the environment scan exempted them)
+    # and HF_HUB_DISABLE_IMPLICIT_TOKEN=1; routing_key and public_key were secret names.
+    monkeypatch.setenv("PWD", "/home/me/project-dir")
+    monkeypatch.setenv("DB_PWD", "hunter2-pwd-value")
+    runtime_module._check_secret_env(
+        {
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+            "USE_AUTH_TOKEN": "false",
+            "PWD": "/home/me/project",
+            "OLDPWD": "/home/me",
+            "ROUTING_KEY": "orders.eu",
+            "PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDAN",
+        },
+        allow=False,
+    )
+    # The same rule in the environment scan; a password-looking pwd is still one.
+    text = "in /home/me/project-dir with hunter2-pwd-value"
+    assert redact(text) == "in /home/me/project-dir with ***"
+    with pytest.raises(UserError, match="DB_PWD"):
+        runtime_module._check_secret_env({"DB_PWD": "hunter2-pwd-value"}, allow=False)
+
+
+def test_a_bearer_token_needs_a_token_shaped_tail() -> None:
+    # Before: any 8 letters after "Bearer" made a secret, so an error message quoted in a
+    # model's extras was refused.
+    for prose in ("Bearer authentication is required", "bearer tokens expire", "Basic usernames"):
+        assert not is_secret_value(prose), prose
+        assert LiteLLMModel("openai/fake-model", user=prose).secret_arguments() == []
+    for token in ("Bearer 9f8e7d6c5b4a", "Bearer abc.DEF-ghi_jkl", "Basic dXNlcjpwYXNzd29yZA=="):
+        assert is_secret_value(token), token
+
+
+class WatchedLock:
+    """A lock that tells when a thread other than the one that made it asks for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = threading.current_thread()
+        self.asked = threading.Event()
+
+    def __enter__(self) -> bool:
+        if threading.current_thread() is not self._owner:
+            self.asked.set()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.__exit__(*exc_info)
+
+
+def test_no_thread_redacts_before_the_environment_scan_has_registered_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: the scan set its done-flag first and registered afterwards, so a thread
+    # redacting in between found the flag set, skipped the scan, and let the secret through.
+    value = secret()
+    monkeypatch.setattr(redact_module, "_secrets", set())
+    monkeypatch.setattr(redact_module, "_env_scanned", False)
+    scan_lock = WatchedLock()
+    monkeypatch.setattr(redact_module, "_scan_lock", scan_lock, raising=False)
+    monkeypatch.setenv("RACE_API_KEY", value)
+    register = redact_module.register_secret
+    others: list[threading.Thread] = []
+    seen: list[str] = []
+
+    def register_while_another_thread_redacts(secret_value: str | None) -> None:
+        if not others:  # the scan is under way and has registered nothing yet
+            other = threading.Thread(target=lambda: seen.append(redact(f"other {value}")))
+            others.append(other)
+            other.start()
+            # Go on once the other thread waits for the scan, or has finished without it.
+            while not scan_lock.asked.wait(0.01) and other.is_alive():
+                pass
+        register(secret_value)
+
+    monkeypatch.setattr(redact_module, "register_secret", register_while_another_thread_redacts)
+    assert redact(f"first {value}") == "first ***"
+    others[0].join(timeout=30)
+    assert seen == ["other ***"]
 
 
 # --- the GECKO_API_KEY setting on a Ray started where it is set -------------------------------

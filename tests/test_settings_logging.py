@@ -263,8 +263,8 @@ def test_masking_keeps_the_surrounding_text() -> None:
     assert redact("GET /v1?api_key=abcd1234xyz&other=1") == "GET /v1?api_key=***&other=1"
     assert redact('{"api_key": "q1w2e3r4t5", "n": 1}') == '{"api_key": "***", "n": 1}'
     assert redact("sent Bearer abcdefgh12345678 to it") == "sent Bearer *** to it"
-    # The header name is itself a secret-naming key: the whole value goes.
-    assert redact("Authorization: Bearer abcdefgh12345678") == "Authorization: *** ***"
+    # The header name is itself a secret-naming key: the whole value goes, scheme and all.
+    assert redact("Authorization: Bearer abcdefgh12345678") == "Authorization: ***"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from gecko_actors._redact import (
     is_credentials_path,
+    is_flag_value,
     is_secret_name,
     is_secret_value,
     register_secret,
@@ -174,21 +175,38 @@ def resolve_env_arguments(
 def secret_leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     """``(path, value)`` of every secret inside ``value`` (nested dicts and lists): values
     under a secret-looking name (``aws_secret_access_key``, an ``Authorization`` header) and
-    credential-shaped strings (``Bearer ...``, ``sk-...``). Paths name, never show, values."""
+    credential-shaped strings (``Bearer ...``, ``sk-...``). Paths name, never show, values.
+
+    A dict under a secret-looking name is searched rather than flagged: a JSON schema in
+    ``response_format``, ``tools`` or ``extra_body`` may have a property called ``token`` or
+    ``password``, whose own keys (``type``, ``description``) decide. Flags (``True``, ``"1"``,
+    ``"false"``), numbers and empty values under such names carry nothing secret.
+    """
     if isinstance(value, Mapping):
         for key, item in value.items():
             where = f"{path}[{key!r}]" if path else str(key)
-            if item is None or item == "" or isinstance(item, bool | int | float):
-                continue  # nothing secret travels (a flag such as use_token=True)
             # A credentials path (vertex_credentials="/etc/sa.json") names a file, not a secret.
             if isinstance(key, str) and is_secret_name(key) and not is_credentials_path(key, item):
-                yield where, item
+                yield from _named_secret_leaves(item, where)
             else:
                 yield from secret_leaves(item, where)
     elif isinstance(value, list | tuple | set | frozenset):
         for index, item in enumerate(value):
             yield from secret_leaves(item, f"{path}[{index}]")
     elif _is_secret_leaf(value):
+        yield path, value
+
+
+def _named_secret_leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """The secrets in ``value``, found under a secret-looking name: every value it carries
+    (a list's items too: several keys, several cookies), but a dict is searched by its own
+    keys."""
+    if isinstance(value, Mapping):
+        yield from secret_leaves(value, path)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for index, item in enumerate(value):
+            yield from _named_secret_leaves(item, f"{path}[{index}]")
+    elif value is not None and value not in ("", b"") and not is_flag_value(value):
         yield path, value
 
 
