@@ -103,13 +103,13 @@ def test_a_module_target_that_does_not_exist_is_named(folder: Path):
 @pytest.mark.parametrize("form", ["file", "module"])
 def test_an_exception_at_import_is_one_line_with_its_line_and_chained(folder: Path, form: str):
     name = module_name()
-    source = GOOD + "\n\nraise RuntimeError('the config is wrong:\\n  key: missing')\n"
+    source = GOOD + "\n\nraise RuntimeError('the config is wrong:\\n  region: none')\n"
     path = write(folder, f"{name}.py", source)
     target = f"{path}:workflow" if form == "file" else f"{name}:workflow"
     err = refused(target)
     line = source.count("\n")  # the raise is the last line
     assert (
-        f"{target} failed to load: {path}:{line}: RuntimeError: the config is wrong: key: missing"
+        f"{target} failed to load: {path}:{line}: RuntimeError: the config is wrong: region: none"
     ) in str(err)
     assert isinstance(err.__cause__, RuntimeError)  # `--verbose` shows its traceback
     assert name not in sys.modules and f"_gecko_target_{name}" not in sys.modules
