@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import click
 
+from gecko_actors._text import CONTROL_CHARACTER
 from gecko_actors._version import __version__
 from gecko_actors.exceptions import GeckoError, UserError
 from gecko_actors.workflow.inputs import (
@@ -76,7 +76,6 @@ SECRET_EXCLUDES = (
 )
 #: What ``gecko-actors submit`` never uploads, unless re-included with ``--exclude '!PATTERN'``.
 DEFAULT_EXCLUDES = (*_BUILD_EXCLUDES, *SECRET_EXCLUDES)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Group(click.Group):
@@ -394,7 +393,7 @@ def upload_excludes(extra: tuple[str, ...] | list[str] = ()) -> list[str]:
                 f"--exclude {pattern!r:.80} is not a usable gitignore pattern",
                 hint="write e.g. --exclude 'data/*.csv' or --exclude '!server.key'",
             )
-        if bad := _CONTROL.search(pattern):
+        if bad := CONTROL_CHARACTER.search(pattern):
             raise UserError(f"--exclude {pattern!r:.80} has the control character {bad[0]!r}")
     return [*DEFAULT_EXCLUDES, *extra]
 

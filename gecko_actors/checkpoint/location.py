@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gecko_actors._redact import is_secret_name, mask_url
+from gecko_actors._text import CONTROL_CHARACTER, clip, is_plain_number
 from gecko_actors.exceptions import UserError
 
 __all__ = ["GS_OPTIONS", "S3_OPTIONS", "Location", "parse_uri"]
@@ -31,7 +32,6 @@ _MEMORY_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 # upper case and longer names are still allowed for legacy buckets and other servers. No
 # ':', '%', '@' or spaces: those are a port, an escape or a credential in the wrong place.
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOOKS_LIKE_URI = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _ENDPOINT = re.compile(r"(?:https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?/?")
 _SHOWN = 200  # characters of a URI an error message shows
@@ -71,8 +71,7 @@ def _as_retry_seconds(value: str) -> float:
 
 
 def _as_count(value: str) -> int:
-    # isdigit() alone accepts '²' (which int() refuses) and digits of other scripts.
-    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+    if not is_plain_number(value, 9):
         raise ValueError(f"expected a whole number from 0 to 999999999, got {value!r:.40}")
     return int(value)
 
@@ -149,11 +148,7 @@ def _shown(uri: str) -> str:
     '/', '?' or '#'; a path with a '@' in it is masked too, which is harmless), then without
     its query and fragment, clipped."""
     masked = mask_url(uri, path_schemes=(), keep_user=False)
-    return _clip(re.split(r"[?#]", masked, maxsplit=1)[0])
-
-
-def _clip(shown: str) -> str:
-    return shown if len(shown) <= _SHOWN else f"{shown[: _SHOWN - 3]}..."
+    return clip(re.split(r"[?#]", masked, maxsplit=1)[0], _SHOWN)
 
 
 def _credentials_error(shown: str, what: str) -> UserError:
@@ -170,7 +165,7 @@ def _credentials_error(shown: str, what: str) -> UserError:
 def _check_text(shown: str, what: str, text: str) -> None:
     """Refuse a control character (NUL, newline, ...) in ``text``, the ``what`` of the URI:
     a path cannot hold NUL, and ``urlsplit`` silently drops tabs and newlines."""
-    if match := _CONTROL.search(text):
+    if match := CONTROL_CHARACTER.search(text):
         raise UserError(
             f"the checkpoint URI {shown!r} has the control character {match[0]!r} in its "
             f"{what} (at index {match.start()})",

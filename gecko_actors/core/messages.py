@@ -15,6 +15,7 @@ import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
+from gecko_actors._text import clip
 from gecko_actors.core.media import DEFAULT_MAX_IMAGE_BYTES, MediaResource, load_image
 from gecko_actors.core.strict_json import StrictJSONError, loads_strict
 from gecko_actors.exceptions import ToolArgumentsError, UserError
@@ -97,7 +98,7 @@ class ToolCall(_Packable):
         raise ToolArgumentsError(
             f"arguments for tool {_quote_name(self.name)} {problem}",
             hint="call the tool again with a JSON object of arguments",
-            tool=_clip(self.name, _NAME_CHARS),
+            tool=clip(self.name, _NAME_CHARS),
             tool_call_id=self.id,
         )
 
@@ -148,13 +149,9 @@ _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a num
 _JSON_TYPES.update({bool: "a boolean", type(None): "null"})
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _quote_name(name: str) -> str:
     """A tool name as error text: quoted, clipped (a model may send a megabyte of name)."""
-    return repr(_clip(name, _NAME_CHARS))
+    return repr(clip(name, _NAME_CHARS))
 
 
 class Message(_Packable):

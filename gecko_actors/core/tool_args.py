@@ -26,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
 from gecko_actors._redact import redact
+from gecko_actors._text import clip
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -83,12 +84,8 @@ def _loc_part(part: str | int) -> str:
     """One step of an error's location: a field name as is, an odd key (empty, spaces,
     punctuation: a model may invent any) quoted so that the model can tell which it was."""
     if isinstance(part, int) or part.isidentifier():
-        return _clip(str(part), _LOC_CHARS)
-    return repr(_clip(part, _LOC_CHARS))
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        return clip(str(part), _LOC_CHARS)
+    return repr(clip(part, _LOC_CHARS))
 
 
 # --- NaN and Infinity ------------------------------------------------------------------------
@@ -101,7 +98,7 @@ def non_finite_path(kwargs: dict[str, Any]) -> str | None:
     once, so that a self-referencing one (passed from Python) cannot loop forever.
     """
     stack: list[tuple[Any, str]] = [
-        (value, _clip(name, _LOC_CHARS)) for name, value in kwargs.items()
+        (value, clip(name, _LOC_CHARS)) for name, value in kwargs.items()
     ]
     seen: set[int] = set()
     while stack:
@@ -116,7 +113,7 @@ def non_finite_path(kwargs: dict[str, Any]) -> str | None:
         elif isinstance(value, dict):
             for key, item in value.items():
                 stack.append((key, where))
-                stack.append((item, f"{where}.{_clip(str(key), _LOC_CHARS)}"))
+                stack.append((item, f"{where}.{clip(str(key), _LOC_CHARS)}"))
         elif isinstance(value, (list, tuple, set, frozenset)):
             stack.extend((item, f"{where}.{i}") for i, item in enumerate(value))
         elif isinstance(value, BaseModel):

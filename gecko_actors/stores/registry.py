@@ -32,6 +32,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote
 
 from gecko_actors._redact import MASK, mask_url, register_secret
+from gecko_actors._text import CONTROL_CHARACTER, clip, is_plain_number
 from gecko_actors.core.embedders import Embedder
 from gecko_actors.core.sessions import InMemorySessionStore, SessionStore
 from gecko_actors.exceptions import ConfigurationError, GeckoError, UserError
@@ -48,12 +49,13 @@ __all__ = [
     "vector_store_from_url",
 ]
 
+_SHOWN = 200  # characters of a URL an error message shows
+
 Kind = Literal["session", "vector"]
 SessionStoreFactory = Callable[[str], SessionStore]
 VectorStoreFactory = Callable[..., Any]
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PORT_DIGITS = 5
 _GROUPS = {"session": "gecko_actors.session_stores", "vector": "gecko_actors.vector_stores"}
 _EXAMPLES = {
@@ -121,16 +123,16 @@ class StoreURL:
         """A :class:`UserError` about this URL: ``problem`` says which part is wrong."""
         examples = _EXAMPLES[self.kind]
         return UserError(
-            f"invalid {self.kind} store URL {_clip(str(self))!r}: {problem}",
+            f"invalid {self.kind} store URL {clip(str(self), _SHOWN)!r}: {problem}",
             hint=f"{hint}; {examples}" if hint else examples,
-            url=_clip(str(self)),
+            url=clip(str(self), _SHOWN),
         )
 
     def port_number(self, default: int) -> int:
         """The port, checked to be a number from 1 to 65535 (``default`` if absent)."""
         if self.port is None:
             return default
-        if not _is_number(self.port, _MAX_PORT_DIGITS) or not 0 < int(self.port) < 65536:
+        if not is_plain_number(self.port, _MAX_PORT_DIGITS) or not 0 < int(self.port) < 65536:
             raise self.error(
                 f"the port {self.port!r:.20} is not a number from 1 to 65535",
                 hint=f"write the port after the host, e.g. {self.scheme}://localhost:{default}",
@@ -152,23 +154,12 @@ class StoreURL:
         value = self.query.get(name)
         if value is None:
             return None
-        if not _is_number(value, 18) or int(value) == 0:
+        if not is_plain_number(value, 18) or int(value) == 0:
             raise self.error(
                 f"the {name} {value!r} is not a whole number above 0",
                 hint=f"write e.g. ?{name}=3600",
             )
         return int(value)
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    """``text`` (a URL shown in a message) cut to ``limit`` characters."""
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _is_number(text: str, max_digits: int) -> bool:
-    # isdigit() alone accepts '²' (which int() refuses) and digits of other scripts; a
-    # 5,000-digit number is refused by int() itself.
-    return text.isascii() and text.isdigit() and len(text) <= max_digits
 
 
 def parse_store_url(url: object, kind: Kind = "session") -> StoreURL:
@@ -197,7 +188,7 @@ def parse_store_url(url: object, kind: Kind = "session") -> StoreURL:
     if parts.password:
         register_secret(parts.password)
     host, port = _split_host(parts, hostport)
-    if host and (bad := _CONTROL.search(host)):  # a %00 in the host decodes to NUL
+    if host and (bad := CONTROL_CHARACTER.search(host)):  # a %00 in the host decodes to NUL
         raise parts.error(f"the host has the control character {bad[0]!r}")
     return dataclasses.replace(parts, host=host, port=port, query=_parse_query(parts, query))
 
@@ -213,7 +204,7 @@ def _split_scheme(url: object, kind: Kind) -> tuple[str, str, str]:
     head, sep, rest = text.partition("://")
     scheme = head.lower()
     problem, hint = None, _EXAMPLES[kind]
-    if bad := _CONTROL.search(text):
+    if bad := CONTROL_CHARACTER.search(text):
         # NUL cannot be in a file name, and a newline in a URL is a copy-paste accident.
         problem = f"it has the control character {bad[0]!r} (at index {bad.start()})"
         hint = f"remove it; {hint}"
@@ -227,7 +218,7 @@ def _split_scheme(url: object, kind: Kind) -> tuple[str, str, str]:
             "(urllib.parse.quote(value, safe=''))"
         )
     if problem:
-        shown = _clip(redact_url(text))
+        shown = clip(redact_url(text), _SHOWN)
         raise UserError(f"invalid {kind} store URL {shown!r}: {problem}", hint=hint, url=shown)
     return text, scheme, rest
 
@@ -344,10 +335,10 @@ class _Registry:
         except Exception as exc:
             # Any of them (a RuntimeError for "~nosuchuser/", an OSError, a plugin's own):
             # the caller gets one typed error naming the URL, never with its password.
-            shown = _clip(str(parts))
+            shown = clip(str(parts), _SHOWN)
             raise ConfigurationError(
                 f"could not build a {self.kind} store from {shown!r}: "
-                f"{type(exc).__name__}: {_clip(_without_password(str(exc), parts), 500)}",
+                f"{type(exc).__name__}: {clip(_without_password(str(exc), parts), 500)}",
                 hint=_EXAMPLES[self.kind],
                 url=shown,
             ) from exc

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gecko_actors._text import is_plain_number
 from gecko_actors.checkpoint.codec import MAX_DEPTH, encode_value
 from gecko_actors.core.files import read_capped
 from gecko_actors.core.strict_json import StrictJSONError, loads_strict
@@ -43,8 +44,8 @@ def max_input_bytes() -> int:
     if raw is None:
         return MAX_INPUT_BYTES
     text = raw.strip()
-    # isdigit() alone takes '²' and digits of other scripts; 15 digits is far past any memory.
-    if not (text.isascii() and text.isdigit() and len(text) <= 15) or int(text) <= 0:
+    # 15 digits is far past any memory.
+    if not is_plain_number(text, 15) or int(text) <= 0:
         raise UserError(
             f"{MAX_INPUT_VARIABLE}={raw!r:.40} is not a number of bytes above 0",
             hint=f"unset it (the default is {MAX_INPUT_BYTES}) or set e.g. 52428800 for 50 MiB",
