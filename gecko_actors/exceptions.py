@@ -168,6 +168,13 @@ class WorkflowError(RunError):
     error_code = "workflow_error"
 
 
+class HostBusy(WorkflowError):
+    """Every workflow host of this job's pool already drives its maximum of runs
+    (``GECKO_HOST_MAX_RUNS``): the run was not started, and nothing of it was stored."""
+
+    error_code = "host_busy"
+
+
 class CheckpointError(RunError):
     """A checkpoint could not be written or read; ``uri`` names the object."""
 
@@ -192,6 +199,7 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "GeckoError",
+    "HostBusy",
     "ModelError",
     "ModelTimeoutError",
     "OwnershipLost",

@@ -20,6 +20,8 @@ def _metric(kind: str, name: str, description: str, tags: tuple[str, ...]) -> An
 
     if kind == "counter":
         return metrics.Counter(name, description=description, tag_keys=tags)
+    if kind == "gauge":
+        return metrics.Gauge(name, description=description, tag_keys=tags)
     buckets = _WAIT_BUCKETS if "wait" in name else _LATENCY_BUCKETS
     return metrics.Histogram(name, description=description, boundaries=buckets, tag_keys=tags)
 
@@ -82,3 +84,11 @@ def agent_run(agent: str, status: str) -> None:
             "Agent runs by agent and status",
             ("agent", "status"),
         ).inc(1, {"agent": agent, "status": status})
+
+
+def runs_active(host: str, count: int) -> None:
+    """How many runs a workflow host drives now (``gecko_runs_active``, per host)."""
+    if _enabled():
+        _metric("gauge", "gecko_runs_active", "Workflow runs a host drives now", ("host",)).set(
+            count, {"host": host}
+        )

@@ -52,7 +52,8 @@ def retrieval_tool(
     return Tool(
         search,
         name=name,
-        description=description or "Search the knowledge base for passages about a query; "
+        description=description
+        or "Search the knowledge base for passages about a query; "
         "returns the most relevant passages with their sources.",
     )
 

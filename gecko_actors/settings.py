@@ -50,7 +50,13 @@ class Settings(BaseSettings):
     """Where agent actors' conversations persist (``memory://`` keeps them in memory)."""
     workflow_linger: float = Field(default=60.0, ge=0)
     """Seconds a finished workflow's coordinator stays to answer its handles before it exits
-    (afterwards handles read the run's outcome from its checkpoint)."""
+    (afterwards handles read the run's outcome from its checkpoint); a workflow host keeps a
+    finished run in memory for as long."""
+    host_max_runs: int = Field(default=2000, gt=0)
+    """Runs one workflow host drives at once; a start beyond it goes to another host of the
+    pool, or fails with ``HostBusy`` when every host is full."""
+    hosts_per_node: int = Field(default=1, gt=0)
+    """Workflow hosts per alive node in a job's pool (new runs spread over them)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)

@@ -325,7 +325,8 @@ def test_a_finished_coordinator_exits_and_its_handle_reads_the_checkpoint(
     monkeypatch.setenv("GECKO_WORKFLOW_LINGER", "0.2")
     wf = Workflow(unique("brief")).add_node("a", lambda ctx: ctx.input + 1)
     wf.add_node("b", lambda ctx: ctx.input * 10).add_edge("a", "b")
-    run = wf.start(1, checkpoint=checkpoint_uri)
+    run = wf.start(1, checkpoint=checkpoint_uri, dedicated=True)
+    assert run.info()["placement"] == "dedicated"
     assert run.result(timeout=120) == 20
     deadline = time.monotonic() + 60
     while lookup(f"workflow/{run.run_id}") is not None:  # its process is freed

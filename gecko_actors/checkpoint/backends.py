@@ -85,6 +85,10 @@ class Backend(ABC):
     def delete(self, folder: str) -> None:
         """Delete ``folder`` and everything in it (nothing happens if it does not exist)."""
 
+    @abstractmethod
+    def remove(self, path: str) -> None:
+        """Delete the object at ``path`` (nothing happens if there is none)."""
+
 
 def open_backend(location: Location) -> Backend:
     """The backend for a parsed location; clients are made lazily, at first use."""
@@ -202,6 +206,11 @@ class FileBackend(Backend):
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self._abs(folder))
 
+    def remove(self, path: str) -> None:
+        """Remove one file."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._abs(path))
+
 
 def _sync_folder(folder: str) -> None:
     """fsync a folder, so that the names just created or renamed in it survive a power loss;
@@ -277,6 +286,12 @@ class MemoryBackend(Backend):
             for name in [f for f in folders if f == folder or f.startswith(f"{folder}/")]:
                 del folders[name]
 
+    def remove(self, path: str) -> None:
+        """Forget one file."""
+        with _MEMORY_LOCK:
+            folders, folder, name = self._split(path)
+            folders.get(folder, {}).pop(name, None)
+
 
 # --- object stores through pyarrow.fs --------------------------------------------------------
 
@@ -335,6 +350,11 @@ class ArrowBackend(Backend):
         """Delete every object under the folder."""
         with contextlib.suppress(FileNotFoundError):
             self.filesystem().delete_dir(self._abs(folder))
+
+    def remove(self, path: str) -> None:
+        """Delete one object."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem().delete_file(self._abs(path))
 
 
 class S3Backend(ArrowBackend):

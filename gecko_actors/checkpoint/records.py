@@ -82,6 +82,7 @@ class Manifest:
     result: Any = None
     error: str | None = None
     finished_at: float | None = None
+    host: str | None = None  # the actor that drives the run (a workflow host, or dedicated)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,10 @@ _KEYS = {
         ["type", "version", "run_id", *(f.name for f in dataclasses.fields(Marker))]
     ),
     "owner": frozenset(("type", "version", "run_id", "epoch", "claimed_at", "holder")),
+    "index": frozenset(("type", "version", "run_id", "entries")),
 }
+# Keys a record may lack (written by an earlier release of the same record version).
+_OPTIONAL = {"manifest": frozenset(["host"])}
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ def unpack(raw: bytes, kind: str, run_id: str, where: str) -> dict[str, Any]:
             "inspect the run"
         )
         raise error
-    keys = set(rec)
+    keys = set(rec) | _OPTIONAL.get(kind, frozenset())
     if keys != _KEYS[kind]:
         missing, extra = sorted(_KEYS[kind] - keys), sorted(keys - _KEYS[kind])
         raise corrupt(
@@ -312,6 +316,8 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         raise UserError("Manifest.error must be a str or None", run_id=run_id)
     if manifest.finished_at is not None and not _is_number(manifest.finished_at):
         raise UserError("Manifest.finished_at must be a number or None", run_id=run_id)
+    if manifest.host is not None and not isinstance(manifest.host, str):
+        raise UserError("Manifest.host must be a str or None", run_id=run_id)
     return {
         **_header("manifest", run_id),
         "workflow": str(manifest.workflow),
@@ -322,6 +328,7 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         "result": encode_field(manifest.result, "result", run_id=run_id),
         "error": manifest.error,
         "finished_at": None if manifest.finished_at is None else float(manifest.finished_at),
+        "host": manifest.host,
     }
 
 
@@ -330,6 +337,8 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     _expect(rec, where, run_id, workflow=str, fingerprint=str, status=str)
     _expect(rec, where, run_id, created_at=(int, float))
     _expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
+    rec.setdefault("host", None)
+    _expect(rec, where, run_id, host=(str, None))
     return Manifest(
         run_id=run_id,
         workflow=rec["workflow"],
@@ -340,6 +349,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
         result=_decode_at(rec["result"], where, run_id),
         error=rec["error"],
         finished_at=rec["finished_at"],
+        host=rec["host"],
     )
 
 

@@ -1,9 +1,9 @@
-"""The coordinator actor: a thin Ray shell around one run's :class:`RunEngine`.
+"""What a run needs from Ray: killable tasks for function nodes that ask for them, and the
+dedicated coordinator actor (one run in a process of its own, ``dedicated=True``).
 
 Its constructor loads the run from the checkpoint, so a restart by Ray is a resume: committed
 nodes never run again, and the visit that was in flight runs again with the same idempotency
-key. All the semantics live in ``engine.py``; this module adds what needs Ray: the actor, its
-name (``workflow/<run_id>``), and killable tasks for function nodes that need them.
+key. All the semantics live in ``engine.py``; runs share a process in ``host.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import copy
 import dataclasses
 import inspect
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -21,15 +20,11 @@ import ray
 
 from gecko_actors._actors.common import create, lookup
 from gecko_actors.checkpoint import CheckpointStore
-from gecko_actors.exceptions import WorkflowError
-from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
+from gecko_actors.workflow.driven import DrivenRun
 from gecko_actors.workflow.engine import RunEngine
 from gecko_actors.workflow.execution import LocalExecutor, Result, TaskAttempt, call_node
 from gecko_actors.workflow.graph import Node, NodeContext, WorkflowGraph
-from gecko_actors.workflow.status import run_status
-
-_log = get_logger("gecko_actors.workflow")
 
 
 def _node_task(fn: Any, ctx: NodeContext) -> Any:
@@ -130,10 +125,15 @@ class RayExecutor(LocalExecutor):
     ``lent`` while the task runs and answers the task's reads (``lent_output``).
     """
 
-    def __init__(self, store: CheckpointStore, coordinator: Any = None) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        coordinator: Any = None,
+        lent: dict[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__(store)
         self.coordinator = coordinator
-        self.lent: dict[str, Mapping[str, Any]] = {}
+        self.lent = {} if lent is None else lent  # a host's executors share one
 
     def start(self, node: Node, ctx: NodeContext) -> TaskAttempt | RayTaskAttempt:  # type: ignore[override]
         if node.kind == "function" and (
@@ -154,8 +154,8 @@ class RayExecutor(LocalExecutor):
 
 
 def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
-    """The coordinator of ``run_id``: the live one, or a new one that starts or resumes the
-    run from its checkpoint. Blocking (it may read the checkpoint)."""
+    """The dedicated coordinator of ``run_id``: the live one, or a new one that starts or
+    resumes the run from its checkpoint. Blocking (it may read the checkpoint)."""
     return lookup(f"workflow/{run_id}") or create(
         ray.remote(CoordinatorActor),
         f"workflow/{run_id}",
@@ -166,39 +166,40 @@ def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
 
 
 class CoordinatorActor:
-    """Drives one run (``workflow/<run_id>``); handles reach it through ``WorkflowRun``."""
+    """Drives one run in a process of its own (``workflow/<run_id>``, ``dedicated=True``);
+    handles reach it through ``WorkflowRun``. A finished run's process exits after
+    ``linger`` seconds."""
 
     def __init__(
         self, run_id: str, graph: WorkflowGraph, uri: str, input: Any, linger: float = 60.0
     ) -> None:
         self.run_id = run_id
         self.linger = linger
-        self.events: list[dict[str, Any]] = []
         store = CheckpointStore(uri)
         self.executor = RayExecutor(store, ray.get_runtime_context().current_actor)
-        self.engine = RunEngine(graph, run_id, store, self.executor, on_event=self._event)
-        manifest = self.engine.open(input)
-        self.engine.outcome, self.engine.value = manifest.status, manifest.result
-        self.done = asyncio.Event()
-        self._task: asyncio.Task[Any] | None = None
+        self.run = DrivenRun(run_id, f"workflow/{run_id}")
+        self.run.on_end = self._ended
+        status = self.run.open(
+            lambda sink: RunEngine(graph, run_id, store, self.executor, on_event=sink),
+            input,
+            host=self.run.host,
+        )
         self._exit: asyncio.Task[Any] | None = None
-        self._driver: asyncio.Task[Any] | None = None  # a drive that reopen started
-        if manifest.status != "running":
-            self.done.set()
         # Resume by ourselves, or retire: the call runs once the constructor has returned.
         me = ray.get_runtime_context().current_actor
-        (me.drive if manifest.status == "running" else me.retire).remote()
+        (me.drive if status == "running" else me.retire).remote()
+
+    @property
+    def engine(self) -> RunEngine:
+        """The run's engine (for tests and benchmarks)."""
+        assert self.run.engine is not None
+        return self.run.engine
 
     async def drive(self) -> None:
         """Drive the run to its end (nothing when it is being driven or is over)."""
-        if self._task is not None or self.done.is_set():
-            return
-        self._task = asyncio.current_task()
-        try:
-            durable = await self.engine.run()
-        finally:
-            self._task = None
-            self.done.set()
+        await self.run.drive()
+
+    async def _ended(self, durable: bool) -> None:
         if durable:  # handles find the outcome in the checkpoint once we are gone
             self._exit = asyncio.create_task(self.retire())
 
@@ -207,7 +208,7 @@ class CoordinatorActor:
         cancels it."""
         self._exit = asyncio.current_task()
         await asyncio.sleep(self.linger)
-        if self._task is not None or not self.done.is_set():
+        if self.run.driving or not self.run.done.is_set():
             return  # a reopen that came first is driving the run again: it retires later
         # Not exit_actor(): from a call we made to ourselves, it waits for its own reply.
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
@@ -215,56 +216,36 @@ class CoordinatorActor:
     async def reopen(self) -> None:
         """Continue a failed or cancelled run from its last committed step; nothing for a run
         that is running or succeeded."""
-        if self._task is not None or self.engine.outcome in ("running", "succeeded"):
-            return
-        if self._exit is not None:
+        task = self.run.reopen()
+        if task is not None and self._exit is not None:
             self._exit.cancel()
-        self.events = []  # the stream of this drive, as a new coordinator's would be
-        self.done.clear()
-        self._driver = asyncio.create_task(self.drive())
-        while self._task is None and not self.done.is_set():
-            await asyncio.sleep(0)  # until drive has begun, so status() says running
+        await self.run.begun(task)
 
     async def result(self) -> Any:
-        await self.done.wait()
-        engine = self.engine
-        if engine.outcome == "succeeded":
-            return engine.value
-        if engine.failure is not None:
-            raise engine.failure
-        manifest = engine.manifest
-        error = f": {manifest.error}" if manifest.error else ""
-        raise WorkflowError(
-            f"workflow run {self.run_id!r} {engine.outcome}{error}",
-            hint="resume it with wf.resume(run_id, checkpoint=...)",
-            run_id=self.run_id,
-        )
+        return await self.run.result()
 
     def status(self) -> dict[str, Any]:
-        engine = self.engine
-        status = "running" if not self.done.is_set() else engine.outcome
-        error = str(engine.failure) if engine.failure else engine.manifest.error
-        return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
+        return self.run.status()
 
     async def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
-        """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs);
-        read in a thread, since an older output comes from the checkpoint."""
-        outputs = self.executor.lent.get(key)
-        if outputs is None or node not in outputs:
-            return False, None
-        return True, await asyncio.to_thread(outputs.__getitem__, node)
+        """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs)."""
+        return await lent_output(self.executor.lent, key, node)
 
     def lent_names(self, key: str) -> list[str]:
         return sorted(self.executor.lent.get(key, {}))
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
-        return self.events[index:], self.done.is_set()
+        return self.run.events_since(index)
 
     async def cancel(self) -> None:
         """Stop the run; returns once its running attempts have stopped."""
-        self.engine.cancel()
-        await self.done.wait()
+        await self.run.cancel()
 
-    def _event(self, kind: str, **data: Any) -> None:
-        self.events.append({"type": kind, "run_id": self.run_id, "time": time.time(), **data})
-        _log.info(kind, run_id=self.run_id, **{k: v for k, v in data.items() if k != "error"})
+
+async def lent_output(lent: Mapping[str, Mapping[str, Any]], key: str, node: str) -> Any:
+    """The output of ``node`` as the task attempt ``key`` sees it; read in a thread, since
+    an older output comes from the checkpoint."""
+    outputs = lent.get(key)
+    if outputs is None or node not in outputs:
+        return False, None
+    return True, await asyncio.to_thread(outputs.__getitem__, node)

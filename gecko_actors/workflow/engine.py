@@ -93,6 +93,7 @@ class RunEngine:
         self.executor = executor
         self.on_event = on_event or (lambda kind, **data: None)
         self.epoch = 0
+        self.created = False  # whether open() created the run
         self.nodes: dict[str, dict[str, Any]] = {}
         self.outcome = "running"  # then succeeded | failed | cancelled
         self.failure: GeckoError | None = None
@@ -102,16 +103,28 @@ class RunEngine:
 
     # --- opening: load the checkpoint and replay it -------------------------------------
 
-    def open(self, input: Any) -> Manifest:
+    def open(
+        self, input: Any, *, created_at: float | None = None, host: str | None = None
+    ) -> Manifest:
         """Create the run (or find it) and replay its committed steps, so that ``status``
-        answers before the run is driven. Blocking: call it from a thread in an event loop."""
+        answers before the run is driven. ``created`` says afterwards whether this call
+        created it. Blocking: call it from a thread in an event loop."""
         entry = self.graph.entry or "input"
         input = normalised(input, "the run's input", entry)  # as a resumed run will see it
-        created = Manifest(
-            self.run_id, self.graph.name, self.graph.fingerprint(), input, time.time()
+        made = Manifest(
+            self.run_id,
+            self.graph.name,
+            self.graph.fingerprint(),
+            input,
+            time.time() if created_at is None else created_at,
+            host=host,
         )
-        self.manifest = self.store.create_manifest(created)
-        self._reload()
+        self.manifest = self.store.create_manifest(made)
+        self.created = self.manifest is made
+        if self.created:  # a new run has no steps: no need to list them
+            self.replay([])
+        else:
+            self._reload()
         return self.manifest
 
     def take_over(self) -> None:
@@ -119,7 +132,8 @@ class RunEngine:
         our claim is seen, and any later commit by an older owner is refused by the store."""
         self.epoch = self.store.claim(self.run_id)
         self.store.update_status(self.run_id, "running", epoch=self.epoch)
-        self._reload()
+        if self.epoch > 1 or self.seq:  # with epoch 1, no engine ever could commit a step
+            self._reload()
 
     def replay(self, records: list[StepRecord]) -> None:
         """Rebuild the run's progress from its committed steps, as they were decided."""

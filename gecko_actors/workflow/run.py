@@ -12,10 +12,13 @@ import ray
 
 from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.exceptions import UserError, WorkflowError
+from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
 from gecko_actors.workflow.engine import normalised
 from gecko_actors.workflow.graph import WorkflowGraph
+from gecko_actors.workflow.host import RunNotHosted
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"
@@ -40,39 +43,69 @@ _GONE = object()  # what a call to a coordinator that has exited returns
 
 
 class WorkflowRun:
-    """The handle of one run (``workflow/<run_id>``): ``result``, ``status``, ``summary``,
-    ``events``, ``cancel``. Picklable; any driver can build one with :meth:`Workflow.resume`.
+    """The handle of one run: ``result``, ``status``, ``summary``, ``events``, ``cancel``,
+    ``info``. Picklable; any driver can build one with :meth:`Workflow.resume` or
+    :meth:`attach`.
 
-    A finished run's coordinator exits after ``GECKO_WORKFLOW_LINGER`` seconds; the handle then
-    answers ``result``, ``status`` and ``summary`` from the checkpoint.
+    The run is driven by a workflow host (``workflows/host/<env>/<i>``, many runs per
+    process) or, with ``dedicated=True``, by a coordinator of its own (``workflow/<run_id>``).
+    A finished run is held for ``GECKO_WORKFLOW_LINGER`` seconds (a dedicated coordinator then
+    exits); the handle then answers ``result``, ``status`` and ``summary`` from the checkpoint.
     """
 
-    def __init__(self, run_id: str, handle: Any, checkpoint: str | None = None) -> None:
+    def __init__(
+        self, run_id: str, handle: Any, checkpoint: str | None = None, host: str | None = None
+    ) -> None:
         self.run_id = run_id
         self._handle = handle
         self._checkpoint = checkpoint
+        self._host = host  # the host's name; None for a dedicated coordinator
 
     def __repr__(self) -> str:
         return f"WorkflowRun({self.run_id!r})"
 
     @classmethod
     def attach(cls, run_id: str) -> WorkflowRun:
-        """The handle of a run whose coordinator is alive on the cluster."""
+        """The handle of a run that a live host or coordinator of the cluster drives."""
         handle = lookup(f"workflow/{run_id}")
+        if handle is not None:
+            return cls(run_id, handle)
+        host = directory.find_host(run_id)
+        handle = None if host is None else lookup(host)
         if handle is None:
             raise UserError(
-                f"no live coordinator for run {run_id!r} (actor workflow/{run_id})",
-                hint="check the run id and --address; a run whose cluster is gone is resumed "
-                "with wf.resume(run_id, checkpoint=...) (or `gecko-actors resume RUN_ID TARGET`)",
+                f"no live host or coordinator drives run {run_id!r}",
+                hint="check the run id and --address; a finished run is read with "
+                "`gecko-actors status RUN_ID --checkpoint URI`, and a run whose cluster is "
+                "gone is resumed with wf.resume(run_id, checkpoint=...) (or `gecko-actors "
+                "resume RUN_ID TARGET`)",
                 run_id=run_id,
             )
-        return cls(run_id, handle)
+        return cls(run_id, handle, host=host)
 
     @property
     def actor(self) -> Any:
-        """The coordinator's Ray actor handle, for advanced use (``ray.kill`` to simulate a
-        crash, say)."""
+        """The Ray actor handle of the run's host (or dedicated coordinator), for advanced
+        use (``ray.kill`` to simulate a crash, say)."""
         return self._handle
+
+    def info(self) -> dict[str, Any]:
+        """Where the run is driven: ``placement`` (hosted or dedicated), ``host`` (the actor's
+        name), ``checkpoint``, ``workflow`` and ``node_ip`` while it is held there."""
+        if self._host is not None:
+            found = self._ask("run_info")
+            if found is not _GONE:
+                return found
+        manifest = None if self._checkpoint is None else self._store().read_manifest(self.run_id)
+        host = self._host or (manifest.host if manifest else None) or f"workflow/{self.run_id}"
+        return {
+            "run_id": self.run_id,
+            "host": host,
+            "placement": "dedicated" if host.startswith("workflow/") else "hosted",
+            "checkpoint": self._checkpoint,
+            "workflow": manifest.workflow if manifest else None,
+            "node_ip": None,
+        }
 
     def result(self, timeout: float | None = None) -> Any:
         """The run's result, once it finished (a ``WorkflowError`` if it failed)."""
@@ -140,12 +173,17 @@ class WorkflowRun:
         return self._ask("reopen") is not _GONE
 
     def _ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        if self._host is not None:  # a host holds many runs: say which
+            args = (self.run_id, *args)
         try:
             return ray.get(getattr(self._handle, method).remote(*args), timeout=timeout)
         except ray.exceptions.ActorDiedError:
             return _GONE
         except ray.exceptions.RayTaskError as exc:
-            raise unwrap(exc) from None
+            error = unwrap(exc)
+            if isinstance(error, RunNotHosted):
+                return _GONE
+            raise error from None
 
     def _store(self) -> CheckpointStore:
         if self._checkpoint is None:
@@ -170,14 +208,28 @@ class Workflow(WorkflowGraph):
     """
 
     def start(
-        self, input: Any, *, run_id: str | None = None, checkpoint: str | Path | None = None
+        self,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        checkpoint: str | Path | None = None,
+        dedicated: bool = False,
     ) -> WorkflowRun:
-        """Validate, then start the coordinator actor ``workflow/<run_id>``. An input that
-        cannot be checkpointed is a UserError here, before any actor starts."""
+        """Validate, create the run and return its handle once its host has it.
+
+        The run is driven by a workflow host of this job (many runs per process: no process
+        is started for it) unless ``dedicated=True``, which gives it a coordinator actor of
+        its own (``workflow/<run_id>``). A run id that exists is a UserError, and of two
+        starts of one run id only one makes the run. An input that cannot be checkpointed is
+        a UserError before anything is stored.
+        """
         self.validate()
         normalised(input, "the run's input", self.entry or self.name)
-        run_id = run_id or f"{self.name}-{uuid.uuid4().hex[:12]}"
+        run_id = validate_run_id(run_id or f"{self.name}-{uuid.uuid4().hex[:12]}")
         uri = checkpoint_uri(checkpoint)
+        if not dedicated:
+            host = hosting.start(self, run_id, uri, input)
+            return WorkflowRun(run_id, hosting.handle(host), uri, host=host)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
             raise UserError(
                 f"run {run_id!r} already exists in {uri}",
@@ -186,9 +238,16 @@ class Workflow(WorkflowGraph):
             )
         return self._coordinator(run_id, uri, input)
 
-    def resume(self, run_id: str, *, checkpoint: str | Path | None = None) -> WorkflowRun:
-        """Continue a run from its last committed step (after the coordinator, a node or the
-        whole Ray instance was lost); a finished run returns its stored result."""
+    def resume(
+        self,
+        run_id: str,
+        *,
+        checkpoint: str | Path | None = None,
+        dedicated: bool | None = None,
+    ) -> WorkflowRun:
+        """Continue a run from its last committed step (after its host, a node or the whole
+        Ray instance was lost, or it failed or was cancelled); a finished run returns its
+        stored result. ``dedicated`` defaults to how the run was started."""
         self.validate()
         uri = checkpoint_uri(checkpoint)
         manifest = CheckpointStore(uri).read_manifest(run_id)
@@ -203,6 +262,11 @@ class Workflow(WorkflowGraph):
                 hint="resume with the graph the run started with",
                 run_id=run_id,
             )
+        if dedicated is None:
+            dedicated = (manifest.host or "").startswith("workflow/")
+        if not dedicated:
+            host = hosting.resume(self, manifest, uri)
+            return WorkflowRun(run_id, hosting.handle(host), uri, host=host)
         return self._coordinator(run_id, uri, manifest.input)
 
     def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:

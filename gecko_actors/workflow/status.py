@@ -78,6 +78,7 @@ def run_status(
         "created_at": manifest.created_at,
         "finished_at": manifest.finished_at,
         "tokens": sum(n["tokens"] for n in nodes.values()),
+        "host": manifest.host,
         "nodes": nodes,
     }
 

@@ -1,0 +1,127 @@
+"""One run driven in this process: its engine, its events and its outcome, as both a workflow
+host (many runs) and a dedicated coordinator (one run) keep it.
+
+A handle's calls (``result``, ``status``, ``events``, ``cancel``, ``reopen``) are answered
+here; which actor holds the run, and what happens once it has ended, is the actor's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gecko_actors.exceptions import WorkflowError
+from gecko_actors.logging import get_logger
+from gecko_actors.workflow.engine import RunEngine
+from gecko_actors.workflow.status import run_status
+
+_log = get_logger("gecko_actors.workflow")
+
+
+class DrivenRun:
+    """The live side of one run; ``open`` it (blocking), then ``drive`` it in the loop."""
+
+    def __init__(self, run_id: str, host: str | None = None) -> None:
+        self.run_id = run_id
+        self.host = host
+        self.events: list[dict[str, Any]] = []
+        self.done = asyncio.Event()
+        self.engine: RunEngine | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self.on_end: Callable[[bool], Any] | None = None  # awaited after each drive
+        self._reopened: asyncio.Task[Any] | None = None
+
+    def open(
+        self,
+        make_engine: Callable[[Callable[..., None]], RunEngine],
+        input: Any,
+        created_at: float | None = None,
+        host: str | None = None,
+    ) -> str:
+        """Create the engine (given our event sink) and open the run (see
+        ``RunEngine.open``); returns its stored status. Blocking: it may read the checkpoint."""
+        engine = make_engine(self.event)
+        manifest = engine.open(input, created_at=created_at, host=host)
+        engine.outcome, engine.value = manifest.status, manifest.result
+        self.engine = engine
+        if manifest.status != "running":
+            self.done.set()
+        return manifest.status
+
+    @property
+    def driving(self) -> bool:
+        """True while a drive is under way."""
+        return self._task is not None
+
+    async def drive(self) -> bool:
+        """Drive the run to its end (nothing when it is being driven or is over); True when
+        its outcome is stored."""
+        if self._task is not None or self.done.is_set() or self.engine is None:
+            return False
+        self._task = asyncio.current_task()
+        try:
+            durable = await self.engine.run()
+        finally:
+            self._task = None
+            self.done.set()
+        if self.on_end is not None:
+            await self.on_end(durable)
+        return durable
+
+    def reopen(self) -> asyncio.Task[Any] | None:
+        """Drive a failed or cancelled run again from its last committed step; None for a run
+        that is running or succeeded."""
+        engine = self.engine
+        if engine is None or self._task is not None or engine.outcome in ("running", "succeeded"):
+            return None
+        self.events = []  # the stream of this drive, as a new coordinator's would be
+        self.done.clear()
+        self._reopened = asyncio.create_task(self.drive())  # held: the loop keeps weak refs
+        return self._reopened
+
+    async def begun(self, task: asyncio.Task[Any] | None) -> None:
+        """Return once ``task`` (a drive) has begun, so that ``status`` says running."""
+        while task is not None and self._task is None and not self.done.is_set():
+            await asyncio.sleep(0)
+
+    async def result(self) -> Any:
+        """The run's result once it ended; its error if it failed or was cancelled."""
+        await self.done.wait()
+        engine = self.engine
+        assert engine is not None
+        if engine.outcome == "succeeded":
+            return engine.value
+        if engine.failure is not None:
+            raise engine.failure
+        manifest = engine.manifest
+        error = f": {manifest.error}" if manifest.error else ""
+        raise WorkflowError(
+            f"workflow run {self.run_id!r} {engine.outcome}{error}",
+            hint="resume it with wf.resume(run_id, checkpoint=...)",
+            run_id=self.run_id,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """What ``WorkflowRun.status`` answers while the run is here."""
+        engine = self.engine
+        assert engine is not None
+        status = "running" if not self.done.is_set() else engine.outcome
+        error = str(engine.failure) if engine.failure else engine.manifest.error
+        return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
+
+    def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
+        """The events from ``index`` on, and whether the run has ended."""
+        return self.events[index:], self.done.is_set()
+
+    async def cancel(self) -> None:
+        """Stop the run; returns once its running attempts have stopped."""
+        if self.engine is not None:
+            self.engine.cancel()
+        await self.done.wait()
+
+    def event(self, kind: str, **data: Any) -> None:
+        """The engine's event sink: kept for handles, and logged."""
+        self.events.append({"type": kind, "run_id": self.run_id, "time": time.time(), **data})
+        _log.info(kind, run_id=self.run_id, **{k: v for k, v in data.items() if k != "error"})

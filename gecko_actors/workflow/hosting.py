@@ -1,0 +1,101 @@
+"""The driver's side of hosted runs: finding (or making) the job's workflow hosts, and
+starting or resuming a run on one of them.
+
+A host is created with ``get_if_exists`` and the same options by every driver (Ray keeps the
+first creator's and drops the others'); its handle is kept per process, so a call to a run is
+one hop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+from gecko_actors._actors.common import create, unwrap
+from gecko_actors.checkpoint import Manifest
+from gecko_actors.exceptions import HostBusy, WorkflowError
+from gecko_actors.workflow import directory
+from gecko_actors.workflow.graph import WorkflowGraph
+from gecko_actors.workflow.host import WorkflowHost
+
+_HANDLES: dict[str, Any] = {}  # host name -> actor handle, in this process
+_CALL_TRIES = 3
+
+
+def handle(name: str) -> Any:
+    """The handle of host ``name``, made if it does not exist."""
+    found = _HANDLES.get(name)
+    if found is None:
+        found = create(
+            ray.remote(WorkflowHost),
+            name,
+            (name,),
+            get_if_exists=True,
+            max_concurrency=10_000,  # every handle's result() waits in a call of its own
+            scheduling_strategy="SPREAD",
+        )
+        _HANDLES[name] = found
+    return found
+
+
+def call(name: str, method: str, *args: Any) -> Any:
+    """Call ``method`` of host ``name``; a host killed for good is made again (Ray retries a
+    call to a host it is restarting by itself)."""
+    for attempt in range(_CALL_TRIES):
+        try:
+            return ray.get(getattr(handle(name), method).remote(*args))
+        except ray.exceptions.ActorDiedError:
+            _HANDLES.pop(name, None)
+            time.sleep(0.2 * (attempt + 1))  # until its name is free again
+        except ray.exceptions.RayTaskError as exc:
+            raise unwrap(exc) from None
+    raise WorkflowError(
+        f"workflow host {name} died {_CALL_TRIES} times in a row while asked to {method}",
+        hint="look at the host's log in the Ray dashboard (Actors, then its name)",
+        host=name,
+    )
+
+
+def packed(graph: WorkflowGraph) -> tuple[str, bytes, str | None]:
+    """What a host needs to run ``graph``: a key naming its exact code, the graph pickled
+    (shipped inside the cluster only), and its ``module:attr`` target when it has one."""
+    blob = cloudpickle.dumps(graph)
+    return hashlib.sha256(blob).hexdigest()[:32], blob, getattr(graph, "target", None)
+
+
+def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
+    """Start run ``run_id`` on a host of this job's pool (another one when the preferred one
+    is full); returns the host's name."""
+    code = packed(graph)
+    created_at = time.time()  # the same in a retry: how a host knows its own run again
+    hosts = directory.candidates(run_id, directory.code_env())
+    for name in hosts:
+        try:
+            call(name, "start_run", run_id, uri, code, input, created_at)
+        except HostBusy:
+            continue
+        return name
+    raise HostBusy(
+        f"every workflow host of this job ({len(hosts)}) already drives its maximum of runs",
+        hint="wait for runs to finish, add nodes, or raise GECKO_HOST_MAX_RUNS or "
+        "GECKO_HOSTS_PER_NODE",
+        run_id=run_id,
+    )
+
+
+def resume(graph: WorkflowGraph, manifest: Manifest, uri: str) -> str:
+    """Resume a run on its host when that host is of this job's pool (else on this pool's
+    preferred host, which takes the run over); returns the host's name."""
+    env = directory.code_env()
+    recorded = manifest.host or ""
+    name = (
+        recorded
+        if recorded.startswith(directory.host_name(env, 0).rsplit("/", 1)[0] + "/")
+        else directory.candidates(manifest.run_id, env)[0]
+    )
+    call(name, "resume_run", manifest.run_id, uri, packed(graph), manifest.input)
+    return name
