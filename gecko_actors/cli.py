@@ -272,19 +272,26 @@ def status(run_id: str, checkpoint: str | None, as_json: bool) -> None:
 @main.command(name="list")
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
 def list_runs(checkpoint: str | None) -> None:
-    """List the runs in a checkpoint store, newest first: id, workflow, status, created.
+    """List the runs in a checkpoint store, newest first: id, workflow, status, created,
+    host. Read from the store's run index (a few reads, however many runs); a store without
+    one is indexed from its runs' manifests first.
 
     \b
     Example:
         gecko-actors list --checkpoint ./gecko_runs
     """
+    from gecko_actors.checkpoint.index import RunIndex
+
     store = _store(checkpoint)
-    manifests = [m for m in map(store.read_manifest, store.list_runs()) if m is not None]
-    if not manifests:
+    index = RunIndex(store)
+    entries = index.read()
+    if not entries and store.list_runs():
+        entries = index.rebuild()
+    if not entries:
         click.echo(f"no runs in {store.uri}")
-    for m in sorted(manifests, key=lambda m: m.created_at, reverse=True):
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
-        click.echo(f"{m.run_id}  {m.workflow}  {m.status}  {created}")
+    for e in sorted(entries.values(), key=lambda e: e.created_at, reverse=True):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created_at))
+        click.echo(f"{e.run_id}  {e.workflow}  {e.status}  {created}  {e.host or '-'}")
 
 
 # --- Ray Jobs --------------------------------------------------------------------------------

@@ -121,6 +121,14 @@ class RunEngine:
         )
         self.manifest = self.store.create_manifest(made)
         self.created = self.manifest is made
+        if self.manifest.fingerprint != made.fingerprint:
+            raise UserError(
+                f"run {self.run_id!r} was made by a different graph of workflow "
+                f"{self.manifest.workflow!r}: its nodes, edges, conditions, entry or max_steps "
+                "changed",
+                hint="resume with the graph the run started with",
+                run_id=self.run_id,
+            )
         if self.created:  # a new run has no steps: no need to list them
             self.replay([])
         else:

@@ -150,6 +150,9 @@ class WorkflowGraph:
         self.nodes: dict[str, Node] = {}
         self.edges: list[Edge] = []
         self.entry: str | None = None
+        # ``module:attr`` (or ``/abs/file.py:attr``) this workflow was loaded from, if any: a
+        # workflow host imports it again after a restart instead of keeping a pickled copy.
+        self.target: str | None = None
 
     # --- building -----------------------------------------------------------------------
 

@@ -45,12 +45,15 @@ def load_workflow(target: str) -> Any:
             hint=f"its names are: {', '.join(names[:20]) or '(none)'}",
         ) from None
     if callable(value) and not isinstance(value, WorkflowGraph):
-        return _call_factory(value, attr, target)
-    if not _is_workflow(value):
+        value = _call_factory(value, attr, target)
+    elif not _is_workflow(value):
         raise UserError(
             f"{target} is a {type(value).__name__}, not a Workflow",
             hint="name a gecko_actors.Workflow, or a function that returns one",
         )
+    # How a workflow host imports it again after a restart (a file by its absolute path).
+    file = getattr(module, "__file__", None)
+    value.target = f"{file}:{attr}" if module.__name__.startswith("_gecko_target_") else target
     return value
 
 
