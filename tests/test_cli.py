@@ -226,7 +226,7 @@ def test_a_dashboard_url_is_refused_where_a_driver_connects(
 @pytest.mark.usefixtures("ray_session")
 def test_cancel_an_unknown_run() -> None:
     code, out = cli("cancel", "no-such-run")
-    assert code == 1 and "no live coordinator for run 'no-such-run'" in out
+    assert code == 1 and "no live host or coordinator drives run 'no-such-run'" in out
 
 
 def test_the_core_never_imports_ray_or_litellm() -> None:

@@ -18,17 +18,20 @@ from ray import cloudpickle
 from gecko_actors._actors.common import create, unwrap
 from gecko_actors.checkpoint import Manifest
 from gecko_actors.exceptions import HostBusy, WorkflowError
+from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import WorkflowHost
 
-_HANDLES: dict[str, Any] = {}  # host name -> actor handle, in this process
+_HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
 _CALL_TRIES = 3
 
 
 def handle(name: str) -> Any:
     """The handle of host ``name``, made if it does not exist."""
-    found = _HANDLES.get(name)
+    ensure_initialized()
+    key = (ray.get_runtime_context().gcs_address, name)  # a new Ray in this process: new hosts
+    found = _HANDLES.get(key)
     if found is None:
         found = create(
             ray.remote(WorkflowHost),
@@ -38,7 +41,7 @@ def handle(name: str) -> Any:
             max_concurrency=10_000,  # every handle's result() waits in a call of its own
             scheduling_strategy="SPREAD",
         )
-        _HANDLES[name] = found
+        _HANDLES[key] = found
     return found
 
 
@@ -49,7 +52,7 @@ def call(name: str, method: str, *args: Any) -> Any:
         try:
             return ray.get(getattr(handle(name), method).remote(*args))
         except ray.exceptions.ActorDiedError:
-            _HANDLES.pop(name, None)
+            _HANDLES.pop((ray.get_runtime_context().gcs_address, name), None)
             time.sleep(0.2 * (attempt + 1))  # until its name is free again
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
@@ -70,6 +73,7 @@ def packed(graph: WorkflowGraph) -> tuple[str, bytes, str | None]:
 def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
     """Start run ``run_id`` on a host of this job's pool (another one when the preferred one
     is full); returns the host's name."""
+    ensure_initialized()
     code = packed(graph)
     created_at = time.time()  # the same in a retry: how a host knows its own run again
     hosts = directory.candidates(run_id, directory.code_env())
@@ -90,6 +94,7 @@ def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
 def resume(graph: WorkflowGraph, manifest: Manifest, uri: str) -> str:
     """Resume a run on its host when that host is of this job's pool (else on this pool's
     preferred host, which takes the run over); returns the host's name."""
+    ensure_initialized()
     env = directory.code_env()
     recorded = manifest.host or ""
     name = (
