@@ -62,7 +62,8 @@ async def plus_one(ctx: Any) -> int:
 def fan_out(name: str, width: int, depth: int, node: Any, ends: Any = None) -> Workflow:
     """entry -> ``width`` chains of ``depth`` nodes -> join (entry and join run ``ends``,
     or ``node``)."""
-    wf = Workflow(name).add_node("entry", ends or node).add_node("join", ends or node)
+    wf = Workflow(name, max_steps=width * depth + 2)
+    wf.add_node("entry", ends or node).add_node("join", ends or node)
     for w in range(width):
         previous = "entry"
         for d in range(depth):
@@ -143,7 +144,7 @@ def bench_many_runs(root: Path) -> None:
 
 
 def bench_per_node(root: Path) -> None:
-    wf = Workflow("chain100")
+    wf = Workflow("chain100", max_steps=CHAIN)
     for i in range(CHAIN):
         wf.add_node(f"n{i}", clock)
         if i:

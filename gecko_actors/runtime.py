@@ -15,7 +15,7 @@ from typing import Any
 from gecko_actors._redact import is_secret_setting
 from gecko_actors.exceptions import UserError
 from gecko_actors.logging import get_logger
-from gecko_actors.settings import prepare_offline_environment
+from gecko_actors.settings import load_settings, prepare_offline_environment
 
 DEFAULT_NAMESPACE = "gecko"
 # Every worker needs these before it imports litellm or tiktoken; none of them is a secret.
@@ -83,7 +83,12 @@ def init(
         options.setdefault("num_cpus", num_cpus)
         if include_dashboard is not None:
             options["include_dashboard"] = include_dashboard
-    return _describe(ray, ray.init(**options), new=True)
+    described = _describe(ray, ray.init(**options), new=True)
+    if load_settings().warm_hosts:
+        from gecko_actors.workflow.hosting import warm
+
+        warm()  # the job's first workflow host boots while the caller goes on
+    return described
 
 
 def _check_secret_env(env_vars: dict[str, Any], *, allow: bool) -> None:

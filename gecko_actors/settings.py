@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     host_max_runs: int = Field(default=2000, gt=0)
     """Runs one workflow host drives at once; a start beyond it goes to another host of the
     pool, or fails with ``HostBusy`` when every host is full."""
+    warm_hosts: bool = True
+    """``init()`` starts the job's first workflow host in the background, so that the first
+    ``Workflow.start`` does not wait for a process."""
     hosts_per_node: int = Field(default=1, gt=0)
     """Workflow hosts per alive node in a job's pool (new runs spread over them)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"

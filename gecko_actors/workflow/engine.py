@@ -139,9 +139,10 @@ class RunEngine:
         """Take an owner epoch, then reload the committed steps: everything committed before
         our claim is seen, and any later commit by an older owner is refused by the store."""
         self.epoch = self.store.claim(self.run_id)
+        if self.epoch == 1 and self.created:
+            return  # a run we just created: it says running, and no engine ever committed
         self.store.update_status(self.run_id, "running", epoch=self.epoch)
-        if self.epoch > 1 or self.seq:  # with epoch 1, no engine ever could commit a step
-            self._reload()
+        self._reload()
 
     def replay(self, records: list[StepRecord]) -> None:
         """Rebuild the run's progress from its committed steps, as they were decided."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -175,7 +176,7 @@ class WorkflowHost:
             def engine(sink: Any) -> RunEngine:
                 return RunEngine(definition, run_id, store, executor, on_event=sink)
 
-            await asyncio.to_thread(run.open, engine, input, created_at, self.name)
+            await _starting(run.open, engine, input, created_at, self.name)
             self.runs[run_id] = run
             return run
         finally:
@@ -192,7 +193,7 @@ class WorkflowHost:
         manifest = engine.manifest
         if record and manifest.status == "running":
             entry = {"uri": uri, "graph": graph[0], "target": graph[2]}
-            await asyncio.to_thread(directory.record_run, self.name, run.run_id, entry)
+            await _starting(directory.record_run, self.name, run.run_id, entry)
             if manifest.host not in (None, self.name):  # taken from another host's pool
                 await asyncio.to_thread(directory.forget_run, manifest.host, run.run_id)
         run.on_end = lambda durable: self._ended(run, uri, durable)
@@ -314,6 +315,13 @@ class WorkflowHost:
 
 
 _TASKS: set[asyncio.Task[Any]] = set()
+# Threads of their own for the start path (the manifest, the directory entry): in the loop's
+# default pool they would queue behind the commits of every run the host drives.
+_START_IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gecko-start")
+
+
+async def _starting(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_START_IO, fn, *args)
 
 
 def _keep(task: asyncio.Task[Any]) -> None:

@@ -45,6 +45,11 @@ def handle(name: str) -> Any:
     return found
 
 
+def warm() -> None:
+    """Create this job's preferred workflow host without waiting for it (see ``init``)."""
+    handle(directory.host_name(directory.code_env(), 0))
+
+
 def call(name: str, method: str, *args: Any) -> Any:
     """Call ``method`` of host ``name``; a host killed for good is made again (Ray retries a
     call to a host it is restarting by itself)."""
