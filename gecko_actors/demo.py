@@ -220,7 +220,8 @@ def run_demo(
     info = gecko_actors.init(address)
     echo(f"Ray: {info['address']} (namespace {info['namespace']})")
     if info.get("dashboard_url"):
-        echo(f"dashboard: http://{info['dashboard_url']} (Actors: workflow/..., agent/demo-...)")
+        actors = "Actors: workflows/host/..., agent/demo-..."
+        echo(f"dashboard: http://{info['dashboard_url']} ({actors})")
     prefix = f"demo-{uuid.uuid4().hex[:6]}"
     wf, agents, tools = build(model, prefix=prefix)
     try:

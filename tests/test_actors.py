@@ -580,13 +580,17 @@ def test_api_key_value_is_refused_without_leaking_it(llm: FakeLLM) -> None:
 
 
 def test_metrics_reach_the_endpoint(
-    ray_session: Any, spawn_agent: Callable[..., Agent], llm_model: LiteLLMModel
+    ray_session: Any, spawn_agent: Callable[..., Agent], llm_model: LiteLLMModel, tmp_path: Any
 ) -> None:
+    from gecko_actors.workflow import Workflow
+
     name = unique("metered")
     agent = spawn_agent(name, model=llm_model, tools=[calculator])
     out = agent.run("compute 6*7")
     assert out.content == "The tool said 42."
     assert agent.run("hello").content == "pong"
+    run = Workflow(unique("gauged")).add_node("a", lambda ctx: 1).start(None, checkpoint=tmp_path)
+    assert run.result(timeout=120) == 1
 
     url = f"http://127.0.0.1:{ray_session.metrics_port}/metrics"
     wanted = {
@@ -596,6 +600,9 @@ def test_metrics_reach_the_endpoint(
         "llm latency": lambda line: "ray_gecko_llm_latency_seconds" in line,
         "tool calls": lambda line: (
             "ray_gecko_tool_calls_total" in line and 'tool="calculator"' in line
+        ),
+        "runs per host": lambda line: (
+            "ray_gecko_runs_active" in line and run.info()["host"] in line
         ),
     }
     gecko_lines: list[str] = []
