@@ -286,7 +286,7 @@ def list_runs(checkpoint: str | None) -> None:
     index = RunIndex(store)
     entries = index.read()
     if not entries and store.list_runs():
-        entries = index.rebuild()
+        entries = index.rebuild(write=False)
     if not entries:
         click.echo(f"no runs in {store.uri}")
     for e in sorted(entries.values(), key=lambda e: e.created_at, reverse=True):

@@ -208,7 +208,7 @@ def test_submit_a_workflow_as_a_job_with_s3_checkpoints(local_cluster: LocalClus
     try:
         seen = False
         while submit.poll() is None and not seen:
-            seen = f"workflow/{run_id}" in actor_names(dashboard, token)
+            seen = any(n.startswith("workflows/host/") for n in actor_names(dashboard, token))
             time.sleep(0.2)
         output, _ = submit.communicate(timeout=240)
     finally:
@@ -216,7 +216,7 @@ def test_submit_a_workflow_as_a_job_with_s3_checkpoints(local_cluster: LocalClus
     assert submit.returncode == 0, output
     assert f"run: {run_id}" in output and "SUCCEEDED" in output
     assert "result:\n3 sentences" in output
-    assert seen, "the coordinator never showed in the state API"
+    assert seen, "the workflow host never showed in the state API"
 
     status = subprocess.run(
         [*cli, "status", run_id, "--checkpoint", checkpoint, "--json"],

@@ -8,7 +8,7 @@ Layout, beside the runs (a run id never starts with a dot)::
 Each writer appends to its own partition (a workflow host batches the entries of many runs
 into one object); readers merge every batch, and the newest entry of a run wins. The only
 writer of a partition may ``compact`` it: one object with the newest entry of each run, then
-the batches it merged are deleted (a reader between the two sees both: the same answer).
+the batches it merged are deleted (a reader that finds a listed batch gone reads again).
 
 The index is a view: the runs' manifests and status objects stay the truth. An entry lost in
 a crash is written again when the run's host resumes it; ``rebuild`` makes the index again
@@ -80,15 +80,19 @@ class RunIndex:
 
     def read(self) -> dict[str, IndexEntry]:
         """The newest entry of every run in the index."""
+        for _ in range(3):  # a batch compacted away between listing and reading: read again
+            batches, vanished = self._batches(None)
+            if not vanished:
+                break
         latest: dict[str, IndexEntry] = {}
-        for entries in self._batches(None).values():
+        for entries in batches.values():
             _merge(latest, entries)
         return latest
 
     def compact(self, partition: str) -> int:
         """Merge ``partition``'s batches into one (only its writer may); returns how many
         batches it replaced."""
-        batches = self._batches(partition)
+        batches, _ = self._batches(partition)
         if len(batches) < 2:
             return 0
         latest: dict[str, IndexEntry] = {}
@@ -101,21 +105,24 @@ class RunIndex:
             self.store._retry("delete", path, None, lambda io, p=path: io.remove(p))
         return len(batches)
 
-    def rebuild(self, partition: str = "rebuilt") -> dict[str, IndexEntry]:
-        """Index every run of the store from its manifest (a LIST and two GETs per run)."""
+    def rebuild(self, partition: str = "rebuilt", *, write: bool = True) -> dict[str, IndexEntry]:
+        """Index every run of the store from its manifest (a LIST and two GETs per run);
+        ``write=False`` only reads (a store whose credentials cannot write)."""
         manifests = [m for m in map(self.store.read_manifest, self.store.list_runs()) if m]
         now = time.time()
         entries = [
             IndexEntry(m.run_id, m.workflow, m.status, m.created_at, m.finished_at or now, m.host)
             for m in manifests
         ]
-        self.append(entries, partition)
+        if write:
+            self.append(entries, partition)
         latest: dict[str, IndexEntry] = {}
         _merge(latest, entries)
         return latest
 
-    def _batches(self, partition: str | None) -> dict[str, list[IndexEntry]]:
-        """Batch object name (sorted: oldest first) -> its entries, in one partition or all."""
+    def _batches(self, partition: str | None) -> tuple[dict[str, list[IndexEntry]], bool]:
+        """Batch object name (sorted: oldest first) -> its entries, in one partition or all;
+        and whether a listed batch was gone when read."""
         store = self.store
         parts = (
             [partition]
@@ -130,8 +137,10 @@ class RunIndex:
         ]
         paths.sort(key=lambda path: path.rsplit("/", 1)[1])
         found: dict[str, list[IndexEntry]] = {}
+        vanished = False
         for path, raw in zip(paths, store._get_many(paths, None), strict=True):  # type: ignore[arg-type]
-            if raw is None:  # compacted away meanwhile: its entries are in the new batch
+            if raw is None:  # compacted away meanwhile: its entries are in a newer batch
+                vanished = True
                 continue
             try:
                 entries = _entries(raw, path, store)
@@ -139,7 +148,7 @@ class RunIndex:
                 _log.warning("run index batch ignored", error=exc.message)
                 continue
             found[path if partition is None else path.rsplit("/", 1)[1]] = entries
-        return found
+        return found, vanished
 
 
 def _folder(partition: str) -> str:

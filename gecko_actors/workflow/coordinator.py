@@ -20,6 +20,7 @@ import ray
 
 from gecko_actors._actors.common import create, lookup
 from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.checkpoint.index import RunIndex
 from gecko_actors.settings import load_settings
 from gecko_actors.workflow.driven import DrivenRun
 from gecko_actors.workflow.engine import RunEngine
@@ -185,6 +186,9 @@ class CoordinatorActor:
             host=self.run.host,
         )
         self._exit: asyncio.Task[Any] | None = None
+        self.index = RunIndex(store)
+        if status == "running":
+            self.index.append([self.run.index_entry("running")], "dedicated")
         # Resume by ourselves, or retire: the call runs once the constructor has returned.
         me = ray.get_runtime_context().current_actor
         (me.drive if status == "running" else me.retire).remote()
@@ -201,6 +205,8 @@ class CoordinatorActor:
 
     async def _ended(self, durable: bool) -> None:
         if durable:  # handles find the outcome in the checkpoint once we are gone
+            entry = self.run.index_entry(self.engine.outcome)
+            await asyncio.to_thread(self.index.append, [entry], "dedicated")
             self._exit = asyncio.create_task(self.retire())
 
     async def retire(self) -> None:

@@ -27,7 +27,6 @@ from ray.experimental import internal_kv
 
 from gecko_actors.settings import load_settings
 
-KV_NAMESPACE = "gecko_workflows"
 _POOL_TTL = 10.0  # seconds a pool size is trusted before the nodes are counted again
 
 
@@ -72,6 +71,12 @@ def _pool_size(_period: int) -> int:
 # --- the directory: what each host drives (in the cluster's key-value store) -----------------
 
 
+def _space() -> str:
+    # Per Ray namespace, as the hosts' names are: two apps never share run entries.
+    # (no colon: Ray joins namespace and key with one, and splits listed keys at the first)
+    return f"gecko_workflows-{ray.get_runtime_context().namespace}"
+
+
 def _run_key(host: str, run_id: str) -> str:
     return f"hosts/{host}/runs/{run_id}"
 
@@ -80,22 +85,22 @@ def record_run(host: str, run_id: str, entry: dict[str, Any]) -> None:
     """Record that ``host`` drives ``run_id`` (``entry``: its store URI, graph key and
     target), so that the host resumes it after a restart."""
     internal_kv._internal_kv_put(
-        _run_key(host, run_id), msgpack.packb(entry), overwrite=True, namespace=KV_NAMESPACE
+        _run_key(host, run_id), msgpack.packb(entry), overwrite=True, namespace=_space()
     )
 
 
 def forget_run(host: str, run_id: str) -> None:
     """``host`` no longer drives ``run_id`` (it ended, or another host took it)."""
-    internal_kv._internal_kv_del(_run_key(host, run_id), namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_del(_run_key(host, run_id), namespace=_space())
 
 
 def host_runs(host: str) -> dict[str, dict[str, Any]]:
     """The runs recorded for ``host``: run id -> entry."""
     prefix = _run_key(host, "")
-    keys = internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE)
+    keys = internal_kv._internal_kv_list(prefix, namespace=_space())
     runs = {}
     for key in keys:
-        raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+        raw = internal_kv._internal_kv_get(key, namespace=_space())
         if raw is not None:
             runs[key.decode()[len(prefix) :]] = msgpack.unpackb(raw)
     return runs
@@ -104,7 +109,7 @@ def host_runs(host: str) -> dict[str, dict[str, Any]]:
 def find_host(run_id: str) -> str | None:
     """The host that drives ``run_id`` now, if any host does."""
     suffix = f"/runs/{run_id}".encode()
-    for key in internal_kv._internal_kv_list("hosts/", namespace=KV_NAMESPACE):
+    for key in internal_kv._internal_kv_list("hosts/", namespace=_space()):
         if key.endswith(suffix):
             return key.decode()[len("hosts/") : -len(suffix)]
     return None
@@ -112,9 +117,9 @@ def find_host(run_id: str) -> str | None:
 
 def store_graph(key: str, blob: bytes) -> None:
     """Keep a pickled graph in the cluster, for a host that restarts without it."""
-    internal_kv._internal_kv_put(f"graphs/{key}", blob, overwrite=False, namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_put(f"graphs/{key}", blob, overwrite=False, namespace=_space())
 
 
 def load_graph(key: str) -> bytes | None:
     """The pickled graph stored under ``key`` (None once the cluster that held it is gone)."""
-    return internal_kv._internal_kv_get(f"graphs/{key}", namespace=KV_NAMESPACE)
+    return internal_kv._internal_kv_get(f"graphs/{key}", namespace=_space())

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gecko_actors.checkpoint.index import IndexEntry
 from gecko_actors.exceptions import WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.workflow.engine import RunEngine
@@ -32,6 +33,7 @@ class DrivenRun:
         self._task: asyncio.Task[Any] | None = None
         self.on_end: Callable[[bool], Any] | None = None  # awaited after each drive
         self._reopened: asyncio.Task[Any] | None = None
+        self.entry: dict[str, Any] = {}  # what a host needs to resume it (uri, graph, target)
 
     def open(
         self,
@@ -39,16 +41,23 @@ class DrivenRun:
         input: Any,
         created_at: float | None = None,
         host: str | None = None,
+        create: bool = True,
     ) -> str:
         """Create the engine (given our event sink) and open the run (see
         ``RunEngine.open``); returns its stored status. Blocking: it may read the checkpoint."""
         engine = make_engine(self.event)
-        manifest = engine.open(input, created_at=created_at, host=host)
+        manifest = engine.open(input, created_at=created_at, host=host, create=create)
         engine.outcome, engine.value = manifest.status, manifest.result
         self.engine = engine
         if manifest.status != "running":
             self.done.set()
         return manifest.status
+
+    @property
+    def manifest(self) -> Any:
+        """The run's manifest, as opened."""
+        assert self.engine is not None
+        return self.engine.manifest
 
     @property
     def driving(self) -> bool:
@@ -120,6 +129,11 @@ class DrivenRun:
         if self.engine is not None:
             self.engine.cancel()
         await self.done.wait()
+
+    def index_entry(self, status: str) -> IndexEntry:
+        """The run's entry in its store's run index, now."""
+        m = self.manifest
+        return IndexEntry(self.run_id, m.workflow, status, m.created_at, time.time(), self.host)
 
     def event(self, kind: str, **data: Any) -> None:
         """The engine's event sink: kept for handles, and logged."""

@@ -104,31 +104,41 @@ class RunEngine:
     # --- opening: load the checkpoint and replay it -------------------------------------
 
     def open(
-        self, input: Any, *, created_at: float | None = None, host: str | None = None
+        self,
+        input: Any,
+        *,
+        created_at: float | None = None,
+        host: str | None = None,
+        create: bool = True,
     ) -> Manifest:
-        """Create the run (or find it) and replay its committed steps, so that ``status``
-        answers before the run is driven. ``created`` says afterwards whether this call
-        created it. Blocking: call it from a thread in an event loop."""
-        entry = self.graph.entry or "input"
-        input = normalised(input, "the run's input", entry)  # as a resumed run will see it
-        made = Manifest(
-            self.run_id,
-            self.graph.name,
-            self.graph.fingerprint(),
-            input,
-            time.time() if created_at is None else created_at,
-            host=host,
-        )
-        self.manifest = self.store.create_manifest(made)
-        self.created = self.manifest is made
-        if self.manifest.fingerprint != made.fingerprint:
-            raise UserError(
-                f"run {self.run_id!r} was made by a different graph of workflow "
-                f"{self.manifest.workflow!r}: its nodes, edges, conditions, entry or max_steps "
-                "changed",
-                hint="resume with the graph the run started with",
-                run_id=self.run_id,
+        """Create the run if absent (or, with ``create=False``, only find it) and replay its
+        committed steps, so that ``status`` answers before the run is driven. ``created``
+        says afterwards whether this call created it. Given ``created_at``, a run that
+        exists with another creation time or host is another start's: ``already_exists``.
+        Blocking: call it from a thread in an event loop."""
+        if create:
+            entry = self.graph.entry or "input"
+            input = normalised(input, "the run's input", entry)  # as a resumed run will see it
+            at = time.time() if created_at is None else created_at
+            made = Manifest(
+                self.run_id, self.graph.name, self.graph.fingerprint(), input, at, host=host
             )
+            self.manifest = self.store.create_manifest(made)
+            self.created = self.manifest is made
+            mine = (self.manifest.host, self.manifest.created_at) == (host, created_at)
+            if not self.created and created_at is not None and not mine:
+                raise already_exists(self.run_id, self.store.uri)
+        else:
+            found = self.store.read_manifest(self.run_id)
+            if found is None:
+                raise UserError(
+                    f"no run {self.run_id!r} in {self.store.uri}",
+                    hint="check the run id and checkpoint",
+                    run_id=self.run_id,
+                )
+            self.manifest, self.created = found, False
+        if self.manifest.fingerprint != self.graph.fingerprint():
+            raise different_graph(self.run_id, self.manifest.workflow)
         if self.created:  # a new run has no steps: no need to list them
             self.replay([])
         else:
@@ -547,6 +557,25 @@ def _as_gecko(exc: Exception, run_id: str) -> GeckoError:
 
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", type(fn).__name__)
+
+
+def already_exists(run_id: str, uri: str) -> UserError:
+    """The error of a start whose run id is taken."""
+    return UserError(
+        f"run {run_id!r} already exists in {uri}",
+        hint="resume it with wf.resume(run_id, checkpoint=...) or pick a new run_id",
+        run_id=run_id,
+    )
+
+
+def different_graph(run_id: str, workflow: str) -> UserError:
+    """The error of a resume with a graph that is not the run's."""
+    return UserError(
+        f"run {run_id!r} was made by a different graph of workflow {workflow!r}: its nodes, "
+        "edges, conditions, entry or max_steps changed",
+        hint="resume with the graph the run started with",
+        run_id=run_id,
+    )
 
 
 def normalised(value: Any, what: str, node: str) -> Any:

@@ -16,10 +16,9 @@ behind a partition.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray import cloudpickle
@@ -33,7 +32,7 @@ from gecko_actors.settings import load_settings
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.coordinator import RayExecutor, lent_output
 from gecko_actors.workflow.driven import DrivenRun
-from gecko_actors.workflow.engine import RunEngine
+from gecko_actors.workflow.engine import RunEngine, already_exists
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.target import load_workflow
 
@@ -55,193 +54,199 @@ class WorkflowHost:
         settings = load_settings()
         self.max_runs = settings.host_max_runs
         self.linger = settings.workflow_linger
-        self.runs: dict[str, DrivenRun] = {}
+        self.runs: dict[str, DrivenRun] = {}  # every run held here: driven, or ended
+        self.opens: dict[str, asyncio.Task[DrivenRun]] = {}  # runs being opened now
         self.graphs: dict[str, WorkflowGraph] = {}
         self.lent: dict[str, Mapping[str, Any]] = {}
         self.stores: dict[str, CheckpointStore] = {}
         self.indexes: dict[str, _IndexWriter] = {}
-        self.locks: dict[str, asyncio.Lock] = {}  # run id -> held while it is being opened
-        self.resumed = False
         self.me = ray.get_runtime_context().current_actor
         # What we drove before a restart: resumed once the constructor has returned.
         self.recorded = directory.host_runs(name)
-        self.opening: dict[str, asyncio.Event] = {r: asyncio.Event() for r in self.recorded}
+        self.registered = asyncio.Event()  # set once the recorded runs are being opened
         if self.recorded:
             self.me.resume_recorded.remote()
+        else:
+            self.registered.set()
 
     def __repr__(self) -> str:
         # The dashboard's Repr column (Ray reads it once, after the constructor).
-        active = sum(not r.done.is_set() for r in self.runs.values())
-        return f"WorkflowHost({active} runs, {len(self.opening)} waiting)"
+        return f"WorkflowHost({self.active()} runs, {len(self.recorded)} waiting)"
 
     # --- starting and resuming ----------------------------------------------------------
 
     async def start_run(
-        self,
-        run_id: str,
-        uri: str,
-        graph: tuple[str, bytes, str | None],
-        input: Any,
-        created_at: float,
+        self, run_id: str, uri: str, graph: GraphRef, input: Any, created_at: float
     ) -> dict[str, Any]:
         """Create run ``run_id`` (if absent) and drive it; returns its ``info``. A run id
         that is taken is a UserError; a full host raises HostBusy (nothing is stored). A
         start retried after a crash of this host finds its own run (by its creation time)."""
-        if run_id not in self.runs and self.active() >= self.max_runs:
+        known = run_id in self.runs or run_id in self.opens or run_id in self.recorded
+        if not known and self.active() + len(self.opens) >= self.max_runs:
             raise HostBusy(
                 f"workflow host {self.name} already drives {self.max_runs} runs",
                 hint="wait for runs to finish, add nodes, or raise GECKO_HOST_MAX_RUNS",
                 host=self.name,
             )
-        run, fresh = await self._open(run_id, uri, graph, input, created_at)
-        engine = run.engine
-        assert engine is not None
-        ours = (engine.manifest.host, engine.manifest.created_at) == (self.name, created_at)
-        if not ours:
-            if fresh:  # opened only to find another start's run
-                self.runs.pop(run_id, None)
-            raise _exists(run_id, uri)
-        if fresh:
-            await self._adopt(run, uri, graph)
+        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, created_at))
+        manifest = run.manifest
+        if (manifest.host, manifest.created_at) != (self.name, created_at):
+            raise already_exists(run_id, uri)  # another start's run, held here
         return self.info(run_id)
 
     async def resume_run(
-        self, run_id: str, uri: str, graph: tuple[str, bytes, str | None], input: Any
+        self, run_id: str, uri: str, graph: GraphRef, input: Any
     ) -> dict[str, Any]:
         """Continue ``run_id`` from its last committed step: a live run goes on, a failed or
         cancelled one is driven again, a succeeded one keeps its result."""
-        run, fresh = await self._open(run_id, uri, graph, input, None)
-        if fresh:
-            await self._adopt(run, uri, graph)
-        task = run.reopen()
-        if task is not None:
-            self._count()
-        await run.begun(task)
+        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, None))
+        await self._continue(run)
         return self.info(run_id)
 
     async def resume_recorded(self) -> None:
-        """Resume the runs the directory says we drove (after Ray restarted us); once."""
-        if self.resumed:
-            return
-        self.resumed = True
-        await asyncio.gather(*(self._resume_one(r, e) for r, e in self.recorded.items()))
+        """Resume the runs the directory says we drove (after Ray restarted us)."""
+        recorded, self.recorded = self.recorded, {}
+        opens = {}
+        for run_id, entry in recorded.items():  # registered before any await: handles wait
+            if run_id not in self.runs and run_id not in self.opens:
+                graph = GraphRef(entry["graph"], None, entry.get("target"))
+                opens[run_id] = asyncio.ensure_future(
+                    self._open(run_id, entry["uri"], graph, None, None)
+                )
+        self.opens.update(opens)
+        self.registered.set()
+        for run_id, task in opens.items():
+            try:
+                await task
+            except UserError as exc:  # the run is gone from its store: nothing to resume
+                _log.warning("a recorded run was not resumed", run_id=run_id, error=exc.message)
+                await asyncio.to_thread(directory.forget_run, self.name, run_id)
+            except Exception as exc:  # it stays recorded: a driver's resume supplies a graph
+                _log.warning(
+                    "could not resume a run after a restart", run_id=run_id, error=str(exc)
+                )
+            finally:
+                if self.opens.get(run_id) is task:
+                    del self.opens[run_id]
 
-    async def _resume_one(self, run_id: str, entry: dict[str, Any]) -> None:
-        try:
-            blob = (
-                None
-                if entry.get("target")
-                else await asyncio.to_thread(directory.load_graph, entry["graph"])
-            )
-            graph = (entry["graph"], blob, entry.get("target"))
-            run, fresh = await self._open(run_id, entry["uri"], graph, None, None)
-            if fresh:
-                await self._adopt(run, entry["uri"], graph, record=False)
-        except Exception as exc:  # the run stays recorded: a driver's resume supplies a graph
-            _log.warning("could not resume a run after a restart", run_id=run_id, error=str(exc))
-        finally:
-            self.opening.pop(run_id, asyncio.Event()).set()
+    async def _held(self, run_id: str, open: Any) -> DrivenRun:
+        """The run held here, or opened now by ``open()``: one engine per run in a host,
+        however many callers ask at once."""
+        while run_id not in self.runs:
+            pending = self.opens.get(run_id)
+            if pending is None:
+                task = asyncio.ensure_future(open())
+                self.opens[run_id] = task
+                try:
+                    return await asyncio.shield(task)
+                finally:
+                    if task.done() and self.opens.get(run_id) is task:
+                        del self.opens[run_id]
+            await asyncio.wait([pending])  # its outcome is its caller's: look again
+        return self.runs[run_id]
 
     async def _open(
-        self,
-        run_id: str,
-        uri: str,
-        graph: tuple[str, bytes | None, str | None],
-        input: Any,
-        created_at: float | None,
-    ) -> tuple[DrivenRun, bool]:
-        """The run as held here, or opened now (creating it if absent): one engine per run
-        in a host, however many callers ask at once. True when opened now."""
-        lock = self.locks.setdefault(run_id, asyncio.Lock())
-        async with lock:
-            if run_id in self.runs:
-                return self.runs[run_id], False
-            return await self._open_new(run_id, uri, graph, input, created_at), True
-
-    async def _open_new(
-        self,
-        run_id: str,
-        uri: str,
-        graph: tuple[str, bytes | None, str | None],
-        input: Any,
-        created_at: float | None,
+        self, run_id: str, uri: str, graph: GraphRef, input: Any, created_at: float | None
     ) -> DrivenRun:
-        ready = self.opening.setdefault(run_id, asyncio.Event())  # handles' calls wait
+        """Open the run (creating it only for a start: ``created_at`` given) and drive it."""
+        definition = await self._graph(graph)
+        store = self._store(uri)
+        executor = RayExecutor(store, self.me, self.lent)
+        run = DrivenRun(run_id, self.name)
+        run.entry = {"uri": uri, "graph": graph.key, "target": graph.target}
+
+        def engine(sink: Any) -> RunEngine:
+            return RunEngine(definition, run_id, store, executor, on_event=sink)
+
+        create = created_at is not None  # a resume never makes a run that is gone
+        await _starting(run.open, engine, input, created_at, self.name, create)
+        self.runs[run_id] = run
         try:
-            definition = await self._graph(*graph)
-            store = self.stores.setdefault(uri, CheckpointStore(uri))
-            executor = RayExecutor(store, self.me, self.lent)
-            run = DrivenRun(run_id, self.name)
+            await self._drive(run)
+        except BaseException:
+            self.runs.pop(run_id, None)
+            raise
+        return run
 
-            def engine(sink: Any) -> RunEngine:
-                return RunEngine(definition, run_id, store, executor, on_event=sink)
-
-            await _starting(run.open, engine, input, created_at, self.name)
-            self.runs[run_id] = run
-            return run
-        finally:
-            if self.opening.get(run_id) is ready:
-                del self.opening[run_id]
-            ready.set()
-
-    async def _adopt(
-        self, run: DrivenRun, uri: str, graph: tuple[str, Any, str | None], record: bool = True
-    ) -> None:
-        """Record the run in the directory (so a restart resumes it), index it, drive it."""
-        engine = run.engine
-        assert engine is not None
-        manifest = engine.manifest
-        if record and manifest.status == "running":
-            entry = {"uri": uri, "graph": graph[0], "target": graph[2]}
-            await _starting(directory.record_run, self.name, run.run_id, entry)
-            if manifest.host not in (None, self.name):  # taken from another host's pool
-                await asyncio.to_thread(directory.forget_run, manifest.host, run.run_id)
-        run.on_end = lambda durable: self._ended(run, uri, durable)
-        self._index(uri).add(_entry(run, "running" if not run.done.is_set() else engine.outcome))
-        if not run.done.is_set():
-            _keep(asyncio.create_task(run.drive()))
+    async def _drive(self, run: DrivenRun) -> None:
+        """Record the run in the directory (so a restart resumes it), index it, drive it; a
+        run that is over is only let go."""
+        run.on_end = lambda durable: self._ended(run, durable)
+        if run.done.is_set():
+            await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+            asyncio.get_running_loop().call_later(self.linger, self._drop, run)
+            return
+        await _starting(directory.record_run, self.name, run.run_id, run.entry)
+        previous = run.manifest.host
+        if previous not in (None, self.name):  # taken from another host: it must not resume it
+            await asyncio.to_thread(directory.forget_run, previous, run.run_id)
+        self._index(run).add(run.index_entry("running"))
+        _keep(asyncio.create_task(run.drive()))
         self._count()
 
-    async def _graph(self, key: str, blob: bytes | None, target: str | None) -> WorkflowGraph:
-        """The graph of ``key``: known here, unpickled from ``blob``, or imported."""
-        graph = self.graphs.get(key)
-        if graph is not None:
-            return graph
+    async def _continue(self, run: DrivenRun) -> None:
+        """Drive a failed or cancelled run again (recorded again first)."""
+        if run.driving or run.engine is None or run.engine.outcome not in ("failed", "cancelled"):
+            return
+        await _starting(directory.record_run, self.name, run.run_id, run.entry)
+        self._index(run).add(run.index_entry("running"))
+        await run.begun(run.reopen())
+        self._count()
+
+    async def _graph(self, graph: GraphRef) -> WorkflowGraph:
+        """The graph of ``graph.key``: known here, unpickled from its blob (sent, or kept in
+        the directory), or imported from its target."""
+        found = self.graphs.get(graph.key)
+        if found is not None:
+            return found
+        blob = graph.blob
+        if blob is None:
+            blob = await asyncio.to_thread(directory.load_graph, graph.key)
+        else:  # a restart of this host must find it
+            await asyncio.to_thread(directory.store_graph, graph.key, blob)
         if blob is not None:
-            graph = await asyncio.to_thread(cloudpickle.loads, blob)
-            if target is None:  # a restart of this host must find it
-                await asyncio.to_thread(directory.store_graph, key, blob)
-        elif target is not None:
-            graph = await asyncio.to_thread(load_workflow, target)
+            found = await asyncio.to_thread(cloudpickle.loads, blob)
+        elif graph.target is not None:
+            found = await asyncio.to_thread(load_workflow, graph.target)
         else:
-            raise UserError(
+            raise WorkflowError(
                 f"workflow host {self.name} has no graph for a run any more (the cluster that "
                 "held it is gone)",
                 hint="resume the run from a driver: wf.resume(run_id, checkpoint=...), or "
                 "`gecko-actors resume RUN_ID TARGET`",
             )
-        self.graphs[key] = graph
-        return graph
+        self.graphs[graph.key] = found
+        return found
 
-    async def _ended(self, run: DrivenRun, uri: str, durable: bool) -> None:
+    async def _ended(self, run: DrivenRun, durable: bool) -> None:
         engine = run.engine
         assert engine is not None
-        taken = isinstance(engine.failure, OwnershipLost)
-        if durable or taken:  # else (storage down) a restart of this host finishes it
-            await self._index(uri).add(_entry(run, engine.outcome))
-            await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+        if isinstance(engine.failure, OwnershipLost):
+            # Another engine drives the run now: its index entries and directory entry are
+            # its own (a restarted host of our name writes the same key), so touch neither.
+            asyncio.get_running_loop().call_later(self.linger, self._drop, run)
+        elif durable:
+            try:
+                await self._index(run).add(run.index_entry(engine.outcome))
+                await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+            finally:
+                asyncio.get_running_loop().call_later(self.linger, self._drop, run)
+        # else: the storage is down: the run stays held (and recorded) until a resume
         self._count()
-        asyncio.get_running_loop().call_later(self.linger, self._drop, run)
 
     def _drop(self, run: DrivenRun) -> None:
         if self.runs.get(run.run_id) is run and run.done.is_set() and not run.driving:
             del self.runs[run.run_id]
-            self.locks.pop(run.run_id, None)
 
-    def _index(self, uri: str) -> _IndexWriter:
+    def _store(self, uri: str) -> CheckpointStore:
+        if uri not in self.stores:
+            self.stores[uri] = CheckpointStore(uri)
+        return self.stores[uri]
+
+    def _index(self, run: DrivenRun) -> _IndexWriter:
+        uri = run.entry["uri"]
         if uri not in self.indexes:
-            store = self.stores.setdefault(uri, CheckpointStore(uri))
-            self.indexes[uri] = _IndexWriter(RunIndex(store), self.name.replace("/", "."))
+            self.indexes[uri] = _IndexWriter(RunIndex(self._store(uri)), partition(self.name))
         return self.indexes[uri]
 
     def active(self) -> int:
@@ -254,8 +259,10 @@ class WorkflowHost:
     # --- what handles ask ---------------------------------------------------------------
 
     async def _run(self, run_id: str) -> DrivenRun:
-        if run_id in self.opening:
-            await self.opening[run_id].wait()
+        await self.registered.wait()
+        pending = self.opens.get(run_id)
+        if pending is not None:
+            await asyncio.wait([pending])
         run = self.runs.get(run_id)
         if run is None or run.engine is None:
             raise RunNotHosted(f"run {run_id!r} is not on host {self.name}", run_id=run_id)
@@ -291,9 +298,7 @@ class WorkflowHost:
         await (await self._run(run_id)).cancel()
 
     async def reopen(self, run_id: str) -> None:
-        run = await self._run(run_id)
-        await run.begun(run.reopen())
-        self._count()
+        await self._continue(await self._run(run_id))
 
     async def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
         """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs)."""
@@ -309,7 +314,7 @@ class WorkflowHost:
             "host": self.name,
             "active": self.active(),
             "held": len(self.runs),
-            "waiting": len(self.opening),
+            "waiting": len(self.recorded) + len(self.opens),
             "max_runs": self.max_runs,
         }
 
@@ -330,21 +335,19 @@ def _keep(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-def _exists(run_id: str, uri: str) -> UserError:
-    return UserError(
-        f"run {run_id!r} already exists in {uri}",
-        hint="resume it with wf.resume(run_id, checkpoint=...) or pick a new run_id",
-        run_id=run_id,
-    )
+def partition(host: str) -> str:
+    """The run index partition a host writes (its name, with dots for slashes)."""
+    return host.replace("/", ".")
 
 
-def _entry(run: DrivenRun, status: str) -> IndexEntry:
-    engine = run.engine
-    assert engine is not None
-    manifest = engine.manifest
-    return IndexEntry(
-        run.run_id, manifest.workflow, status, manifest.created_at, time.time(), run.host
-    )
+class GraphRef(NamedTuple):
+    """How a host finds a run's graph: ``key`` names its exact code; ``blob`` is the graph
+    pickled (sent by the driver; None when it is to be found in the directory); ``target``
+    is its ``module:attr``, imported when no pickled copy is left."""
+
+    key: str
+    blob: bytes | None
+    target: str | None
 
 
 class _IndexWriter:

@@ -21,7 +21,7 @@ from gecko_actors.exceptions import HostBusy, WorkflowError
 from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.graph import WorkflowGraph
-from gecko_actors.workflow.host import WorkflowHost
+from gecko_actors.workflow.host import GraphRef, WorkflowHost
 
 _HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
 _CALL_TRIES = 3
@@ -45,6 +45,11 @@ def handle(name: str) -> Any:
     return found
 
 
+def forget(name: str) -> None:
+    """Drop this process's handle of host ``name`` (it died for good)."""
+    _HANDLES.pop((ray.get_runtime_context().gcs_address, name), None)
+
+
 def warm() -> None:
     """Create this job's preferred workflow host without waiting for it (see ``init``)."""
     handle(directory.host_name(directory.code_env(), 0))
@@ -57,7 +62,7 @@ def call(name: str, method: str, *args: Any) -> Any:
         try:
             return ray.get(getattr(handle(name), method).remote(*args))
         except ray.exceptions.ActorDiedError:
-            _HANDLES.pop((ray.get_runtime_context().gcs_address, name), None)
+            forget(name)
             time.sleep(0.2 * (attempt + 1))  # until its name is free again
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
@@ -68,11 +73,11 @@ def call(name: str, method: str, *args: Any) -> Any:
     )
 
 
-def packed(graph: WorkflowGraph) -> tuple[str, bytes, str | None]:
+def packed(graph: WorkflowGraph) -> GraphRef:
     """What a host needs to run ``graph``: a key naming its exact code, the graph pickled
     (shipped inside the cluster only), and its ``module:attr`` target when it has one."""
     blob = cloudpickle.dumps(graph)
-    return hashlib.sha256(blob).hexdigest()[:32], blob, getattr(graph, "target", None)
+    return GraphRef(hashlib.sha256(blob).hexdigest()[:32], blob, graph.target)
 
 
 def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:

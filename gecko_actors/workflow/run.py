@@ -16,7 +16,7 @@ from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
-from gecko_actors.workflow.engine import normalised
+from gecko_actors.workflow.engine import already_exists, different_graph, normalised
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import RunNotHosted
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
@@ -87,7 +87,7 @@ class WorkflowRun:
     def actor(self) -> Any:
         """The Ray actor handle of the run's host (or dedicated coordinator), for advanced
         use (``ray.kill`` to simulate a crash, say)."""
-        return self._handle
+        return self._handle if self._host is None else hosting.handle(self._host)
 
     def info(self) -> dict[str, Any]:
         """Where the run is driven: ``placement`` (hosted or dedicated), ``host`` (the actor's
@@ -173,11 +173,19 @@ class WorkflowRun:
         return self._ask("reopen") is not _GONE
 
     def _ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        handle = self._handle
         if self._host is not None:  # a host holds many runs: say which
-            args = (self.run_id, *args)
+            handle, args = hosting.handle(self._host), (self.run_id, *args)
+        ref = getattr(handle, method).remote(*args)
         try:
-            return ray.get(getattr(self._handle, method).remote(*args), timeout=timeout)
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            if method == "result":  # the call would wait on in the host, holding a slot
+                ray.cancel(ref)
+            raise
         except ray.exceptions.ActorDiedError:
+            if self._host is not None:
+                hosting.forget(self._host)  # killed for good: a later call makes it again
             return _GONE
         except ray.exceptions.RayTaskError as exc:
             error = unwrap(exc)
@@ -231,11 +239,7 @@ class Workflow(WorkflowGraph):
             host = hosting.start(self, run_id, uri, input)
             return WorkflowRun(run_id, hosting.handle(host), uri, host=host)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
-            raise UserError(
-                f"run {run_id!r} already exists in {uri}",
-                hint="resume it with wf.resume(run_id, checkpoint=...) or pick a new run_id",
-                run_id=run_id,
-            )
+            raise already_exists(run_id, uri)
         return self._coordinator(run_id, uri, input)
 
     def resume(
@@ -256,12 +260,7 @@ class Workflow(WorkflowGraph):
                 f"no run {run_id!r} in {uri}", hint="check the run id and checkpoint", run_id=run_id
             )
         if manifest.fingerprint != self.fingerprint():
-            raise UserError(
-                f"run {run_id!r} was made by a different graph of workflow "
-                f"{manifest.workflow!r}: its nodes, edges, conditions, entry or max_steps changed",
-                hint="resume with the graph the run started with",
-                run_id=run_id,
-            )
+            raise different_graph(run_id, manifest.workflow)
         if dedicated is None:
             dedicated = (manifest.host or "").startswith("workflow/")
         if not dedicated:
