@@ -18,11 +18,13 @@ from ray import cloudpickle
 from gecko_actors._actors.common import create, unwrap
 from gecko_actors.checkpoint import Manifest
 from gecko_actors.exceptions import HostBusy, WorkflowError
+from gecko_actors.logging import get_logger
 from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import GraphRef, WorkflowHost
 
+_log = get_logger("gecko_actors.workflow")
 _HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
 _CALL_TRIES = 3
 
@@ -51,8 +53,14 @@ def forget(name: str) -> None:
 
 
 def warm() -> None:
-    """Create this job's preferred workflow host without waiting for it (see ``init``)."""
-    handle(directory.host_name(directory.code_env(), 0))
+    """Create this job's preferred workflow host without waiting for it (see ``init``);
+    best effort: a runtime that cannot make it now makes it at the first start."""
+    if not ray.is_initialized():
+        return
+    try:
+        handle(directory.host_name(directory.code_env(), 0))
+    except Exception as exc:
+        _log.warning("could not start a workflow host in advance", error=str(exc))
 
 
 def call(name: str, method: str, *args: Any) -> Any:
