@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     warm_hosts: bool = True
     """``init()`` starts the job's first workflow host in the background, so that the first
     ``Workflow.start`` does not wait for a process."""
+    host_idle_exit: float = Field(default=600.0, ge=0)
+    """Seconds a workflow host that holds no run waits before it exits (0: never); the next
+    start makes it again."""
     hosts_per_node: int = Field(default=1, gt=0)
     """Workflow hosts per alive node in a job's pool (new runs spread over them)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"

@@ -129,7 +129,7 @@ def test_a_host_killed_with_200_runs_in_flight_resumes_them_all(tmp_path: Path) 
     assert {r.info()["host"] for r in runs} == hosts  # runs do not migrate
 
 
-def test_a_full_host_refuses_new_runs_and_stores_nothing(tmp_path: Path) -> None:
+def test_a_full_host_refuses_new_runs_stores_nothing_and_exits_when_idle(tmp_path: Path) -> None:
     from gecko_actors.workflow.host import WorkflowHost
     from gecko_actors.workflow.hosting import packed
 
@@ -139,7 +139,13 @@ def test_a_full_host_refuses_new_runs_and_stores_nothing(tmp_path: Path) -> None
         .options(
             name=name,
             num_cpus=0,
-            runtime_env={"env_vars": {"GECKO_HOST_MAX_RUNS": "1"}},
+            runtime_env={
+                "env_vars": {
+                    "GECKO_HOST_MAX_RUNS": "1",
+                    "GECKO_WORKFLOW_LINGER": "0",
+                    "GECKO_HOST_IDLE_EXIT": "1",
+                }
+            },
         )
         .remote(name)
     )
@@ -155,7 +161,11 @@ def test_a_full_host_refuses_new_runs_and_stores_nothing(tmp_path: Path) -> None
     assert CheckpointStore(uri).read_manifest("second") is None
     gate.touch()
     assert ray.get(host.result.remote("first")) == 1
-    ray.kill(host, no_restart=True)
+    # Holding no run, it exits by itself (GECKO_HOST_IDLE_EXIT); its name is free again.
+    deadline = time.monotonic() + 60
+    while name in ray.util.list_named_actors():
+        assert time.monotonic() < deadline, "an idle host did not exit"
+        time.sleep(0.2)
 
 
 def test_the_run_index_lists_runs_without_reading_each_one(

@@ -16,6 +16,7 @@ behind a partition.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -54,6 +55,7 @@ class WorkflowHost:
         settings = load_settings()
         self.max_runs = settings.host_max_runs
         self.linger = settings.workflow_linger
+        self.idle_exit = settings.host_idle_exit
         self.runs: dict[str, DrivenRun] = {}  # every run held here: driven, or ended
         self.opens: dict[str, asyncio.Task[DrivenRun]] = {}  # runs being opened now
         self.graphs: dict[str, WorkflowGraph] = {}
@@ -68,6 +70,8 @@ class WorkflowHost:
             self.me.resume_recorded.remote()
         else:
             self.registered.set()
+        if self.idle_exit:
+            self.me.exit_when_idle.remote()
 
     def __repr__(self) -> str:
         # The dashboard's Repr column (Ray reads it once, after the constructor).
@@ -255,6 +259,20 @@ class WorkflowHost:
 
     def _count(self) -> None:
         metrics.runs_active(self.name, self.active())
+
+    async def exit_when_idle(self) -> None:
+        """Exit once no run has been held here for ``idle_exit`` seconds (a long-lived
+        cluster keeps no idle host of a job that is gone); a later start makes it again."""
+        idle_since = time.monotonic()
+        while True:
+            await asyncio.sleep(min(self.idle_exit, 30.0) / 2)
+            if self.runs or self.opens or self.recorded:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= self.idle_exit:
+                _log.info("workflow host exits: idle", host=self.name)
+                # Not exit_actor(): from a call we made to ourselves, it waits for its reply.
+                ray.kill(self.me, no_restart=True)
+                return
 
     # --- what handles ask ---------------------------------------------------------------
 
