@@ -222,10 +222,8 @@ class CoordinatorActor:
     async def reopen(self) -> None:
         """Continue a failed or cancelled run from its last committed step; nothing for a run
         that is running or succeeded."""
-        task = self.run.reopen()
-        if task is not None and self._exit is not None:
+        if await self.run.reopen() and self._exit is not None:
             self._exit.cancel()
-        await self.run.begun(task)
 
     async def result(self) -> Any:
         return await self.run.result()

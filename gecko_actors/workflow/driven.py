@@ -33,6 +33,8 @@ class DrivenRun:
         self._task: asyncio.Task[Any] | None = None
         self.on_end: Callable[[bool], Any] | None = None  # awaited after each drive
         self._reopened: asyncio.Task[Any] | None = None
+        self.settled = asyncio.Event()  # no drive is under way (set again after on_end)
+        self.settled.set()
         self.entry: dict[str, Any] = {}  # what a host needs to resume it (uri, graph, target)
 
     def open(
@@ -66,34 +68,42 @@ class DrivenRun:
 
     async def drive(self) -> bool:
         """Drive the run to its end (nothing when it is being driven or is over); True when
-        its outcome is stored."""
+        its outcome is stored. The drive counts as under way until ``on_end`` has run."""
         if self._task is not None or self.done.is_set() or self.engine is None:
             return False
         self._task = asyncio.current_task()
+        self.settled.clear()
+        durable = False
         try:
             durable = await self.engine.run()
         finally:
-            self._task = None
             self.done.set()
-        if self.on_end is not None:
-            await self.on_end(durable)
+            try:
+                if self.on_end is not None:
+                    await self.on_end(durable)
+            finally:
+                self._task = None
+                self.settled.set()
         return durable
 
-    def reopen(self) -> asyncio.Task[Any] | None:
-        """Drive a failed or cancelled run again from its last committed step; None for a run
-        that is running or succeeded."""
+    async def reopen(self) -> bool:
+        """Drive a failed or cancelled run again from its last committed step, once the
+        last drive's end is recorded; returns once the new drive has begun (``status`` says
+        running). False for a run that is running or succeeded."""
         engine = self.engine
-        if engine is None or self._task is not None or engine.outcome in ("running", "succeeded"):
-            return None
+        if engine is None or engine.outcome in ("running", "succeeded"):
+            return False  # being driven (never wait for that), or done for good
+        await self.settled.wait()  # a drive that just failed: its end is being recorded
+        if self._task is not None or engine.outcome in ("running", "succeeded"):
+            return False
+        if self._reopened is not None and not self._reopened.done():
+            return False  # another reopen just began it
         self.events = []  # the stream of this drive, as a new coordinator's would be
         self.done.clear()
         self._reopened = asyncio.create_task(self.drive())  # held: the loop keeps weak refs
-        return self._reopened
-
-    async def begun(self, task: asyncio.Task[Any] | None) -> None:
-        """Return once ``task`` (a drive) has begun, so that ``status`` says running."""
-        while task is not None and self._task is None and not self.done.is_set():
+        while self._task is None and not self.done.is_set():
             await asyncio.sleep(0)
+        return True
 
     async def result(self) -> Any:
         """The run's result once it ended; its error if it failed or was cancelled."""

@@ -190,11 +190,14 @@ class WorkflowHost:
 
     async def _continue(self, run: DrivenRun) -> None:
         """Drive a failed or cancelled run again (recorded again first)."""
-        if run.driving or run.engine is None or run.engine.outcome not in ("failed", "cancelled"):
+        if run.engine is None or run.engine.outcome in ("running", "succeeded"):
+            return  # being driven (or about to be), or done for good
+        await run.settled.wait()  # the last drive's end is recorded (it forgets the run)
+        if run.driving or run.engine.outcome not in ("failed", "cancelled"):
             return
         await _starting(directory.record_run, self.name, run.run_id, run.entry)
         self._index(run).add(run.index_entry("running"))
-        await run.begun(run.reopen())
+        await run.reopen()
         self._count()
 
     async def _graph(self, graph: GraphRef) -> WorkflowGraph:
