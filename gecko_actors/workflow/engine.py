@@ -36,8 +36,6 @@ from gecko_actors.checkpoint import (
     Manifest,
     StateWrite,
     StepRecord,
-    decode_value,
-    encode_value,
 )
 from gecko_actors.core.messages import Usage
 from gecko_actors.exceptions import (
@@ -49,8 +47,16 @@ from gecko_actors.exceptions import (
 )
 from gecko_actors.workflow.execution import Executor, Outputs, describe, stop_all, uncancel
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
+from gecko_actors.workflow.rules import (
+    already_exists,
+    as_gecko,
+    callable_name,
+    different_graph,
+    merged,
+    normalised,
+)
 from gecko_actors.workflow.schedule import Scheduler, Visit
-from gecko_actors.workflow.state import apply, conflict_error, fold
+from gecko_actors.workflow.state import apply, check_conflicts, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
 
 EventSink = Callable[..., None]
@@ -195,7 +201,7 @@ class RunEngine:
         try:
             await asyncio.to_thread(self.take_over)
         except Exception as exc:
-            self.outcome, self.failure = "failed", _as_gecko(exc, self.run_id)
+            self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
             self._cancelled = False
             return await self._record_outcome()
         self.on_event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
@@ -210,7 +216,7 @@ class RunEngine:
                 run_id=self.run_id,
             )
         except Exception as exc:
-            self.outcome, self.failure = "failed", _as_gecko(exc, self.run_id)
+            self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
         finally:
             self._driver, self._cancelled = None, False
         return await self._record_outcome()
@@ -231,7 +237,7 @@ class RunEngine:
             except Exception as exc:
                 # Not durable (storage down, or taken over): the run counts as failed here, and
                 # a resume finishes it from the committed steps. The first error says most.
-                self.failure = self.failure or _as_gecko(exc, self.run_id)
+                self.failure = self.failure or as_gecko(exc, self.run_id)
                 self.outcome, error, durable = "failed", str(self.failure), False
         kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
         self.on_event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
@@ -433,12 +439,17 @@ class RunEngine:
             for w in outcome.writes
         )
         self.sched.check(visit.node, jump)
-        self._check_conflicts(visit, writes)
-        after = self._merged(visit, outcome.snapshot, writes)  # what its conditions see
+        reducers = self.graph.reducers
+        check_conflicts(writes, reducers, self.writers, visit.after, visit.node, self.run_id)
+        after = merged(outcome.snapshot, writes, reducers, visit.node, self.run_id)  # for edges
         # The run's state must take the update too (only the keys it writes can fail).
         written = {w.key for w in writes}
-        self._merged(
-            visit, {k: copy.deepcopy(v) for k, v in self._state.items() if k in written}, writes
+        merged(
+            {k: copy.deepcopy(v) for k, v in self._state.items() if k in written},
+            writes,
+            reducers,
+            visit.node,
+            self.run_id,
         )
         routes = None if jump else await self._routes(visit, output, after)
         usage = usage_of(output)
@@ -456,41 +467,6 @@ class RunEngine:
             epoch=self.epoch,
             finished_at=time.time(),
         )
-
-    def _merged(
-        self, visit: Visit, state: dict[str, Any], writes: tuple[StateWrite, ...]
-    ) -> dict[str, Any]:
-        """``state`` with ``writes`` merged in; a reducer that fails is the node's error (a
-        step whose update cannot be merged is never committed)."""
-        for write in writes:
-            try:
-                apply(state, (write,), self.graph.reducers)
-            except Exception as exc:
-                reducer = self.graph.reducers.get(write.key)
-                raise WorkflowError(
-                    f"node {visit.node!r}: the reducer {_name(reducer)} of state key "
-                    f"{write.key!r} cannot merge its update: {describe(exc)}",
-                    hint="make the node write what the reducer expects (with a reducer, "
-                    "assign the update itself), or fix the reducer",
-                    run_id=self.run_id,
-                    node=visit.node,
-                    key=write.key,
-                ) from None
-        return state
-
-    def _check_conflicts(self, visit: Visit, writes: tuple[StateWrite, ...]) -> None:
-        """Two writes to a key without a reducer by causally concurrent visits (or two items
-        of one map visit) are an error: which one wins would depend on timing."""
-        seen: set[str] = set()
-        for write in writes:
-            if write.key in self.graph.reducers:
-                continue
-            if write.key in seen:
-                raise conflict_error(self.run_id, write.key, visit.node, visit.node)
-            seen.add(write.key)
-            for seq, node in self.writers.get(write.key, ()):
-                if not visit.after(seq):
-                    raise conflict_error(self.run_id, write.key, node, visit.node)
 
     async def _routes(
         self, visit: Visit, output: Any, state: dict[str, Any]
@@ -516,7 +492,7 @@ class RunEngine:
                     verdict = await verdict
             except Exception as exc:
                 raise WorkflowError(
-                    f"the condition {_name(edge.when)} of edge {edge.source!r} → "
+                    f"the condition {callable_name(edge.when)} of edge {edge.source!r} → "
                     f"{edge.target!r} raised {describe(exc)}",
                     hint="fix the condition, then resume the run",
                     run_id=self.run_id,
@@ -546,42 +522,3 @@ class RunEngine:
 
 class _Behind(Exception):
     """A step this engine meant to commit was committed by the engine it replaced."""
-
-
-def _as_gecko(exc: Exception, run_id: str) -> GeckoError:
-    """``exc`` if it is ours, else a WorkflowError that says what it was."""
-    if isinstance(exc, GeckoError):
-        return exc
-    return WorkflowError(f"workflow run {run_id!r} failed: {describe(exc)}", run_id=run_id)
-
-
-def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", type(fn).__name__)
-
-
-def already_exists(run_id: str, uri: str) -> UserError:
-    """The error of a start whose run id is taken."""
-    return UserError(
-        f"run {run_id!r} already exists in {uri}",
-        hint="resume it with wf.resume(run_id, checkpoint=...) or pick a new run_id",
-        run_id=run_id,
-    )
-
-
-def different_graph(run_id: str, workflow: str) -> UserError:
-    """The error of a resume with a graph that is not the run's."""
-    return UserError(
-        f"run {run_id!r} was made by a different graph of workflow {workflow!r}: its nodes, "
-        "edges, conditions, entry or max_steps changed",
-        hint="resume with the graph the run started with",
-        run_id=run_id,
-    )
-
-
-def normalised(value: Any, what: str, node: str) -> Any:
-    """``value`` as the checkpoint will give it back (a UserError naming ``what`` and the node
-    when it cannot be stored)."""
-    try:
-        return decode_value(encode_value(value))
-    except GeckoError as exc:
-        raise UserError(f"node {node!r}: {what}: {exc.message}", hint=exc.hint, node=node) from None

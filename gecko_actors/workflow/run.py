@@ -16,9 +16,9 @@ from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
-from gecko_actors.workflow.engine import already_exists, different_graph, normalised
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import RunNotHosted
+from gecko_actors.workflow.rules import already_exists, different_graph, normalised
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"

@@ -175,3 +175,27 @@ def conflict_error(run_id: str, key: str, first: str, second: str) -> WorkflowEr
         node=second,
         key=key,
     )
+
+
+def check_conflicts(
+    writes: tuple[StateWrite, ...],
+    reducers: Mapping[str, Any],
+    writers: Mapping[str, list[tuple[int, str]]],
+    after: Callable[[int], bool],
+    node: str,
+    run_id: str,
+) -> None:
+    """Two writes to a key without a reducer by causally concurrent visits (or two items of
+    one map visit) are an error: which one wins would depend on timing. ``writers`` maps a
+    key to the (seq, node) of its committed writes; ``after(seq)`` says whether the visit
+    being checked follows that step."""
+    seen: set[str] = set()
+    for write in writes:
+        if write.key in reducers:
+            continue
+        if write.key in seen:
+            raise conflict_error(run_id, write.key, node, node)
+        seen.add(write.key)
+        for seq, other in writers.get(write.key, ()):
+            if not after(seq):
+                raise conflict_error(run_id, write.key, other, node)
