@@ -176,7 +176,8 @@ class WorkflowHost:
         """Record the run in the directory (so a restart resumes it), index it, drive it; a
         run that is over is only let go."""
         run.on_end = lambda durable: self._ended(run, durable)
-        if run.done.is_set():
+        if run.done.is_set():  # ended before a restart: its index entry may be missing
+            await self._index(run).add(run.index_entry(run.engine.outcome))  # type: ignore[union-attr]
             await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)
             return
@@ -234,8 +235,9 @@ class WorkflowHost:
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)
         elif durable:
             try:
-                await self._index(run).add(run.index_entry(engine.outcome))
-                await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+                if await self._index(run).add(run.index_entry(engine.outcome)):
+                    # Recorded until indexed: a restart of this host writes the entry then.
+                    await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
             finally:
                 asyncio.get_running_loop().call_later(self.linger, self._drop, run)
         # else: the storage is down: the run stays held (and recorded) until a resume
@@ -377,27 +379,29 @@ class _IndexWriter:
     def __init__(self, index: RunIndex, partition: str) -> None:
         self.index, self.partition = index, partition
         self.queue: list[IndexEntry] = []
-        self.next: asyncio.Future[None] | None = None
+        self.next: asyncio.Future[bool] | None = None
         self.lock = asyncio.Lock()
         self.flushes = 0
 
-    def add(self, entry: IndexEntry) -> asyncio.Future[None]:
-        """Queue ``entry``; the future is done once it is written (or the write failed)."""
+    def add(self, entry: IndexEntry) -> asyncio.Future[bool]:
+        """Queue ``entry``; the future says, once the batch was tried, whether it is written."""
         self.queue.append(entry)
         if self.next is None:
             self.next = asyncio.get_running_loop().create_future()
             _keep(asyncio.create_task(self._flush(self.next)))
         return self.next
 
-    async def _flush(self, done: asyncio.Future[None]) -> None:
+    async def _flush(self, done: asyncio.Future[bool]) -> None:
         async with self.lock:  # one write at a time: what queues meanwhile is the next batch
             batch, self.queue, self.next = self.queue, [], None
+            written = False
             try:
                 await asyncio.to_thread(self.index.append, batch, self.partition)
+                written = True
                 self.flushes += 1
                 if self.flushes % 200 == 1:  # at the first flush, then now and then
                     await asyncio.to_thread(self.index.compact, self.partition)
             except Exception as exc:  # the index is a view: the runs themselves are stored
                 _log.warning("could not write the run index", error=str(exc))
             finally:
-                done.set_result(None)
+                done.set_result(written)
