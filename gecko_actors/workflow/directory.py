@@ -30,8 +30,9 @@ from gecko_actors.settings import load_settings
 _POOL_TTL = 10.0  # seconds a pool size is trusted before the nodes are counted again
 
 
-def host_name(env: str, index: int) -> str:
-    """The actor name of host ``index`` of the pool for code environment ``env``."""
+def host_name(env: str, index: int | str) -> str:
+    """The actor name of host ``index`` of the pool for code environment ``env`` (with
+    ``""``, the prefix every host of that pool has)."""
     return f"workflows/host/{env}/{index}"
 
 

@@ -115,10 +115,7 @@ def resume(graph: WorkflowGraph, manifest: Manifest, uri: str) -> str:
     ensure_initialized()
     env = directory.code_env()
     recorded = manifest.host or ""
-    name = (
-        recorded
-        if recorded.startswith(directory.host_name(env, 0).rsplit("/", 1)[0] + "/")
-        else directory.candidates(manifest.run_id, env)[0]
-    )
+    ours = recorded.startswith(directory.host_name(env, ""))
+    name = recorded if ours else directory.candidates(manifest.run_id, env)[0]
     call(name, "resume_run", manifest.run_id, uri, packed(graph), manifest.input)
     return name
