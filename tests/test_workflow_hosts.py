@@ -18,7 +18,7 @@ import pytest
 import ray
 
 from gecko_actors import HostBusy, UserError
-from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.checkpoint import CheckpointStore, Manifest
 from gecko_actors.checkpoint.index import IndexEntry, RunIndex
 from gecko_actors.workflow import NodeContext, Workflow
 
@@ -207,7 +207,12 @@ def test_a_run_index_merges_batches_compacts_and_rebuilds(tmp_path: Path) -> Non
     assert set(index.read()) == {"r1", "r2"}  # a damaged batch is skipped, not fatal
     with pytest.raises(UserError, match="partition"):
         index.append([IndexEntry("r3", "wf", "running", 1.0, 1.0)], "../escape")
-    # A store written before the index: rebuilt from the manifests once.
+    # A store written before the index: its first writer indexes its runs once.
+    legacy = CheckpointStore(f"file://{tmp_path / 'legacy'}")
+    legacy.create_manifest(Manifest("before", "wf", "fp", None, 1.0))
+    RunIndex(legacy).append([IndexEntry("after", "wf", "running", 2.0, 2.0)], "p")
+    assert set(RunIndex(legacy).read()) == {"before", "after"}
+    # ... and rebuild() indexes a store from its manifests.
     other = tmp_path / "old"
     wf = Workflow(unique("old")).add_node("a", lambda ctx: 1)
     wf.start(None, checkpoint=other, dedicated=True).result(timeout=120)

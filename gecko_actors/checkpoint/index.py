@@ -61,12 +61,18 @@ class RunIndex:
 
     def __init__(self, store: CheckpointStore) -> None:
         self.store = store
+        self._started = False  # whether this store's index is known to exist
 
     def append(self, entries: list[IndexEntry], partition: str) -> int:
-        """Write ``entries`` as one batch in ``partition``; returns the bytes written."""
+        """Write ``entries`` as one batch in ``partition``; returns the bytes written. The
+        first writer of a store that has runs but no index indexes them first (once)."""
         if not entries:
             return 0
         folder = _folder(partition)
+        if not self._started:
+            if not self.store._list(_FOLDER, None):
+                self.rebuild()
+            self._started = True
         rec = {
             "type": "index",
             "version": RECORD_VERSION,
@@ -114,7 +120,8 @@ class RunIndex:
             IndexEntry(m.run_id, m.workflow, m.status, m.created_at, m.finished_at or now, m.host)
             for m in manifests
         ]
-        if write:
+        if write and entries:
+            self._started = True
             self.append(entries, partition)
         latest: dict[str, IndexEntry] = {}
         _merge(latest, entries)
