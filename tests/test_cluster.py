@@ -52,3 +52,13 @@ def test_a_workflow_survives_the_loss_of_a_branch_agents_node(tmp_path: Path) ->
     assert result["nodes"] == sorted([result["node2"], result["head"]])  # ...then on the head
     assert result["status"] == "succeeded"
     assert result["result"] == {"research": "researched topic ray", "count": 9}
+
+
+def test_a_hosts_node_is_lost_and_its_restarted_host_resumes_the_run(tmp_path: Path) -> None:
+    result = run_scenario("host_node_loss.py", str(tmp_path))
+    assert result["result"] == "done x"
+    assert result["where"] == result["node2"]  # the host ran on node 2 before its loss
+    assert result["pids"][0] != result["pids"][1]  # a new host process, by the same name
+    lines = [line.split() for line in result["ledger"]]
+    assert [line[0] for line in lines] == ["first", "second"]  # first committed: never again
+    assert lines[1][2] == result["head"]  # the run went on on the head
