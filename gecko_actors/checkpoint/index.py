@@ -11,8 +11,9 @@ writer of a partition may ``compact`` it: one object with the newest entry of ea
 the batches it merged are deleted (a reader that finds a listed batch gone reads again).
 
 The index is a view: the runs' manifests and status objects stay the truth. An entry lost in
-a crash is written again when the run's host resumes it; ``rebuild`` makes the index again
-from the manifests (``gecko-actors list`` does when a store has runs and no index).
+a crash is written again when the run's host resumes it; ``rebuild`` makes the index from the
+manifests (the first writer of a store that has runs but no index does, once; ``gecko-actors
+list`` scans a store without an index, writing nothing).
 """
 
 from __future__ import annotations
@@ -90,10 +91,7 @@ class RunIndex:
             batches, vanished = self._batches(None)
             if not vanished:
                 break
-        latest: dict[str, IndexEntry] = {}
-        for entries in batches.values():
-            _merge(latest, entries)
-        return latest
+        return _newest(*batches.values())
 
     def compact(self, partition: str) -> int:
         """Merge ``partition``'s batches into one (only its writer may); returns how many
@@ -101,10 +99,7 @@ class RunIndex:
         batches, _ = self._batches(partition)
         if len(batches) < 2:
             return 0
-        latest: dict[str, IndexEntry] = {}
-        for entries in batches.values():
-            _merge(latest, entries)
-        self.append(list(latest.values()), partition)
+        self.append(list(_newest(*batches.values()).values()), partition)
         folder = _folder(partition)
         for name in batches:
             path = f"{folder}/{name}"
@@ -123,9 +118,7 @@ class RunIndex:
         if write and entries:
             self._started = True
             self.append(entries, partition)
-        latest: dict[str, IndexEntry] = {}
-        _merge(latest, entries)
-        return latest
+        return _newest(entries)
 
     def _batches(self, partition: str | None) -> tuple[dict[str, list[IndexEntry]], bool]:
         """Batch object name (sorted: oldest first) -> its entries, in one partition or all;
@@ -183,8 +176,12 @@ def _entries(raw: bytes, path: str, store: CheckpointStore) -> list[IndexEntry]:
     ]
 
 
-def _merge(latest: dict[str, IndexEntry], entries: list[IndexEntry]) -> None:
-    for entry in entries:
-        seen = latest.get(entry.run_id)
-        if seen is None or entry.updated_at >= seen.updated_at:
-            latest[entry.run_id] = entry
+def _newest(*batches: list[IndexEntry]) -> dict[str, IndexEntry]:
+    """Run id -> its newest entry in ``batches`` (a later batch wins a tie)."""
+    latest: dict[str, IndexEntry] = {}
+    for entries in batches:
+        for entry in entries:
+            seen = latest.get(entry.run_id)
+            if seen is None or entry.updated_at >= seen.updated_at:
+                latest[entry.run_id] = entry
+    return latest

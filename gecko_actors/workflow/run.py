@@ -57,7 +57,7 @@ class WorkflowRun:
         self, run_id: str, handle: Any, checkpoint: str | None = None, host: str | None = None
     ) -> None:
         self.run_id = run_id
-        self._handle = handle
+        self._handle = handle  # a dedicated coordinator's (a host's is looked up by name)
         self._checkpoint = checkpoint
         self._host = host  # the host's name; None for a dedicated coordinator
 
@@ -81,7 +81,7 @@ class WorkflowRun:
                 "resume RUN_ID TARGET`)",
                 run_id=run_id,
             )
-        return cls(run_id, handle, host=host)
+        return cls(run_id, None, host=host)
 
     @property
     def actor(self) -> Any:
@@ -237,7 +237,7 @@ class Workflow(WorkflowGraph):
         uri = checkpoint_uri(checkpoint)
         if not dedicated:
             host = hosting.start(self, run_id, uri, input)
-            return WorkflowRun(run_id, hosting.handle(host), uri, host=host)
+            return WorkflowRun(run_id, None, uri, host=host)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
             raise already_exists(run_id, uri)
         return self._coordinator(run_id, uri, input)
@@ -265,7 +265,7 @@ class Workflow(WorkflowGraph):
             dedicated = (manifest.host or "").startswith("workflow/")
         if not dedicated:
             host = hosting.resume(self, manifest, uri)
-            return WorkflowRun(run_id, hosting.handle(host), uri, host=host)
+            return WorkflowRun(run_id, None, uri, host=host)
         return self._coordinator(run_id, uri, manifest.input)
 
     def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
