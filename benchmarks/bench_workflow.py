@@ -131,8 +131,8 @@ class NoCheckpointCoordinator(CoordinatorActor):
 
 
 def run_to_end(graph: Workflow, how: str, root: str) -> tuple[Any, float, str]:
-    """The run's result, its end-to-end wall time (start → result) and its run id, then the
-    coordinator is killed. ``how``: "workflow" is ``graph.start`` (a detached coordinator);
+    """The run's result, its end-to-end wall time (start → result) and its run id, then a
+    coordinator made here is killed. ``how``: "workflow" is ``graph.start`` (a hosted run);
     "ckpt" and "none" make the coordinator (with or without step commits) as a plain named
     actor, driven as ``Workflow.start`` drives it."""
     begin = time.perf_counter()
@@ -149,7 +149,8 @@ def run_to_end(graph: Workflow, how: str, root: str) -> tuple[Any, float, str]:
         run = WorkflowRun(run_id, handle)
     result = run.result(timeout=600)
     wall = time.perf_counter() - begin
-    ray.kill(run._handle)
+    if how != "workflow":  # the coordinator made here; a workflow host serves other runs
+        ray.kill(run.actor)
     return result, wall, run.run_id
 
 

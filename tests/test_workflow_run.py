@@ -123,7 +123,7 @@ def test_coordinator_crash_resumes_without_redoing_committed_nodes(
     while run.status()["nodes"].get("b", {}).get("state") != "done":
         assert time.monotonic() < deadline, run.status()
         time.sleep(0.1)
-    ray.kill(run._handle, no_restart=False)  # the coordinator crashes; Ray restarts it
+    ray.kill(run.actor, no_restart=False)  # the coordinator crashes; Ray restarts it
     assert run.result(timeout=120)["node"] == "d"
     counts = {n: executions(ledger).count(n) for n in "abcd"}
     assert counts["a"] == 1 and counts["b"] == 1 and counts["d"] == 1
@@ -137,7 +137,7 @@ def test_resume_checks_the_graph_and_returns_stored_results(checkpoint_uri: str)
     wf = Workflow(name).add_node("only", lambda ctx: ctx.input * 2)
     run = wf.start(21, checkpoint=checkpoint_uri)
     assert run.result(timeout=120) == 42
-    ray.kill(run._handle, no_restart=True)
+    ray.kill(run.actor, no_restart=True)
     assert wf.resume(run.run_id, checkpoint=checkpoint_uri).result(timeout=60) == 42
     changed = Workflow(name).add_node("only", lambda ctx: 0).add_node("more", lambda ctx: 1)
     changed.add_edge("only", "more")
@@ -307,7 +307,7 @@ def test_coordinator_killed_at_each_step(
         assert time.monotonic() < deadline, run.status()
         time.sleep(0.05)
     committed = {n for n, info in run.status()["nodes"].items() if info.get("state") == "done"}
-    ray.kill(run._handle, no_restart=False)
+    ray.kill(run.actor, no_restart=False)
     assert run.result(timeout=120)["node"] == "f"
     lines = [line.split() for line in ledger.read_text().splitlines()]
     for node in "abcdef":
