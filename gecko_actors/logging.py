@@ -111,7 +111,17 @@ class _LazyLogger:
     def __getattr__(self, attr: str) -> Any:
         if not _configured:
             configure_logging()
+        level = _LEVELS.get(attr)
+        if level is not None and not logging.getLogger(self._name).isEnabledFor(level):
+            return _nothing  # a filtered-out line costs one cached check (hot paths log info)
         return getattr(structlog.get_logger(self._name).bind(**self._context), attr)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    """A log call below the level."""
 
 
 def get_logger(name: str = "gecko_actors", **context: Any) -> Any:

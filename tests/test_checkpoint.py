@@ -128,6 +128,11 @@ class Raw:
         (key,) = self.keys(f"{run_id}/steps/{seq:08d}-")
         return key
 
+    def step_bytes(self, run_id: str, seq: int) -> bytes:
+        """Step ``seq``'s packed record: inside its marker, or its data object."""
+        marker = msgpack.unpackb(self.get(f"{run_id}/steps/{seq:08d}.commit"))
+        return marker["data"] if "data" in marker else self.get(self.data_key(run_id, seq))
+
     def plant_step(
         self, run_id: str, seq: int, data: bytes, *, version: int = RECORD_VERSION
     ) -> None:
@@ -381,9 +386,11 @@ def test_a_missing_commit_marker_before_the_last_is_an_error(store, store_uri):
     assert info.value.seq == 0
 
 
-def test_tampered_or_truncated_data_is_refused(store, store_uri):
+def test_tampered_or_truncated_data_is_refused(store_uri):
     raw = Raw(store_uri)
+    store = CheckpointStore(store_uri, retries=1, backoff=0.01, inline_limit=0)
     store.commit_step("run-x", _step(0, "a value of some length"))
+    assert not msgpack.unpackb(raw.get("run-x/steps/00000000.commit")).get("data")
     key = raw.data_key("run-x", 0)
     good = raw.get(key)
     raw.put(key, good.replace(b"some", b"SOME"))
@@ -400,6 +407,33 @@ def test_tampered_or_truncated_data_is_refused(store, store_uri):
     raw.delete(key)  # a marker whose data is gone
     with pytest.raises(CheckpointError, match="does not exist"):
         store.load_steps("run-x")
+
+
+def test_small_steps_travel_inside_their_marker_and_are_verified(store, store_uri):
+    raw = Raw(store_uri)
+    big = "x" * (store.inline_limit + 1)
+    store.commit_step("run-i", _step(0, "small"))
+    store.commit_step("run-i", _step(1, big))
+    # One object for the small step (its marker), two for the big one.
+    assert raw.keys("run-i/steps/00000000") == ["run-i/steps/00000000.commit"]
+    assert len(raw.keys("run-i/steps/00000001")) == 2
+    assert [s.output for s in store.load_steps("run-i")] == ["small", big]
+    assert store.read_step("run-i", 0).output == "small"
+    key = "run-i/steps/00000000.commit"
+    good = msgpack.unpackb(raw.get(key))
+    damaged = [
+        (good["data"].replace(b"small", b"SMALL"), "sha256"),
+        (good["data"][:-2], "truncated or tampered with"),
+        ("not bytes", "invalid 'data'"),
+    ]
+    for data, message in damaged:
+        raw.put(key, msgpack.packb({**good, "data": data}))
+        for load in (lambda: store.load_steps("run-i"), lambda: store.read_step("run-i", 0)):
+            with pytest.raises(CheckpointError, match=message) as info:
+                load()
+            assert info.value.uri.endswith(key)
+    raw.put(key, msgpack.packb(good))
+    assert store.load_steps("run-i")[0].output == "small"
 
 
 class _Exploit:
@@ -432,7 +466,7 @@ def test_a_pickle_payload_is_refused_and_never_executed(store, store_uri, tmp_pa
 def test_unknown_types_versions_and_tags_are_refused(store, store_uri):
     raw = Raw(store_uri)
     store.commit_step("scratch", _step(0, {"v": 1}))
-    template = msgpack.unpackb(raw.get(raw.data_key("scratch", 0)))
+    template = msgpack.unpackb(raw.step_bytes("scratch", 0))
     template["run_id"] = "run-u"
     cases = [
         ({"version": RECORD_VERSION + 1}, f"version {RECORD_VERSION + 1}"),
@@ -600,7 +634,7 @@ def test_file_listings_stay_complete_while_another_thread_writes(tmp_path):
     """A write's temporary file can vanish between the listing of its name and its stat: the
     listing still holds every committed object, never [] (with [], a taking-over engine would
     re-run committed steps, and a fenced-out engine's owner check would let it through)."""
-    store = CheckpointStore(f"file://{tmp_path}/checkpoints", retries=0)
+    store = CheckpointStore(f"file://{tmp_path}/checkpoints", retries=0, inline_limit=0)
     epoch = store.claim("run")
     records = [_step(seq, f"step {seq}", epoch=epoch) for seq in range(3)]
     for record in records:

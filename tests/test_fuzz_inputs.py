@@ -101,7 +101,7 @@ class Seeded:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.store = CheckpointStore(f"file://{root}")
+        self.store = CheckpointStore(f"file://{root}", inline_limit=0)  # data objects too
         self.flag = root.parent / "pwned"
         for run_id in self.RUNS:
             self.store.create_manifest(

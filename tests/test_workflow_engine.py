@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.checkpoint.store import CREATOR_EPOCH
 from gecko_actors.exceptions import OwnershipLost, UserError
 from gecko_actors.workflow import Next, NodeContext, RetryPolicy, WorkflowGraph
 from gecko_actors.workflow.engine import RunEngine
@@ -348,8 +349,9 @@ async def test_an_engine_whose_run_was_taken_over_stops_without_corrupting_it() 
 async def test_a_step_the_replaced_engine_committed_late_is_taken_as_committed() -> None:
     wf, gate, runs = gated_chain("late")
     store = memory_store()
-    new = engine(wf, store)
-    old_epoch = store.claim("r1")  # the engine being replaced
+    engine(wf, store)  # the run's creator, being replaced: its epoch is 1 without a claim
+    old_epoch = CREATOR_EPOCH
+    new = engine(wf, store)  # opens the existing run: it claims epoch 2 when it runs
     task = asyncio.create_task(new.run())
     while "b" not in runs:
         await asyncio.sleep(0.01)
@@ -366,7 +368,7 @@ async def test_a_step_the_replaced_engine_committed_late_is_taken_as_committed()
     assert new.outcome == "succeeded", new.failure
     steps = store.load_steps("r1")
     assert [(s.node, s.output) for s in steps] == [("a", "a"), ("b", "late b"), ("c", "c")]
-    assert steps[2].epoch == new.epoch
+    assert (old_epoch, steps[2].epoch) == (1, new.epoch) and new.epoch == 2
 
 
 def test_bad_reducers_are_user_errors() -> None:

@@ -122,13 +122,15 @@ class StepRecord:
 @dataclass(frozen=True)
 class Marker:
     """A step's commit marker: which content-addressed data object is step ``seq``, its
-    size and sha256, and the epoch of the engine that committed it."""
+    size and sha256, and the epoch of the engine that committed it. A small step's packed
+    data is ``data``, inside the marker: then no data object is written (one write per step)."""
 
     seq: int
     object: str
     size: int
     sha256: str
     epoch: int
+    data: bytes | None = None
 
 
 _STATUS_FIELDS = ("status", "result", "error", "updated_at", "finished_at", "epoch")
@@ -145,7 +147,7 @@ _KEYS = {
     "index": frozenset(("type", "version", "run_id", "entries")),
 }
 # Keys a record may lack (written by an earlier release of the same record version).
-_OPTIONAL = {"manifest": frozenset(["host"])}
+_OPTIONAL = {"manifest": frozenset(["host"]), "commit": frozenset(["data"])}
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -520,14 +522,19 @@ def step_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> StepRec
 
 
 def marker_data(run_id: str, marker: Marker) -> dict[str, Any]:
-    """The record map of a commit marker."""
-    return {**_header("commit", run_id), **dataclasses.asdict(marker)}
+    """The record map of a commit marker (without ``data`` when the step has an object)."""
+    fields = dataclasses.asdict(marker)
+    if marker.data is None:
+        del fields["data"]
+    return {**_header("commit", run_id), **fields}
 
 
 def marker_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> Marker:
     """The :class:`Marker` of an unpacked commit record, checked to be step ``seq``'s and to
     name the data object its hash says."""
     _expect(rec, where, run_id, seq=int, object=str, size=int, sha256=str, epoch=int)
+    if "data" in rec:  # the step itself, inline (checked against size and sha256 on use)
+        _expect(rec, where, run_id, data=bytes)
     if (
         rec["seq"] != seq
         or not _SHA256.fullmatch(rec["sha256"])
@@ -535,7 +542,7 @@ def marker_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> Marke
         or rec["size"] < 0
     ):
         raise corrupt(where, run_id, "is not the commit marker of its step")
-    return Marker(seq, rec["object"], rec["size"], rec["sha256"], rec["epoch"])
+    return Marker(seq, rec["object"], rec["size"], rec["sha256"], rec["epoch"], rec.get("data"))
 
 
 def data_name(seq: int, sha256: str) -> str:

@@ -9,7 +9,9 @@ A run is a folder under the store's root::
     <run_id>/steps/00000000.commit              its commit marker (object, size, sha256, epoch)
 
 A step is written data-first, then committed by creating its marker *only if absent* (see
-:mod:`gecko_actors.checkpoint.backends` for how each storage does that atomically). So:
+:mod:`gecko_actors.checkpoint.backends` for how each storage does that atomically). A small
+step (up to ``inline_limit`` bytes packed) travels inside its marker instead: one write, and
+one read when loading. So:
 
 - a torn write (data without marker) is never loaded, and a step costs the same bytes however
   long the run is, because history is never rewritten;
@@ -63,7 +65,7 @@ from gecko_actors.checkpoint.records import (
 from gecko_actors.exceptions import CheckpointError, OwnershipLost, UserError
 from gecko_actors.logging import get_logger
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CREATOR_EPOCH", "CheckpointStore"]
 
 _log = get_logger("gecko_actors.checkpoint")
 _T = TypeVar("_T")
@@ -77,6 +79,8 @@ _STATUS = "status.msgpack"
 _STEPS = "steps"
 _OWNER = "owner"
 _READ_THREADS = 16
+INLINE_LIMIT = 64 * 1024
+CREATOR_EPOCH = 1
 
 
 @functools.cache
@@ -100,21 +104,34 @@ class CheckpointStore:
         retries: how many times a failed read or write is tried again before it raises
             :class:`CheckpointError`.
         backoff: seconds before the first retry; doubled for each next one.
+        inline_limit: a step whose packed data is at most this many bytes is written inside
+            its commit marker (one write per step instead of two); a larger one gets a data
+            object of its own. 0 writes every step as an object. Either way reads both.
 
     Thread-safe; picklable (only the URI and options travel; clients are made again where
     they are first used). Every method blocks: call it from a thread (``asyncio.to_thread``)
     inside an async actor.
     """
 
-    def __init__(self, uri: str, *, retries: int = 3, backoff: float = 0.2) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        retries: int = 3,
+        backoff: float = 0.2,
+        inline_limit: int = INLINE_LIMIT,
+    ) -> None:
         if type(retries) is not int or retries < 0:
             raise UserError(f"retries must be an int >= 0, got {retries!r}")
         if type(backoff) not in (int, float) or backoff < 0:
             raise UserError(f"backoff must be a number >= 0, got {backoff!r}")
+        if type(inline_limit) is not int or inline_limit < 0:
+            raise UserError(f"inline_limit must be an int >= 0, got {inline_limit!r}")
         self._location = parse_uri(uri)
         self.uri: str = uri.strip()
         self.retries = retries
         self.backoff = float(backoff)
+        self.inline_limit = inline_limit
         self._io: Backend | None = None
         self._lock = threading.Lock()
 
@@ -122,10 +139,15 @@ class CheckpointStore:
         return f"CheckpointStore({self.uri!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "retries": self.retries, "backoff": self.backoff}
+        return {
+            "uri": self.uri,
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "inline_limit": self.inline_limit,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["uri"], retries=state["retries"], backoff=state["backoff"])  # type: ignore[misc]
+        self.__init__(state.pop("uri"), **state)  # type: ignore[misc]
 
     # --- manifest and status ------------------------------------------------------------
 
@@ -191,10 +213,13 @@ class CheckpointStore:
     # --- ownership ----------------------------------------------------------------------
 
     def claim(self, run_id: str) -> int:
-        """Take the run for the calling engine: returns its owner epoch (1, 2, ...), newer
-        than every earlier claim. From now on an engine with an older epoch cannot commit."""
+        """Take the run for the calling engine: returns its owner epoch (2, 3, ...), newer
+        than every earlier claim. From now on an engine with an older epoch cannot commit.
+
+        Epoch 1 is never claimed: it is the creator's, the engine whose
+        :meth:`create_manifest` made the run (one write less on a run's start path)."""
         run_id = validate_run_id(run_id)
-        epoch = self.current_epoch(run_id) + 1
+        epoch = max(self.current_epoch(run_id), CREATOR_EPOCH) + 1
         holder = f"{socket.gethostname()} pid {os.getpid()}"
         while True:
             if epoch > MAX_EPOCH:
@@ -232,9 +257,10 @@ class CheckpointStore:
     # --- steps --------------------------------------------------------------------------
 
     def commit_step(self, run_id: str, record: StepRecord) -> int:
-        """Commit one node visit: its content-addressed data object, then its commit marker,
-        created only if absent. Returns the bytes written, or 0 if this exact step (the same
-        sha256) is already committed.
+        """Commit one node visit: its content-addressed data object (unless the step is small
+        enough to go inside the marker), then its commit marker, created only if absent.
+        Returns the bytes written, or 0 if this exact step (the same sha256) is already
+        committed.
 
         Raises :class:`OwnershipLost` if a claim newer than ``record.epoch`` exists (checked
         before writing), or if step ``record.seq`` is already committed with other content;
@@ -249,15 +275,18 @@ class CheckpointStore:
         run_id = validate_run_id(run_id)
         data = pack(step_data(run_id, record))  # raises before anything is written
         digest = hashlib.sha256(data).hexdigest()
-        marker = Marker(record.seq, data_name(record.seq, digest), len(data), digest, record.epoch)
+        inline = data if len(data) <= self.inline_limit else None
+        name = data_name(record.seq, digest)
+        marker = Marker(record.seq, name, len(data), digest, record.epoch, inline)
         marker_bytes = pack(marker_data(run_id, marker))
         marker_path = self._path(run_id, _STEPS, f"{record.seq:08d}.commit")
         context = {"seq": record.seq, "node": record.node}
         try:
             self._check_owner(run_id, record.epoch, f"commit step {record.seq}", **context)
-            self._put(self._path(run_id, _STEPS, marker.object), data, run_id)
+            if inline is None:
+                self._put(self._path(run_id, _STEPS, name), data, run_id)
             if self._put_if_absent(marker_path, marker_bytes, run_id):
-                return len(data) + len(marker_bytes)
+                return len(marker_bytes) + (0 if inline else len(data))
             existing = self._read_marker(run_id, record.seq)
         except OwnershipLost:
             raise
@@ -296,6 +325,8 @@ class CheckpointStore:
                 run_id=run_id,
                 seq=seq,
             )
+        if marker.data is not None:
+            return self._verified_step(run_id, marker, marker.data)
         path = self._path(run_id, _STEPS, marker.object)
         return self._verified_step(run_id, marker, self._get(path, run_id))
 
@@ -342,6 +373,9 @@ class CheckpointStore:
             if raw is None:
                 raise corrupt(self._where(path), run_id, "disappeared while loading")
             marker = self._parse_marker(raw, path, run_id, seq)
+            committed.append(marker)
+            if marker.data is not None:
+                continue
             if marker.object not in datas:
                 raise corrupt(
                     self._where(path), run_id, f"commits {marker.object!r}, which does not exist"
@@ -354,10 +388,13 @@ class CheckpointStore:
                     f"has {size} bytes; its commit marker says {marker.size} "
                     "(truncated or tampered with)",
                 )
-            committed.append(marker)
-        paths = [self._path(run_id, _STEPS, m.object) for m in committed]
-        raws = self._get_many(paths, run_id)
-        return [self._verified_step(run_id, m, raw) for m, raw in zip(committed, raws, strict=True)]
+        apart = [m for m in committed if m.data is None]
+        raws = self._get_many([self._path(run_id, _STEPS, m.object) for m in apart], run_id)
+        fetched = dict(zip((m.seq for m in apart), raws, strict=True))
+        return [
+            self._verified_step(run_id, m, m.data if m.data is not None else fetched[m.seq])
+            for m in committed
+        ]
 
     def _read_marker(self, run_id: str, seq: int) -> Marker | None:
         path = self._path(run_id, _STEPS, f"{seq:08d}.commit")
@@ -369,7 +406,8 @@ class CheckpointStore:
         return marker_from(unpack(raw, "commit", run_id, where), where, run_id, seq)
 
     def _verified_step(self, run_id: str, marker: Marker, raw: bytes | None) -> StepRecord:
-        where = self._where(self._path(run_id, _STEPS, marker.object))
+        name = marker.object if marker.data is None else f"{marker.seq:08d}.commit"
+        where = self._where(self._path(run_id, _STEPS, name))
         if raw is None:
             raise corrupt(where, run_id, "does not exist, but its commit marker names it")
         if len(raw) != marker.size or hashlib.sha256(raw).hexdigest() != marker.sha256:

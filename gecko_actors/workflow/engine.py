@@ -37,6 +37,7 @@ from gecko_actors.checkpoint import (
     StateWrite,
     StepRecord,
 )
+from gecko_actors.checkpoint.store import CREATOR_EPOCH
 from gecko_actors.core.messages import Usage
 from gecko_actors.exceptions import (
     CheckpointError,
@@ -155,8 +156,6 @@ class RunEngine:
         """Take an owner epoch, then reload the committed steps: everything committed before
         our claim is seen, and any later commit by an older owner is refused by the store."""
         self.epoch = self.store.claim(self.run_id)
-        if self.epoch == 1 and self.created:
-            return  # a run we just created: it says running, and no engine ever committed
         self.store.update_status(self.run_id, "running", epoch=self.epoch)
         self._reload()
 
@@ -199,7 +198,12 @@ class RunEngine:
         store is down, or another engine owns the run): a resume finishes it."""
         self.outcome, self.failure = "running", None
         try:
-            await asyncio.to_thread(self.take_over)
+            if self.created and self.epoch == 0:
+                # A run this engine just created is its creator's (epoch 1) without a claim:
+                # it says running, and no engine ever committed to it.
+                self.epoch = CREATOR_EPOCH
+            else:
+                await asyncio.to_thread(self.take_over)
         except Exception as exc:
             self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
             self._cancelled = False
@@ -387,7 +391,11 @@ class RunEngine:
         """The latest output of each node in ``visit``'s causal past (what ``ctx.outputs``
         holds: the same whenever the visit runs, whatever ran beside it). An older output of
         a node that has run again since is read from the checkpoint when accessed."""
-        seqs: dict[str, int] = {}
+        if visit.ancestors == (1 << self.seq) - 1:  # every committed step: the latest of each
+            seqs = {node: node_seqs[-1] for node, node_seqs in self.output_seqs.items()}
+            values = {node: self.sched.outputs[node] for node in seqs}
+            return Outputs({**values, **(extra or {})}, seqs, self.store, self.run_id)
+        seqs = {}
         for node, node_seqs in self.output_seqs.items():
             seq = next((s for s in reversed(node_seqs) if visit.after(s)), None)
             if seq is not None:

@@ -346,6 +346,24 @@ class WorkflowGraph:
             lines.append(f"    {_mermaid_id(edge.source)} {arrow} {_mermaid_id(edge.target)}")
         return "\n".join(lines)
 
+    def shape(self) -> tuple[Any, ...]:
+        """Everything a change to the graph changes, by identity where it is code (equal
+        shapes: the same graph, to the same functions). Cheap: no pickling, no hashing."""
+        nodes = tuple(
+            (n.name, n.kind, n.target, n.retry, n.timeout, n.fan_out, tuple(n.resources.items()))
+            for n in self.nodes.values()
+        )
+        reducers = tuple(self.reducers.items())
+        return (
+            self.name,
+            self.entry,
+            self.max_steps,
+            self.target,
+            nodes,
+            tuple(self.edges),
+            reducers,
+        )
+
     def fingerprint(self) -> str:
         """A hash of the graph's structure: nodes (name, kind, target), edges (with their
         conditions' names), entry and max_steps. A checkpoint remembers it, so a run is never

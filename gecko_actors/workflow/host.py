@@ -47,6 +47,13 @@ class RunNotHosted(WorkflowError):
     error_code = "run_not_hosted"
 
 
+class GraphMissing(WorkflowError):
+    """The host has no graph for a run: none was sent, none is kept in the directory, and
+    it has no target to import. A driver that has the graph sends it again."""
+
+    error_code = "graph_missing"
+
+
 class WorkflowHost:
     """Drives many runs; handles (``WorkflowRun``) call it with the run's id."""
 
@@ -57,6 +64,7 @@ class WorkflowHost:
         self.linger = settings.workflow_linger
         self.idle_exit = settings.host_idle_exit
         self.runs: dict[str, DrivenRun] = {}  # every run held here: driven, or ended
+        self.live: set[str] = set()  # the runs of self.runs being driven now
         self.opens: dict[str, asyncio.Task[DrivenRun]] = {}  # runs being opened now
         self.graphs: dict[str, WorkflowGraph] = {}
         self.lent: dict[str, Mapping[str, Any]] = {}
@@ -163,7 +171,13 @@ class WorkflowHost:
             return RunEngine(definition, run_id, store, executor, on_event=sink)
 
         create = created_at is not None  # a resume never makes a run that is gone
-        await _starting(run.open, engine, input, created_at, self.name, create)
+
+        def open_and_record() -> None:  # one trip to a thread: the start path's two writes
+            run.open(engine, input, created_at, self.name, create)
+            if not run.done.is_set():  # recorded, so that a restart of this host resumes it
+                directory.record_run(self.name, run_id, run.entry)
+
+        await _starting(open_and_record)
         self.runs[run_id] = run
         try:
             await self._drive(run)
@@ -173,19 +187,18 @@ class WorkflowHost:
         return run
 
     async def _drive(self, run: DrivenRun) -> None:
-        """Record the run in the directory (so a restart resumes it), index it, drive it; a
-        run that is over is only let go."""
+        """Index the run (recorded in the directory by now) and drive it; a run that is
+        over is only let go."""
         run.on_end = lambda durable: self._ended(run, durable)
         if run.done.is_set():  # ended before a restart: its index entry may be missing
-            await self._index(run).add(run.index_entry(run.engine.outcome))  # type: ignore[union-attr]
-            await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+            await self._index(run).add(run.index_entry(run.engine.outcome), ended=True)  # type: ignore[union-attr]
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)
             return
-        await _starting(directory.record_run, self.name, run.run_id, run.entry)
         previous = run.manifest.host
         if previous not in (None, self.name):  # taken from another host: it must not resume it
             await asyncio.to_thread(directory.forget_run, previous, run.run_id)
         self._index(run).add(run.index_entry("running"))
+        self.live.add(run.run_id)
         _keep(asyncio.create_task(run.drive()))
         self._count()
 
@@ -198,6 +211,7 @@ class WorkflowHost:
             return
         await _starting(directory.record_run, self.name, run.run_id, run.entry)
         self._index(run).add(run.index_entry("running"))
+        self.live.add(run.run_id)
         await run.reopen()
         self._count()
 
@@ -217,7 +231,7 @@ class WorkflowHost:
         elif graph.target is not None:
             found = await asyncio.to_thread(load_workflow, graph.target)
         else:
-            raise WorkflowError(
+            raise GraphMissing(
                 f"workflow host {self.name} has no graph for a run any more (the cluster that "
                 "held it is gone)",
                 hint="resume the run from a driver: wf.resume(run_id, checkpoint=...), or "
@@ -229,15 +243,15 @@ class WorkflowHost:
     async def _ended(self, run: DrivenRun, durable: bool) -> None:
         engine = run.engine
         assert engine is not None
+        self.live.discard(run.run_id)
         if isinstance(engine.failure, OwnershipLost):
             # Another engine drives the run now: its index entries and directory entry are
             # its own (a restarted host of our name writes the same key), so touch neither.
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)
         elif durable:
             try:
-                if await self._index(run).add(run.index_entry(engine.outcome)):
-                    # Recorded until indexed: a restart of this host writes the entry then.
-                    await asyncio.to_thread(directory.forget_run, self.name, run.run_id)
+                # Recorded until indexed: a restart of this host writes the entry then.
+                await self._index(run).add(run.index_entry(engine.outcome), ended=True)
             finally:
                 asyncio.get_running_loop().call_later(self.linger, self._drop, run)
         # else: the storage is down: the run stays held (and recorded) until a resume
@@ -255,12 +269,12 @@ class WorkflowHost:
     def _index(self, run: DrivenRun) -> _IndexWriter:
         uri = run.entry["uri"]
         if uri not in self.indexes:
-            self.indexes[uri] = _IndexWriter(RunIndex(self._store(uri)), partition(self.name))
+            self.indexes[uri] = _IndexWriter(RunIndex(self._store(uri)), self.name)
         return self.indexes[uri]
 
     def active(self) -> int:
         """How many runs are being driven here now."""
-        return sum(not r.done.is_set() for r in self.runs.values())
+        return len(self.live)
 
     def _count(self) -> None:
         metrics.runs_active(self.name, self.active())
@@ -374,18 +388,23 @@ class GraphRef(NamedTuple):
 
 
 class _IndexWriter:
-    """Appends index entries in batches: one object per flush, whatever came meanwhile."""
+    """Appends host ``host``'s index entries in batches: one object per flush, whatever came
+    meanwhile; the runs whose final entry is written are then let go from the directory."""
 
-    def __init__(self, index: RunIndex, partition: str) -> None:
-        self.index, self.partition = index, partition
+    def __init__(self, index: RunIndex, host: str) -> None:
+        self.index, self.host, self.partition = index, host, partition(host)
         self.queue: list[IndexEntry] = []
+        self.ended: list[str] = []
         self.next: asyncio.Future[bool] | None = None
         self.lock = asyncio.Lock()
         self.flushes = 0
 
-    def add(self, entry: IndexEntry) -> asyncio.Future[bool]:
-        """Queue ``entry``; the future says, once the batch was tried, whether it is written."""
+    def add(self, entry: IndexEntry, *, ended: bool = False) -> asyncio.Future[bool]:
+        """Queue ``entry``; the future says, once the batch was tried, whether it is written.
+        ``ended``: the run's final entry; once written, the run is forgotten in the directory."""
         self.queue.append(entry)
+        if ended:
+            self.ended.append(entry.run_id)
         if self.next is None:
             self.next = asyncio.get_running_loop().create_future()
             _keep(asyncio.create_task(self._flush(self.next)))
@@ -394,9 +413,10 @@ class _IndexWriter:
     async def _flush(self, done: asyncio.Future[bool]) -> None:
         async with self.lock:  # one write at a time: what queues meanwhile is the next batch
             batch, self.queue, self.next = self.queue, [], None
+            ended, self.ended = self.ended, []
             written = False
             try:
-                await asyncio.to_thread(self.index.append, batch, self.partition)
+                await asyncio.to_thread(self._write, batch, ended)
                 written = True
                 self.flushes += 1
                 if self.flushes % 200 == 1:  # at the first flush, then now and then
@@ -405,3 +425,11 @@ class _IndexWriter:
                 _log.warning("could not write the run index", error=str(exc))
             finally:
                 done.set_result(written)
+
+    def _write(self, batch: list[IndexEntry], ended: list[str]) -> None:
+        self.index.append(batch, self.partition)
+        for run_id in ended:  # one trip to a thread for the batch, not one per run
+            try:
+                directory.forget_run(self.host, run_id)
+            except Exception as exc:  # a restart would find it ended and let it go then
+                _log.warning("could not let an ended run go", run_id=run_id, error=str(exc))

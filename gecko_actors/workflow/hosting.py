@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from typing import Any
 
 import ray
@@ -22,10 +23,16 @@ from gecko_actors.logging import get_logger
 from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.graph import WorkflowGraph
-from gecko_actors.workflow.host import GraphRef, WorkflowHost
+from gecko_actors.workflow.host import GraphMissing, GraphRef, WorkflowHost
 
 _log = get_logger("gecko_actors.workflow")
 _HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
+# (cluster, host name, graph key) of the graphs a host was sent by this process: later starts
+# send the key alone (the host keeps the graph, and a restarted one finds it in the directory).
+_SENT: set[tuple[str, str, str]] = set()
+_PACKED: weakref.WeakKeyDictionary[WorkflowGraph, tuple[tuple[Any, ...], GraphRef]] = (
+    weakref.WeakKeyDictionary()
+)
 _CALL_TRIES = 3
 
 
@@ -83,9 +90,18 @@ def call(name: str, method: str, *args: Any) -> Any:
 
 def packed(graph: WorkflowGraph) -> GraphRef:
     """What a host needs to run ``graph``: a key naming its exact code, the graph pickled
-    (shipped inside the cluster only), and its ``module:attr`` target when it has one."""
+    (shipped inside the cluster only), and its ``module:attr`` target when it has one.
+
+    Pickled once per shape of the graph (a node added or replaced pickles it again): as with
+    a Ray remote function, what its functions' globals hold is taken at the first start."""
+    shape = graph.shape()
+    hit = _PACKED.get(graph)
+    if hit is not None and hit[0] == shape:
+        return hit[1]
     blob = cloudpickle.dumps(graph)
-    return GraphRef(hashlib.sha256(blob).hexdigest()[:32], blob, graph.target)
+    ref = GraphRef(hashlib.sha256(blob).hexdigest()[:32], blob, graph.target)
+    _PACKED[graph] = (shape, ref)
+    return ref
 
 
 def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
@@ -95,11 +111,22 @@ def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
     code = packed(graph)
     created_at = time.time()  # the same in a retry: how a host knows its own run again
     hosts = directory.candidates(run_id, directory.code_env())
+    cluster = ray.get_runtime_context().gcs_address
     for name in hosts:
+        sent = (cluster, name, code.key)
         try:
+            if sent in _SENT:
+                try:
+                    call(
+                        name, "start_run", run_id, uri, code._replace(blob=None), input, created_at
+                    )
+                    return name
+                except GraphMissing:
+                    _SENT.discard(sent)
             call(name, "start_run", run_id, uri, code, input, created_at)
         except HostBusy:
             continue
+        _SENT.add(sent)
         return name
     raise HostBusy(
         f"every workflow host of this job ({len(hosts)}) already drives its maximum of runs",

@@ -3,8 +3,9 @@
 This folder is on the PYTHONPATH of that scenario's Ray workers only, so Python imports this
 module as each worker starts. The first checkpoint write of step ``GECKO_TEST_KILL_SEQ`` then
 SIGKILLs the process (the coordinator, the only writer): at ``data``, after writing half of the
-step's data object (the worst a store can leave: a truncated object in place); at ``marker``,
-after the data object and before its commit marker.
+step's data object (the worst a store can leave: a truncated object in place; every step gets
+an object here, however small); at ``marker``, after the data object and before its commit
+marker.
 """
 
 import os
@@ -15,6 +16,8 @@ _WHERE = os.environ.get("GECKO_TEST_KILL_AT")
 if _WHERE:
     from gecko_actors.checkpoint import CheckpointStore as _Store
 
+    if _WHERE == "data":  # small steps go inside their marker: make every step an object
+        _Store.__init__.__kwdefaults__["inline_limit"] = 0
     _put, _put_if_absent = _Store._put, _Store._put_if_absent
     _seq = os.environ["GECKO_TEST_KILL_SEQ"]
     _flag = os.environ["GECKO_TEST_KILL_FLAG"]  # created first: only the first writer dies
