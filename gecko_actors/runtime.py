@@ -19,7 +19,6 @@ from gecko_actors.settings import load_settings, prepare_offline_environment
 
 DEFAULT_NAMESPACE = "gecko"
 # Every worker needs these before it imports litellm or tiktoken; none of them is a secret.
-WORKER_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 _log = get_logger("gecko_actors.runtime")
 _dashboard_url: str | None = None
 
@@ -41,7 +40,9 @@ def init(
             uses ``RAY_ADDRESS`` if set, else starts Ray in this process (the embedded default).
         namespace: the Ray namespace for every gecko_actors actor (names like ``agent/<name>``).
         num_cpus: CPUs of a local instance.
-        runtime_env: merged with the variables workers need. Its ``env_vars`` must not hold
+        runtime_env: the job's Ray runtime environment, if it needs one (none by default:
+            workers of a job without one start from Ray's pool of pre-started processes,
+            about a second sooner each on a small machine). Its ``env_vars`` must not hold
             secrets (by name, such as ``OPENAI_API_KEY``, or by shape, such as ``sk-...`` or
             a password in a URL); a credentials variable holding a file's path
             (``GOOGLE_APPLICATION_CREDENTIALS=/etc/sa.json``) is not a secret.
@@ -72,8 +73,9 @@ def init(
                 hint="call gecko_actors.shutdown() first, or use the same namespace",
             )
         return _describe(ray, None, new=False)
-    env["env_vars"] = {**WORKER_ENV, **user_vars}
-    options: dict[str, Any] = {"namespace": namespace, "runtime_env": env, **ray_kwargs}
+    options: dict[str, Any] = {"namespace": namespace, **ray_kwargs}
+    if env:  # workers set the variables litellm and tiktoken need offline themselves
+        options["runtime_env"] = env
     target = address or os.environ.get("RAY_ADDRESS")
     if target:
         options["address"] = target

@@ -62,11 +62,13 @@ def ray_session():
         raise RuntimeError("Ray was started outside the ray_session fixture")
     metrics_port = free_port()
     # Workers import functions defined in test modules by name, as they would a user's own
-    # modules: put this folder on their path.
+    # modules: put this folder on their path. Through the environment the local Ray inherits,
+    # not a runtime_env: like a user's job without one, workers then come from Ray's pool of
+    # pre-started processes.
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    python_path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p)
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, previous) if p)
     gecko_actors.init(
-        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
         num_cpus=2,
         include_dashboard=True,
         dashboard_port=free_port(),
@@ -75,3 +77,7 @@ def ray_session():
     )
     yield SimpleNamespace(metrics_port=metrics_port)
     gecko_actors.shutdown()
+    if previous is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = previous
