@@ -1,6 +1,6 @@
 """The records of a checkpoint: what a run is (:class:`Manifest`), what each committed node
 visit did (:class:`StepRecord`, with its :class:`StateWrite` list), and how each record becomes
-a msgpack map and back.
+a msgpack map and back (steps and their markers: :mod:`gecko_actors.checkpoint.steps`).
 
 Every stored object is a msgpack map with a ``type`` and a ``version``; reading one accepts
 only the known types, the current :data:`RECORD_VERSION`, exactly the expected keys and value
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from pydantic import ValidationError
 
 from gecko_actors.checkpoint.codec import check_plain, decode_value, encode_field
 from gecko_actors.core.messages import Usage
@@ -36,16 +35,11 @@ __all__ = [
     "StepRecord",
     "apply_status",
     "corrupt",
-    "data_name",
     "manifest_data",
     "manifest_from",
-    "marker_data",
-    "marker_from",
     "owner_data",
     "pack",
     "status_data",
-    "step_data",
-    "step_from",
     "unpack",
     "validate_epoch",
     "validate_run_id",
@@ -64,7 +58,7 @@ MAX_SEQ = 10**8 - 1
 MAX_EPOCH = 10**8 - 1
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -153,11 +147,11 @@ _OPTIONAL = {"manifest": frozenset(["host"]), "commit": frozenset(["data"])}
 # --- checks ----------------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return type(value) in (int, float)
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
@@ -181,7 +175,7 @@ def validate_status(status: Any) -> str:
 def validate_epoch(epoch: Any, what: str = "epoch") -> int:
     """``epoch`` if it is an int from 0 to :data:`MAX_EPOCH`, else a UserError naming
     ``what``."""
-    if not _is_count(epoch) or epoch > MAX_EPOCH:
+    if not is_count(epoch) or epoch > MAX_EPOCH:
         raise UserError(f"invalid {what} {epoch!r:.40}: expected an int from 0 to {MAX_EPOCH}")
     return epoch
 
@@ -268,7 +262,7 @@ def unpack(raw: bytes, kind: str, run_id: str, where: str) -> dict[str, Any]:
     return rec
 
 
-def _expect(rec: dict[str, Any], where: str, run_id: str, **types: Any) -> None:
+def expect(rec: dict[str, Any], where: str, run_id: str, **types: Any) -> None:
     for key, allowed in types.items():
         allowed = allowed if isinstance(allowed, tuple) else (allowed,)
         if not any(rec[key] is None if t is None else type(rec[key]) is t for t in allowed):
@@ -286,7 +280,7 @@ def _status_of(rec: dict[str, Any], where: str, run_id: str) -> str:
     return rec["status"]
 
 
-def _decode_at(data: Any, where: str, run_id: str) -> Any:
+def decode_at(data: Any, where: str, run_id: str) -> Any:
     try:
         return decode_value(data)
     except CheckpointError as exc:
@@ -298,7 +292,7 @@ def _decode_at(data: Any, where: str, run_id: str) -> Any:
         ) from None
 
 
-def _header(kind: str, run_id: str) -> dict[str, Any]:
+def header(kind: str, run_id: str) -> dict[str, Any]:
     return {"type": kind, "version": RECORD_VERSION, "run_id": run_id}
 
 
@@ -312,16 +306,16 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
     for name in ("workflow", "fingerprint"):
         if not isinstance(getattr(manifest, name), str):
             raise UserError(f"Manifest.{name} must be a str", run_id=run_id)
-    if not _is_number(manifest.created_at):
+    if not is_number(manifest.created_at):
         raise UserError("Manifest.created_at must be a number (time.time())", run_id=run_id)
     if manifest.error is not None and not isinstance(manifest.error, str):
         raise UserError("Manifest.error must be a str or None", run_id=run_id)
-    if manifest.finished_at is not None and not _is_number(manifest.finished_at):
+    if manifest.finished_at is not None and not is_number(manifest.finished_at):
         raise UserError("Manifest.finished_at must be a number or None", run_id=run_id)
     if manifest.host is not None and not isinstance(manifest.host, str):
         raise UserError("Manifest.host must be a str or None", run_id=run_id)
     return {
-        **_header("manifest", run_id),
+        **header("manifest", run_id),
         "workflow": str(manifest.workflow),
         "fingerprint": str(manifest.fingerprint),
         "input": encode_field(manifest.input, "input", run_id=run_id),
@@ -336,19 +330,19 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
 
 def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     """The :class:`Manifest` of an unpacked manifest record."""
-    _expect(rec, where, run_id, workflow=str, fingerprint=str, status=str)
-    _expect(rec, where, run_id, created_at=(int, float))
-    _expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
+    expect(rec, where, run_id, workflow=str, fingerprint=str, status=str)
+    expect(rec, where, run_id, created_at=(int, float))
+    expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
     rec.setdefault("host", None)
-    _expect(rec, where, run_id, host=(str, None))
+    expect(rec, where, run_id, host=(str, None))
     return Manifest(
         run_id=run_id,
         workflow=rec["workflow"],
         fingerprint=rec["fingerprint"],
-        input=_decode_at(rec["input"], where, run_id),
+        input=decode_at(rec["input"], where, run_id),
         created_at=rec["created_at"],
         status=_status_of(rec, where, run_id),
-        result=_decode_at(rec["result"], where, run_id),
+        result=decode_at(rec["result"], where, run_id),
         error=rec["error"],
         finished_at=rec["finished_at"],
         host=rec["host"],
@@ -363,7 +357,7 @@ def status_data(
     if error is not None and not isinstance(error, str):
         raise UserError("error must be a str or None", run_id=run_id)
     return {
-        **_header("status", run_id),
+        **header("status", run_id),
         "status": status,
         "result": encode_field(result, "result", run_id=run_id),
         "error": error,
@@ -376,12 +370,12 @@ def status_data(
 def apply_status(manifest: Manifest, rec: dict[str, Any], where: str) -> Manifest:
     """``manifest`` with the status of an unpacked status record merged in."""
     run_id = manifest.run_id
-    _expect(rec, where, run_id, status=str, error=(str, None), epoch=(int, None))
-    _expect(rec, where, run_id, updated_at=(int, float), finished_at=(int, float, None))
+    expect(rec, where, run_id, status=str, error=(str, None), epoch=(int, None))
+    expect(rec, where, run_id, updated_at=(int, float), finished_at=(int, float, None))
     return dataclasses.replace(
         manifest,
         status=_status_of(rec, where, run_id),
-        result=_decode_at(rec["result"], where, run_id),
+        result=decode_at(rec["result"], where, run_id),
         error=rec["error"],
         finished_at=rec["finished_at"],
     )
@@ -390,162 +384,4 @@ def apply_status(manifest: Manifest, rec: dict[str, Any], where: str) -> Manifes
 def owner_data(run_id: str, epoch: int, holder: str, now: float) -> dict[str, Any]:
     """The record map of an owner claim (``holder`` says which process took it, for people
     reading the store)."""
-    return {**_header("owner", run_id), "epoch": epoch, "claimed_at": now, "holder": holder}
-
-
-# --- steps -----------------------------------------------------------------------------------
-
-
-def step_data(run_id: str, r: StepRecord) -> dict[str, Any]:
-    """The record map of a step, after checking every field (a UserError names the bad one)
-    and encoding every value: nothing is written for a step that fails here."""
-
-    def bad(field: str, expected: str) -> UserError:
-        value = getattr(r, field, None)
-        return UserError(
-            f"invalid StepRecord.{field} {value!r:.60}: expected {expected}",
-            run_id=run_id,
-            node=getattr(r, "node", None),
-        )
-
-    if not isinstance(r, StepRecord):
-        raise UserError(f"expected a StepRecord, got {type(r).__name__}", run_id=run_id)
-    if not _is_count(r.seq) or r.seq > MAX_SEQ:
-        raise bad("seq", f"an int from 0 to {MAX_SEQ}")
-    if not isinstance(r.node, str) or not r.node:
-        raise bad("node", "a non-empty str")
-    if not _is_count(r.visit):
-        raise bad("visit", "an int >= 0")
-    if not _is_count(r.attempts):
-        raise bad("attempts", "an int >= 0")
-    if not _is_number(r.duration) or r.duration < 0:
-        raise bad("duration", "a number of seconds >= 0")
-    if not _is_number(r.finished_at):
-        raise bad("finished_at", "a number (time.time())")
-    if not _is_count(r.epoch) or r.epoch > MAX_EPOCH:
-        raise bad("epoch", f"an int from 0 to {MAX_EPOCH} (the engine's owner epoch)")
-    if r.usage is not None and not isinstance(r.usage, Usage):
-        raise bad("usage", "a Usage or None")
-    if r.next is not None and (not isinstance(r.next, Next) or not isinstance(r.next.node, str)):
-        raise bad("next", "a Next(node: str, input) or None")
-    routes = r.routes
-    if routes is not None and (
-        not isinstance(routes, dict)
-        or not all(isinstance(k, str) and isinstance(v, bool) for k, v in routes.items())
-    ):
-        raise bad("routes", "None or a dict of target node -> bool")
-    if not isinstance(r.writes, (tuple, list)):
-        raise bad("writes", "a tuple of StateWrite")
-    at = {"run_id": run_id, "node": r.node}
-    writes = []
-    for i, write in enumerate(r.writes):
-        if not isinstance(write, StateWrite):
-            raise bad("writes", f"a tuple of StateWrite (item {i} is a {type(write).__name__})")
-        if not isinstance(write.key, str) or type(write.deleted) is not bool:
-            raise bad("writes", f"StateWrite(key: str, value, deleted: bool) at item {i}")
-        if write.deleted and write.value is not None:
-            raise bad("writes", f"a deletion with value None (item {i}, key {write.key!r:.40})")
-        value = encode_field(write.value, f"writes[{i}] (state key {write.key!r:.40})", **at)
-        writes.append({"key": str.__str__(write.key), "value": value, "deleted": write.deleted})
-    return {
-        **_header("step", run_id),
-        "seq": r.seq,
-        "node": str.__str__(r.node),
-        "visit": r.visit,
-        "output": encode_field(r.output, "output", **at),
-        "writes": writes,
-        "attempts": r.attempts,
-        "duration": float(r.duration),
-        # Usage is stored as its plain fields (not a tagged value): a step always has one type.
-        "usage": None if r.usage is None else r.usage.model_dump(mode="json", exclude_none=True),
-        "next": None
-        if r.next is None
-        else {
-            "node": str.__str__(r.next.node),
-            "input": encode_field(r.next.input, "next input", **at),
-        },
-        "routes": None if routes is None else {str(k): bool(v) for k, v in routes.items()},
-        "epoch": r.epoch,
-        "finished_at": float(r.finished_at),
-    }
-
-
-def step_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> StepRecord:
-    """The :class:`StepRecord` of an unpacked step record (typed: ``Usage``, ``Next`` and a
-    tuple of :class:`StateWrite`, never dicts)."""
-    _expect(rec, where, run_id, seq=int, node=str, visit=int, attempts=int, epoch=int)
-    _expect(rec, where, run_id, duration=(int, float), finished_at=(int, float))
-    _expect(rec, where, run_id, writes=list, usage=(dict, None), next=(dict, None))
-    _expect(rec, where, run_id, routes=(dict, None))
-    if rec["seq"] != seq:
-        raise corrupt(where, run_id, f"holds step {rec['seq']}, not {seq}")
-    writes = []
-    for item in rec["writes"]:
-        if (
-            type(item) is not dict
-            or set(item) != {"key", "value", "deleted"}
-            or type(item["key"]) is not str
-            or type(item["deleted"]) is not bool
-            or (item["deleted"] and item["value"] is not None)
-        ):
-            raise corrupt(where, run_id, "has a malformed 'writes'")
-        value = _decode_at(item["value"], where, run_id)
-        writes.append(StateWrite(item["key"], value, item["deleted"]))
-    jump = rec["next"]
-    if jump is not None:
-        if set(jump) != {"node", "input"} or type(jump["node"]) is not str:
-            raise corrupt(where, run_id, "has a malformed 'next'")
-        jump = Next(jump["node"], _decode_at(jump["input"], where, run_id))
-    usage = rec["usage"]
-    if usage is not None:
-        try:
-            usage = Usage.model_validate(usage)
-        except ValidationError:
-            raise corrupt(where, run_id, "has a malformed 'usage'") from None
-    routes = rec["routes"]
-    if routes is not None and not all(type(v) is bool for v in routes.values()):
-        raise corrupt(where, run_id, "has a malformed 'routes'")
-    return StepRecord(
-        seq=seq,
-        node=rec["node"],
-        visit=rec["visit"],
-        output=_decode_at(rec["output"], where, run_id),
-        writes=tuple(writes),
-        attempts=rec["attempts"],
-        duration=rec["duration"],
-        usage=usage,
-        next=jump,
-        routes=routes,
-        epoch=rec["epoch"],
-        finished_at=rec["finished_at"],
-    )
-
-
-def marker_data(run_id: str, marker: Marker) -> dict[str, Any]:
-    """The record map of a commit marker (without ``data`` when the step has an object)."""
-    fields = dataclasses.asdict(marker)
-    if marker.data is None:
-        del fields["data"]
-    return {**_header("commit", run_id), **fields}
-
-
-def marker_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> Marker:
-    """The :class:`Marker` of an unpacked commit record, checked to be step ``seq``'s and to
-    name the data object its hash says."""
-    _expect(rec, where, run_id, seq=int, object=str, size=int, sha256=str, epoch=int)
-    if "data" in rec:  # the step itself, inline (checked against size and sha256 on use)
-        _expect(rec, where, run_id, data=bytes)
-    if (
-        rec["seq"] != seq
-        or not _SHA256.fullmatch(rec["sha256"])
-        or rec["object"] != data_name(seq, rec["sha256"])
-        or rec["size"] < 0
-    ):
-        raise corrupt(where, run_id, "is not the commit marker of its step")
-    return Marker(seq, rec["object"], rec["size"], rec["sha256"], rec["epoch"], rec.get("data"))
-
-
-def data_name(seq: int, sha256: str) -> str:
-    """The name of step ``seq``'s data object with this content hash: two writers of one
-    seq never overwrite each other's data."""
-    return f"{seq:08d}-{sha256}.msgpack"
+    return {**header("owner", run_id), "epoch": epoch, "claimed_at": now, "holder": holder}

@@ -47,20 +47,22 @@ from gecko_actors.checkpoint.records import (
     StepRecord,
     apply_status,
     corrupt,
-    data_name,
     manifest_data,
     manifest_from,
-    marker_data,
-    marker_from,
     owner_data,
     pack,
     status_data,
-    step_data,
-    step_from,
     unpack,
     validate_epoch,
     validate_run_id,
     validate_status,
+)
+from gecko_actors.checkpoint.steps import (
+    data_name,
+    marker_data,
+    marker_from,
+    step_data,
+    step_from,
 )
 from gecko_actors.exceptions import CheckpointError, OwnershipLost, UserError
 from gecko_actors.logging import get_logger
