@@ -298,3 +298,24 @@ def test_hosted_and_dedicated_runs_answer_alike(tmp_path: Path) -> None:
     # A run resumes where it was started: hosted, on its host.
     resumed = wf.resume(hosted.run_id, checkpoint=tmp_path)
     assert resumed.info()["host"] == hosted.info()["host"] and resumed.result() == 1
+
+
+def test_a_graph_is_sent_once_per_shape_and_again_to_a_host_that_lost_it(
+    tmp_path: Path,
+) -> None:
+    from ray.experimental import internal_kv
+
+    from gecko_actors.workflow import directory, hosting
+
+    wf = Workflow(unique("shape")).add_node("a", lambda ctx: ctx.input + 1)
+    assert wf.start(1, checkpoint=tmp_path).result(timeout=120) == 2
+    # A node added after a start: the next start ships the new graph, not the one it sent.
+    wf.add_node("b", lambda ctx: ctx.input * 10).add_edge("a", "b")
+    run = wf.start(1, checkpoint=tmp_path)
+    assert run.result(timeout=120) == 20
+    # The host loses every copy (Ray restarts it, and the cluster's copy is gone too): the
+    # driver, which sends only the graph's key to a host it sent the graph to, sends it again.
+    key = hosting.packed(wf).key
+    ray.kill(run.actor, no_restart=False)
+    internal_kv._internal_kv_del(f"graphs/{key}", namespace=directory._space())
+    assert wf.start(2, checkpoint=tmp_path).result(timeout=120) == 30
