@@ -53,7 +53,7 @@ from gecko_actors.workflow.graph import Next, NodeContext, RetryPolicy
 # The Ray layer is imported on first use, so that `import gecko_actors` (and the core) stays
 # Ray-free and fast: a plain asyncio program or test never pays for importing Ray.
 _LAZY = {
-    "Agent": "gecko_actors.agent",
+    "Agent": "gecko_actors.agents.handle",
     "RemoteAgentStream": "gecko_actors.agents.stream",
     "AsyncRemoteAgentStream": "gecko_actors.agents.stream",
     "Memory": "gecko_actors.memory",

@@ -149,7 +149,7 @@ def decide(ctx: NodeContext) -> Any:
 
 def build(model: str | None = None, *, prefix: str = "demo") -> tuple[Any, list[Any], Any]:
     """The workflow, its agents and their shared toolbox (each ``<prefix>-<role>``)."""
-    from gecko_actors.agent import Agent
+    from gecko_actors.agents.handle import Agent
     from gecko_actors.team import Team
     from gecko_actors.toolboxes import RemoteToolBox
     from gecko_actors.workflow.run import Workflow

@@ -19,7 +19,7 @@ from gecko_actors._actors.common import (
     cancel_and_wait_blocking,
     unwrap,
 )
-from gecko_actors.agent import Agent
+from gecko_actors.agents.handle import Agent
 from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
 from gecko_actors.exceptions import TeamError, UserError
 

@@ -148,6 +148,8 @@ def spawn_agent() -> Iterator[Callable[..., Agent]]:
 
     yield spawn
     for name in names:
+        if name in Agent.list():
+            Agent.get(name).kill()
         kill_named(f"agent/{name}", f"toolbox/{name}/0")
 
 
@@ -301,11 +303,14 @@ def assert_arrivals_follow_grants(arrivals: list[float], starts: list[float]) ->
 # --- 1. spawning, running, finding ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dedicated", [False, True], ids=["hosted", "dedicated"])
 async def test_agent_with_toolbox_runs_streams_and_is_found(
-    spawn_agent: Callable[..., Agent],
+    spawn_agent: Callable[..., Agent], dedicated: bool
 ) -> None:
     name = unique("calc")
-    agent = spawn_agent(name, model=ScriptedModel(calc_then_answer), tools=[calculator])
+    agent = spawn_agent(
+        name, model=ScriptedModel(calc_then_answer), tools=[calculator], dedicated=dedicated
+    )
 
     out = agent.run("What is 6*7?")
     assert out.content == "The answer is 42 indeed."
@@ -318,12 +323,6 @@ async def test_agent_with_toolbox_runs_streams_and_is_found(
     assert len(chunks) >= 3
     assert "".join(chunks) == "The answer is 42 indeed."
 
-    # The tool ran in the toolbox actor, not in the agent.
-    toolbox = ray.get_actor(f"toolbox/{name}/0", namespace=NAMESPACE)
-    stats = ray.get(toolbox.stats.remote())
-    assert stats["calculator"]["executions"] == 3
-    assert ray.get(toolbox.pid.remote()) != agent.info()["pid"]
-
     info = agent.info()
     assert info["name"] == name
     assert info["tools"] == ["calculator"]
@@ -332,10 +331,22 @@ async def test_agent_with_toolbox_runs_streams_and_is_found(
     assert again.run("Once more").content == "The answer is 42 indeed."
     assert name in Agent.list()
 
-    alive = alive_actors()
-    found = {(a.name, a.ray_namespace) for a in alive}
-    assert (f"agent/{name}", NAMESPACE) in found
-    assert (f"toolbox/{name}/0", NAMESPACE) in found
+    found = {(a.name, a.ray_namespace) for a in alive_actors()}
+    if dedicated:
+        # The tool ran in the agent's own toolbox actor, not in the agent.
+        assert info["placement"] == "dedicated"
+        toolbox = ray.get_actor(f"toolbox/{name}/0", namespace=NAMESPACE)
+        stats = ray.get(toolbox.stats.remote())
+        assert stats["calculator"]["executions"] == 4  # run, arun, stream, run again
+        assert ray.get(toolbox.pid.remote()) != info["pid"]
+        assert {(f"agent/{name}", NAMESPACE), (f"toolbox/{name}/0", NAMESPACE)} <= found
+    else:
+        # No process of its own: the agent and its tools live in a named agent host.
+        assert info["placement"] == "hosted" and info["host"].startswith("agents/host/")
+        assert (info["host"], NAMESPACE) in found
+        assert ray.get(agent.actor.summary.remote())["active"] >= 1
+        assert not any(n in (f"agent/{name}", f"toolbox/{name}/0") for n, _ in found)
+        assert info["owned_toolbox"] is None
 
 
 # --- 2. bad input -----------------------------------------------------------------------------
@@ -396,7 +407,7 @@ def test_litellm_is_imported_by_the_gateway_only(
     sent = [json.dumps(r["messages"]) for r in llm.server.requests[before:]]
     assert [marker in s for s in sent] == [True]
     assert "GatewayModel" in agent.info()["model"]
-    assert ray.get(agent.actor.modules.remote(["litellm"])) == {"litellm": False}
+    assert ray.get(agent._handle.modules.remote(["litellm"])) == {"litellm": False}
 
 
 # --- 4. concurrency ---------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import ray
 
-import gecko_actors.agent as agent_module
+import gecko_actors.agents.handle as agent_module
 from gecko_actors import Agent, Hooks, ModelError, ScriptedModel, UserError
-from gecko_actors._actors.agent import AgentActor, AgentSpec
+from gecko_actors.agents.dedicated import AgentActor, AgentSpec
 from gecko_actors.core.agent import LocalAgent
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.messages import AgentOutput, Message, ToolCall

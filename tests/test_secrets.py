@@ -63,8 +63,8 @@ from gecko_actors import (
 )
 from gecko_actors import _redact as redact_module
 from gecko_actors import runtime as runtime_module
-from gecko_actors._actors.agent import AgentSpec
 from gecko_actors._redact import MASK, is_secret_value, mask_url, redact, url_holds_secret
+from gecko_actors.agents.dedicated import AgentSpec
 from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.core.calculator import calculator
 from gecko_actors.core.embedders import LiteLLMEmbedder

@@ -779,7 +779,11 @@ def test_agent_does_not_silently_take_a_stale_toolbox_of_its_name(fragile, spawn
     with pytest.raises(UserError, match=rf"'toolbox/{fragile.name}/0' already exists"):
         spawned.append(
             Agent.spawn(
-                fragile.name, model=ScriptedModel(["hi"]), tools=[make_quick_tool()], **IN_PROCESS
+                fragile.name,
+                model=ScriptedModel(["hi"]),
+                tools=[make_quick_tool()],
+                dedicated=True,  # a hosted agent's tools run in its host: no toolbox actor
+                **IN_PROCESS,
             )
         )
     assert fragile.name not in Agent.list()  # refused before any agent actor was made

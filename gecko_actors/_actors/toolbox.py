@@ -53,8 +53,7 @@ class ToolboxActor:
         when the thread is abandoned and this process recycled)."""
         self._in_flight += 1
         started = time.monotonic()
-        # A name the model made up is not a metric label: each would be a new time series.
-        label = call.name if self.box.has(call.name) else "<unknown>"
+        label = tool_label(self.box, call)
         try:
             result = await self.box.execute_call(call, context)
         except asyncio.CancelledError:
@@ -94,3 +93,32 @@ class ToolboxActor:
                 tool=tool_name,
             )
             self._recycle = True
+
+
+def tool_label(box: ToolBox, call: ToolCall) -> str:
+    """The metric label of a call: a name the model made up is not one (each would be a new
+    time series)."""
+    return call.name if box.has(call.name) else "<unknown>"
+
+
+class MeteredToolBox(ToolBox):
+    """A :class:`ToolBox` run inside an agent host: its calls count in the tool metrics, as a
+    toolbox actor's do."""
+
+    @classmethod
+    def of(cls, box: ToolBox) -> MeteredToolBox:
+        """A metered copy of ``box``: its tools and limits."""
+        metered = cls(timeout=box.timeout, max_concurrency=box.max_concurrency)
+        for found in box.tools():
+            metered.register(found)
+        return metered
+
+    async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
+        label = tool_label(self, call)
+        try:
+            result = await super().execute_call(call, context)
+        except asyncio.CancelledError:
+            metrics.tool_call(label, "cancelled")
+            raise
+        metrics.tool_call(label, "error" if result.is_error else "ok")
+        return result

@@ -14,60 +14,26 @@ gives its workers), so a host that imported one job's modules never runs another
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import time
-import zlib
 from typing import Any
 
 import msgpack
 import ray
 from ray.experimental import internal_kv
 
-from gecko_actors.settings import load_settings
+from gecko_actors._actors.pools import candidates, code_env, host_name, pool_size
 
-_POOL_TTL = 10.0  # seconds a pool size is trusted before the nodes are counted again
-
-
-def host_name(env: str, index: int | str) -> str:
-    """The actor name of host ``index`` of the pool for code environment ``env`` (with
-    ``""``, the prefix every host of that pool has)."""
-    return f"workflows/host/{env}/{index}"
-
-
-def code_env() -> str:
-    """A short hash of the calling job's code environment: its ``runtime_env`` and the code
-    paths Ray puts on its workers' ``sys.path``. Jobs share hosts only when it is equal."""
-    paths: list[str] = []
-    try:  # the job config: where Ray found the driver's script (not public API; optional)
-        config = ray._private.worker.global_worker.core_worker.get_job_config()
-        paths = list(config.py_driver_sys_path)
-    except Exception:  # pragma: no cover - the key is still the runtime_env's
-        pass
-    runtime_env = dict(ray.get_runtime_context().runtime_env or {})
-    text = json.dumps({"env": runtime_env, "paths": paths}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def candidates(run_id: str, env: str) -> list[str]:
-    """The hosts a new run may go to, the preferred one first (a stable hash of the run id
-    over the pool as big as the cluster is now: a grown pool takes only new runs)."""
-    size = pool_size()
-    first = zlib.crc32(run_id.encode()) % size
-    return [host_name(env, (first + i) % size) for i in range(size)]
-
-
-def pool_size() -> int:
-    """Hosts per pool: ``GECKO_HOSTS_PER_NODE`` for each alive node."""
-    return _pool_size(int(time.monotonic() // _POOL_TTL))
-
-
-@functools.lru_cache(maxsize=1)
-def _pool_size(_period: int) -> int:
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
-    return max(1, alive) * load_settings().hosts_per_node
-
+__all__ = [
+    "candidates",
+    "code_env",
+    "find_host",
+    "forget_run",
+    "host_name",
+    "host_runs",
+    "load_graph",
+    "pool_size",
+    "record_run",
+    "store_graph",
+]
 
 # --- the directory: what each host drives (in the cluster's key-value store) -----------------
 

@@ -16,7 +16,8 @@ from typing import Any
 import ray
 from ray import cloudpickle
 
-from gecko_actors._actors.common import create, unwrap
+from gecko_actors._actors import pools
+from gecko_actors._actors.common import unwrap
 from gecko_actors.checkpoint import Manifest
 from gecko_actors.exceptions import HostBusy, WorkflowError
 from gecko_actors.logging import get_logger
@@ -26,7 +27,6 @@ from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import GraphMissing, GraphRef, WorkflowHost
 
 _log = get_logger("gecko_actors.workflow")
-_HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
 # (cluster, host name, graph key) of the graphs a host was sent by this process: later starts
 # send the key alone (the host keeps the graph, and a restarted one finds it in the directory).
 _SENT: set[tuple[str, str, str]] = set()
@@ -37,26 +37,13 @@ _CALL_TRIES = 3
 
 
 def handle(name: str) -> Any:
-    """The handle of host ``name``, made if it does not exist."""
-    ensure_initialized()
-    key = (ray.get_runtime_context().gcs_address, name)  # a new Ray in this process: new hosts
-    found = _HANDLES.get(key)
-    if found is None:
-        found = create(
-            ray.remote(WorkflowHost),
-            name,
-            (name,),
-            get_if_exists=True,
-            max_concurrency=10_000,  # every handle's result() waits in a call of its own
-            scheduling_strategy="SPREAD",
-        )
-        _HANDLES[key] = found
-    return found
+    """The handle of workflow host ``name``, made if it does not exist."""
+    return pools.handle(name, WorkflowHost)
 
 
 def forget(name: str) -> None:
     """Drop this process's handle of host ``name`` (it died for good)."""
-    _HANDLES.pop((ray.get_runtime_context().gcs_address, name), None)
+    pools.forget(name)
 
 
 def warm() -> None:

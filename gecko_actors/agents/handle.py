@@ -1,4 +1,5 @@
-"""``Agent``: the typed handle to a named agent actor (``agent/<name>``)."""
+"""``Agent``: the typed handle to a named agent, hosted (one of many in an agent host actor,
+the default) or dedicated (an actor of its own, ``agent/<name>``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from gecko_actors._actors.agent import AgentActor, AgentSpec
+from gecko_actors._actors import pools
 from gecko_actors._actors.common import (
     CANCEL_GRACE,
     await_cancellable,
@@ -21,6 +22,10 @@ from gecko_actors._actors.common import (
     lookup,
     unwrap,
 )
+from gecko_actors._actors.toolbox import MeteredToolBox
+from gecko_actors.agents import directory
+from gecko_actors.agents.dedicated import AgentActor, AgentSpec
+from gecko_actors.agents.host import AgentHost, HostedAgentRef
 from gecko_actors.agents.stream import (
     AsyncRemoteAgentStream,
     RemoteAgentStream,
@@ -98,24 +103,31 @@ class Agent:
         tools_in_process: bool = False,
         get_if_exists: bool = False,
         detached: bool = True,
+        dedicated: bool = False,
         hooks: Hooks | None = None,
         event_bus: EventBus | None = None,
         **actor_options: Any,
     ) -> Agent:
-        """Create the agent actor ``agent/<name>``.
+        """Create agent ``name``: hosted in one of this job's agent hosts (no process of its
+        own; activated there on its first call), or a dedicated actor ``agent/<name>`` with
+        ``dedicated=True``, ``detached=False`` or any Ray actor option (``num_gpus``, ...).
 
         Args:
             name: unique in the namespace; letters, digits, ``_ . : -``.
             model: a ``LiteLLMModel`` (served by a gateway), a ``ModelGateway``, or an
                 in-process model such as ``ScriptedModel``.
-            tools: a ``RemoteToolBox``, or tools / a ``ToolBox`` to serve from a new toolbox
-                actor ``toolbox/<name>`` (or inside the agent with ``tools_in_process=True``).
+            tools: a ``RemoteToolBox`` (shared, isolated), or tools / a ``ToolBox``: run
+                inside a hosted agent's host; a dedicated agent serves them from a new toolbox
+                actor ``toolbox/<name>`` (or inside itself with ``tools_in_process=True``).
             memory: the :class:`Memory` actor holding the agent's conversations (default:
                 ``memory/default``, stored at ``GECKO_STORAGE_URL``); they survive the agent's
                 restarts.
             context_tokens: the context's token budget (or a ``TokenMemory``).
             session_store: an explicit session store instead of a memory actor.
-            detached: outlive the driver that spawned it (``kill()`` removes it).
+            detached: outlive the driver that spawned it (``kill()`` removes it); a hosted
+                agent always does (``False`` makes a dedicated one).
+            dedicated: an actor of its own, for isolation, resources or heavy native
+                libraries, instead of a place in an agent host.
             get_if_exists: attach to a live agent of that name instead of failing (it keeps
                 its own configuration and hooks; ``event_bus`` applies to the new handle).
             hooks: :class:`Hooks` run inside the actor, around each of its runs (sync or
@@ -134,15 +146,12 @@ class Agent:
         # Checked before Ray is touched: a bad hook is the caller's mistake, found at once.
         hooks = _check_hooks(name, hooks)
         _check_event_bus(event_bus)
-        existing = lookup(actor_name)
+        existing = _existing(name)
         if existing is not None:
             if get_if_exists:
                 return cls(name, existing, event_bus)
-            raise UserError(
-                f"an agent named {name!r} already exists",
-                hint="pick another name, use Agent.get(name), or get_if_exists=True",
-                agent=name,
-            )
+            raise _taken(name)
+        hosted = not dedicated and detached and not actor_options
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
@@ -151,7 +160,7 @@ class Agent:
         if session_store is not None and hasattr(session_store, "check_shippable"):
             session_store.check_shippable()
         resolved = resolve_model(model)
-        placed, owned = _place_tools(name, tools, tools_in_process)
+        placed, owned = _place_tools(name, tools, tools_in_process, hosted)
         spec = AgentSpec(
             name=name,
             model=resolved,
@@ -166,6 +175,8 @@ class Agent:
             engine_options=engine_options,
             hooks=hooks,
         )
+        if hosted:
+            return cls(name, _host(spec, get_if_exists), event_bus)
         handle = create(
             ray.remote(AgentActor),
             actor_name,
@@ -181,10 +192,11 @@ class Agent:
         """Attach to a live agent (from any driver); an unknown name lists the known ones.
         ``event_bus`` receives the events of the runs started through this handle."""
         _check_event_bus(event_bus)
-        handle = lookup(check_name("agent", name))
+        check_name("agent", name)
+        handle = _existing(name)
         if handle is None:
             raise UserError(
-                f"no agent named {name!r}; known agents: {known('agent')}",
+                f"no agent named {name!r}; known agents: {Agent.list()}",
                 hint="spawn it with Agent.spawn(name, model=...)",
                 agent=name,
             )
@@ -192,8 +204,8 @@ class Agent:
 
     @staticmethod
     def list() -> list[str]:
-        """Names of the live agents in the namespace."""
-        return known("agent")
+        """Names of the live agents in the namespace, hosted and dedicated."""
+        return sorted({*known("agent"), *directory.names()})
 
     # --- running ------------------------------------------------------------------------
 
@@ -364,12 +376,23 @@ class Agent:
     # --- management ---------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """Name, process id, node id, model and tools of the live actor."""
-        return ray.get(self._handle.info.remote())
+        """Name, process id, node id, model and tools of the live agent, and its placement
+        (``hosted``, with its ``host``, or ``dedicated``)."""
+        info = ray.get(self._handle.info.remote())
+        return {"placement": "dedicated", **info}
 
     def kill(self, *, no_restart: bool = True) -> None:
-        """Stop the actor, and the toolbox it was given its own tools in (``no_restart=False``
-        simulates a crash instead: Ray restarts the agent, its toolbox stays)."""
+        """Stop the agent, and the toolbox it was given its own tools in; its name is free
+        again. ``no_restart=False`` simulates a crash of its process instead (for a hosted
+        agent: its host's, with every agent there): Ray restarts it, and the agent comes
+        back on its next call."""
+        if isinstance(self._handle, HostedAgentRef):
+            if no_restart:
+                directory.remove(self.name)
+                ray.get(self._handle.actor.remove.remote(self.name))
+            else:
+                ray.kill(self._handle.actor, no_restart=False)
+            return
         owned = None
         if no_restart:
             try:
@@ -382,14 +405,57 @@ class Agent:
 
     @property
     def actor(self) -> Any:
-        """The underlying Ray actor handle, for advanced use."""
+        """The Ray actor that runs the agent (a hosted agent's host), for advanced use."""
+        if isinstance(self._handle, HostedAgentRef):
+            return self._handle.actor
         return self._handle
 
 
-def _place_tools(agent: str, tools: ToolsArg, in_process: bool) -> tuple[Any, bool]:
+def _existing(name: str) -> Any | None:
+    """What runs agent ``name`` now: its host's reference, its own actor, or None."""
+    entry = directory.find(name)
+    if entry is not None:
+        return HostedAgentRef(entry.host, name)
+    return lookup(f"agent/{name}")
+
+
+def _taken(name: str) -> UserError:
+    return UserError(
+        f"an agent named {name!r} already exists",
+        hint="pick another name, use Agent.get(name), or get_if_exists=True",
+        agent=name,
+    )
+
+
+def _host(spec: AgentSpec, get_if_exists: bool) -> HostedAgentRef:
+    """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
+    two spawns of one name, the second gets the first's agent or a UserError."""
+    try:
+        blob = ray.cloudpickle.dumps(spec)
+    except Exception as exc:
+        raise UserError(
+            f"agent {spec.name!r} cannot be sent to an agent host: {type(exc).__name__}: "
+            f"{str(exc)[:200]}",
+            hint="make its model, tools and hooks picklable (module-level functions), or "
+            "spawn it with dedicated=True",
+            agent=spec.name,
+        ) from None
+    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
+    pools.handle(host, AgentHost)
+    if directory.create(spec.name, host, blob):
+        return HostedAgentRef(host, spec.name)
+    existing = directory.find(spec.name)
+    if existing is not None and get_if_exists:
+        return HostedAgentRef(existing.host, spec.name)
+    raise _taken(spec.name)
+
+
+def _place_tools(agent: str, tools: ToolsArg, in_process: bool, hosted: bool) -> tuple[Any, bool]:
     """Where the agent's tools run, and whether that toolbox actor is the agent's own."""
     if tools is None or isinstance(tools, RemoteToolBox):
         return tools, False
+    if hosted:  # in the agent's host, counted in the tool metrics as a toolbox actor's are
+        return MeteredToolBox.of(tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
     if in_process:
         return (tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
     # The agent's own toolbox: a name clash is an error, never someone else's tools.

@@ -1,0 +1,66 @@
+"""Where hosted agents live: one entry per agent in the cluster's key-value store (Ray's GCS),
+holding its host's name and its spec, pickled.
+
+An entry is created only if absent, so of two spawns of one name exactly one makes the agent.
+A host activates an agent from its entry on the first call it gets for it, and again after
+Ray restarted the host, so the entry outlives the host and its node; it does not outlive the
+whole cluster (the spec may hold live code: a lambda model, a local function tool).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import ray
+from ray.experimental import internal_kv
+
+__all__ = ["Entry", "create", "find", "names", "remove"]
+
+_PREFIX = "agents/"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A hosted agent: its host's actor name, its pickled spec, when it was spawned."""
+
+    host: str
+    spec: bytes
+    created_at: float
+
+
+def _space() -> str:
+    # Per Ray namespace, as actor names are (no colon: Ray joins namespace and key with one).
+    return f"gecko_agents-{ray.get_runtime_context().namespace}"
+
+
+def create(name: str, host: str, spec: bytes) -> bool:
+    """Record agent ``name`` on ``host`` unless an agent of that name exists; True if this
+    call created it."""
+    entry = msgpack.packb({"host": host, "spec": spec, "created_at": time.time()})
+    existed = internal_kv._internal_kv_put(
+        _PREFIX + name, entry, overwrite=False, namespace=_space()
+    )
+    return not existed
+
+
+def find(name: str) -> Entry | None:
+    """The entry of agent ``name``, or None."""
+    raw = internal_kv._internal_kv_get(_PREFIX + name, namespace=_space())
+    if raw is None:
+        return None
+    data: dict[str, Any] = msgpack.unpackb(raw)
+    return Entry(data["host"], data["spec"], data["created_at"])
+
+
+def names() -> list[str]:
+    """The names of every hosted agent."""
+    keys = internal_kv._internal_kv_list(_PREFIX, namespace=_space())
+    return sorted(key.decode()[len(_PREFIX) :] for key in keys)
+
+
+def remove(name: str) -> None:
+    """Forget agent ``name`` (it was killed): its name is free again."""
+    internal_kv._internal_kv_del(_PREFIX + name, namespace=_space())

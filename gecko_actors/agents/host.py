@@ -1,0 +1,138 @@
+"""The agent host: many agents in one async actor (``agents/host/<env>/<i>``).
+
+An agent spawned hosted (the default) is an entry in the directory (``directory.py``), not a
+process. Its host activates it on the first call it gets for it: it reads the spec and builds
+the agent in memory (one activation, however many first calls arrive at once). Each agent
+here is the same object a dedicated agent actor is (:class:`AgentActor`): its runs, streams
+and hooks behave alike. Ray restarts a dead host under its name (``max_restarts=-1``) and
+retries the calls it was running (``max_task_retries=-1``, each with the run id its handle
+fixed, so an exchange is stored once); the restarted host activates its agents again, from
+their specs, on their next calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import cloudpickle
+
+from gecko_actors._actors import pools
+from gecko_actors.agents import directory
+from gecko_actors.agents.dedicated import AgentActor, StreamItem
+from gecko_actors.exceptions import UserError
+
+__all__ = ["AgentHost", "HostedAgentRef"]
+
+
+class AgentHost:
+    """Holds many agents, activated on demand; handles call it with the agent's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.agents: dict[str, AgentActor] = {}
+        self.activating: dict[str, asyncio.Future[AgentActor]] = {}
+
+    def __repr__(self) -> str:
+        # The dashboard's Repr column (Ray reads it once, after the constructor).
+        return f"AgentHost({len(self.agents)} agents active)"
+
+    async def _agent(self, name: str) -> AgentActor:
+        """Agent ``name``, activated now if it is not yet: concurrent first calls share one
+        activation."""
+        found = self.agents.get(name)
+        if found is not None:
+            return found
+        pending = self.activating.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self._activate(name))
+            self.activating[name] = pending
+            pending.add_done_callback(lambda _: self.activating.pop(name, None))
+        return await asyncio.shield(pending)
+
+    async def _activate(self, name: str) -> AgentActor:
+        entry = await asyncio.to_thread(directory.find, name)
+        if entry is None or entry.host != self.name:
+            raise UserError(
+                f"no agent named {name!r} on host {self.name} (it was killed)",
+                hint="spawn it again with Agent.spawn(name, model=...)",
+                agent=name,
+            )
+        spec = await asyncio.to_thread(cloudpickle.loads, entry.spec)
+        agent = AgentActor(spec)
+        self.agents[name] = agent
+        return agent
+
+    # --- what an agent's handle calls: AgentActor's methods, with the agent's name first --
+
+    async def run(self, name: str, *args: Any) -> Any:
+        return await (await self._agent(name)).run(*args)
+
+    async def stream(self, name: str, *args: Any) -> AsyncIterator[StreamItem]:
+        agent = await self._agent(name)
+        async with contextlib.aclosing(agent.stream(*args)) as items:
+            async for item in items:
+                yield item
+
+    async def run_relayed(self, name: str, *args: Any) -> AsyncIterator[StreamItem]:
+        agent = await self._agent(name)
+        async with contextlib.aclosing(agent.run_relayed(*args)) as items:
+            async for item in items:
+                yield item
+
+    async def stop_stream(self, name: str, token: str) -> None:
+        await (await self._agent(name)).stop_stream(token)
+
+    async def info(self, name: str) -> dict[str, Any]:
+        """The agent's info, with where it lives."""
+        info = (await self._agent(name)).info()
+        return {**info, "host": self.name, "placement": "hosted"}
+
+    async def modules(self, name: str, names: list[str]) -> dict[str, bool]:
+        return (await self._agent(name)).modules(names)
+
+    def remove(self, name: str) -> None:
+        """Let agent ``name`` go (it was killed): its runs under way finish; a later call
+        finds no agent."""
+        self.agents.pop(name, None)
+
+    def summary(self) -> dict[str, Any]:
+        """What this host holds."""
+        return {"host": self.name, "active": len(self.agents)}
+
+
+class HostedAgentRef:
+    """Stands where a dedicated agent's actor handle would: ``ref.run.remote(...)`` calls
+    ``run`` of the agent's host with the agent's name first. Pickles as two names."""
+
+    def __init__(self, host: str, agent: str) -> None:
+        self.host, self.agent = host, agent
+
+    def __reduce__(self) -> Any:
+        return (HostedAgentRef, (self.host, self.agent))
+
+    @property
+    def actor(self) -> Any:
+        """The host's actor handle."""
+        return pools.handle(self.host, AgentHost)
+
+    def __getattr__(self, method: str) -> _HostedMethod:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _HostedMethod(self, method, {})
+
+
+class _HostedMethod:
+    def __init__(self, ref: HostedAgentRef, method: str, options: dict[str, Any]) -> None:
+        self.ref, self.method, self.opts = ref, method, options
+
+    def options(self, **options: Any) -> _HostedMethod:
+        return _HostedMethod(self.ref, self.method, options)
+
+    def remote(self, *args: Any) -> Any:
+        method = getattr(self.ref.actor, self.method)
+        if self.opts:
+            method = method.options(**self.opts)
+        return method.remote(self.ref.agent, *args)
