@@ -1,5 +1,6 @@
-"""Where hosted agents live: one entry per agent in the cluster's key-value store (Ray's GCS),
-holding its host's name and its spec, pickled.
+"""Where agents live: one entry per agent in the cluster's key-value store (Ray's GCS). A
+hosted agent's entry holds its host's name and its spec, pickled; a dedicated agent's only
+reserves its name (its actor is ``agent/<name>``), so both kinds share one namespace.
 
 An entry is created only if absent, so of two spawns of one name exactly one makes the agent.
 A host activates an agent from its entry on the first call it gets for it, and again after
@@ -24,9 +25,10 @@ _PREFIX = "agents/"
 
 @dataclass(frozen=True)
 class Entry:
-    """A hosted agent: its host's actor name, its pickled spec, when it was spawned."""
+    """An agent: its host's actor name and its pickled spec (None and b"" for a dedicated
+    agent), and when it was spawned."""
 
-    host: str
+    host: str | None
     spec: bytes
     created_at: float
 
@@ -36,9 +38,9 @@ def _space() -> str:
     return f"gecko_agents-{ray.get_runtime_context().namespace}"
 
 
-def create(name: str, host: str, spec: bytes) -> bool:
-    """Record agent ``name`` on ``host`` unless an agent of that name exists; True if this
-    call created it."""
+def create(name: str, host: str | None, spec: bytes) -> bool:
+    """Record agent ``name`` on ``host`` (None: dedicated) unless an agent of that name
+    exists; True if this call created it."""
     entry = msgpack.packb({"host": host, "spec": spec, "created_at": time.time()})
     existed = internal_kv._internal_kv_put(
         _PREFIX + name, entry, overwrite=False, namespace=_space()
@@ -56,7 +58,7 @@ def find(name: str) -> Entry | None:
 
 
 def names() -> list[str]:
-    """The names of every hosted agent."""
+    """The names of every agent."""
     keys = internal_kv._internal_kv_list(_PREFIX, namespace=_space())
     return sorted(key.decode()[len(_PREFIX) :] for key in keys)
 

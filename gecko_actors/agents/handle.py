@@ -146,12 +146,14 @@ class Agent:
         # Checked before Ray is touched: a bad hook is the caller's mistake, found at once.
         hooks = _check_hooks(name, hooks)
         _check_event_bus(event_bus)
-        existing = _existing(name)
+        hosted = not dedicated and detached and not actor_options
+        # A hosted spawn finds a taken name when it records the agent (nothing is made
+        # before); a dedicated one looks first, so that no toolbox actor is made in vain.
+        existing = None if hosted else _existing(name)
         if existing is not None:
             if get_if_exists:
                 return cls(name, existing, event_bus)
             raise _taken(name)
-        hosted = not dedicated and detached and not actor_options
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
@@ -171,20 +173,29 @@ class Agent:
             memory=TokenMemory(context_tokens)
             if isinstance(context_tokens, int)
             else context_tokens,
-            session_store=session_store or (memory or Memory.spawn()).session_store(name),
+            session_store=session_store or (memory or _default_memory()).session_store(name),
             engine_options=engine_options,
             hooks=hooks,
         )
         if hosted:
             return cls(name, _host(spec, get_if_exists), event_bus)
-        handle = create(
-            ray.remote(AgentActor),
-            actor_name,
-            (spec,),
-            get_if_exists=get_if_exists,
-            detached=detached,
-            **actor_options,
-        )
+        if not directory.create(name, None, b""):  # one namespace for both kinds of agent
+            found = _existing(name)
+            if found is not None and get_if_exists:
+                return cls(name, found, event_bus)
+            raise _taken(name)
+        try:
+            handle = create(
+                ray.remote(AgentActor),
+                actor_name,
+                (spec,),
+                get_if_exists=get_if_exists,
+                detached=detached,
+                **actor_options,
+            )
+        except BaseException:
+            directory.remove(name)
+            raise
         return cls(name, handle, event_bus)
 
     @classmethod
@@ -400,6 +411,8 @@ class Agent:
             except Exception:  # already dead or unreachable: nothing more to learn
                 owned = None
         ray.kill(self._handle, no_restart=no_restart)
+        if no_restart:
+            directory.remove(self.name)
         if owned:
             RemoteToolBox.get(owned).kill()
 
@@ -414,9 +427,22 @@ class Agent:
 def _existing(name: str) -> Any | None:
     """What runs agent ``name`` now: its host's reference, its own actor, or None."""
     entry = directory.find(name)
-    if entry is not None:
+    if entry is not None and entry.host is not None:
         return HostedAgentRef(entry.host, name)
-    return lookup(f"agent/{name}")
+    found = lookup(f"agent/{name}")
+    if entry is not None and found is None:  # a dedicated agent gone with its driver
+        directory.remove(name)
+    return found
+
+
+_MEMORIES: dict[str, Memory] = {}  # the default Memory per cluster, ensured once per process
+
+
+def _default_memory() -> Memory:
+    key = ray.get_runtime_context().gcs_address
+    if key not in _MEMORIES:
+        _MEMORIES[key] = Memory.spawn()
+    return _MEMORIES[key]
 
 
 def _taken(name: str) -> UserError:
