@@ -1,4 +1,5 @@
-"""Scale benchmarks for hosted runs: ratios measured side by side in one run (never asserted).
+"""Scale benchmarks for hosted runs and hosted agents: ratios measured side by side in one run
+(never asserted).
 
 Run: python benchmarks/bench_scale.py [--quick]   (LangGraph's figure needs
 ``pip install -e '.[bench]'``; without it that line is skipped)
@@ -16,10 +17,13 @@ Run: python benchmarks/bench_scale.py [--quick]   (LangGraph's figure needs
    file:// checkpoint, per node from the nodes' own clocks; beside it LangGraph's
    ``StateGraph`` of 100 trivial nodes with its SQLite checkpointer (``durability="sync"``:
    each step's checkpoint is written before the next step runs, as our commits are).
+5. Hosted agents (1,000 and 10,000; 100 with --quick): spawn, then two rounds of a team of
+   all of them with an instant model, and the memory every Ray process added.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +40,7 @@ WIDTH, DEPTH = (8, 6) if QUICK else (20, 10)
 RUNS = 200 if QUICK else 1000
 DEDICATED = 3 if QUICK else 5
 CHAIN = 100
+AGENTS = (100,) if QUICK else (1000, 10000)
 SLEEP = 0.2
 
 
@@ -195,6 +200,55 @@ def langgraph_per_node(root: Path) -> float | None:
     return statistics.median(samples)
 
 
+def instant(messages: list[Any], tools: Any) -> str:
+    return "ok"
+
+
+def bench_agents(count: int) -> None:
+    """Spawn ``count`` hosted agents (instant model, default memory), then two rounds of one
+    team of all of them; memory added is the resident memory of every Ray process, after
+    minus before."""
+    from gecko_actors import Agent, ScriptedModel, Team
+
+    before = ray_memory()
+    t0 = time.perf_counter()
+    agents = [Agent.spawn(f"bench-{count}-{i}", model=ScriptedModel(instant)) for i in range(count)]
+    spawned = time.perf_counter() - t0
+    team = Team(agents)
+    rounds = []
+    for _ in range(2):
+        t1 = time.perf_counter()
+        result = team.run("hi", timeout=600)
+        rounds.append(time.perf_counter() - t1)
+        assert not any(result.errors), result.errors[:3]
+    added = ray_memory() - before
+    print(f"{count} hosted agents (instant model)")
+    print(
+        f"  spawn {spawned:.2f}s ({spawned / count * 1000:.2f} ms each); first round "
+        f"{rounds[0]:.2f}s, second {rounds[1]:.2f}s; spawn + first round "
+        f"{spawned + rounds[0]:.2f}s; memory added {added / 2**30:.2f} GB "
+        f"({added / count / 1024:.0f} KB per agent)"
+    )
+    for agent in agents:
+        agent.kill()
+
+
+def ray_memory() -> int:
+    """Resident bytes of every process of the local Ray instance and of this driver (from
+    /proc: Linux only)."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if b"ray" in cmdline or int(pid) == os.getpid():
+            rss = next((line for line in status.splitlines() if line.startswith("VmRSS:")), "")
+            total += int(rss.split()[1]) * 1024 if rss else 0
+    return total
+
+
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gecko-bench-scale-"))
     ga.init(num_cpus=2)
@@ -202,6 +256,8 @@ def main() -> None:
     bench_io_fan_out(root)
     bench_many_runs(root)
     bench_per_node(root)
+    for count in AGENTS:
+        bench_agents(count)
     ga.shutdown()
 
 

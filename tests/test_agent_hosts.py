@@ -123,6 +123,11 @@ def test_hosted_and_dedicated_agents_share_one_namespace_and_a_team() -> None:
             Agent.spawn(hosted.name, model=ScriptedModel(echo), dedicated=True)
         with pytest.raises(UserError, match="already exists"):
             Agent.spawn(dedicated.name, model=ScriptedModel(echo))
+        # get_if_exists attaches to the agent of that name, whichever kind it is.
+        same = Agent.spawn(dedicated.name, model=ScriptedModel(echo), get_if_exists=True)
+        assert same.info()["placement"] == "dedicated"
+        same = Agent.spawn(hosted.name, model=ScriptedModel(echo), get_if_exists=True, num_cpus=0)
+        assert same.info()["placement"] == "hosted"
         result = Team([hosted, dedicated]).run("hi", timeout=120)
         assert [o.content for o in result.outputs] == ["echo: hi", "echo: hi"]
         # The handle travels as names: a task reaches the same agent.

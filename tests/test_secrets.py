@@ -64,6 +64,7 @@ from gecko_actors import (
 from gecko_actors import _redact as redact_module
 from gecko_actors import runtime as runtime_module
 from gecko_actors._redact import MASK, is_secret_value, mask_url, redact, url_holds_secret
+from gecko_actors.agents import directory as agent_directory
 from gecko_actors.agents.dedicated import AgentSpec
 from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.core.calculator import calculator
@@ -564,9 +565,14 @@ def test_named_secrets_reach_the_provider_but_no_record_of_ray(provider: HeaderP
         timeout=60,
     )
     name = f"canary-{uuid.uuid4().hex[:8]}"
+    hosted = f"canary-hosted-{uuid.uuid4().hex[:8]}"
     gateway = f"gateway/{gateway_label(model)}/0"
     try:
-        assert Agent.spawn(name, model=model).run("hello").content == "pong"
+        assert Agent.spawn(name, model=model, dedicated=True).run("hello").content == "pong"
+        assert Agent.spawn(hosted, model=model).run("hello").content == "pong"
+        # A hosted agent's spec is kept in the cluster's key-value store: names only there too.
+        spec = agent_directory.find(hosted).spec
+        assert gateway_label(model).encode() in spec and CANARY.encode() not in spec
         # The canary was read inside the gateway and reached the provider...
         assert provider.headers[-1]["authorization"] == f"Bearer {CANARY}"
         assert provider.headers[-1]["x-gecko-canary"] == CANARY
@@ -581,7 +587,9 @@ def test_named_secrets_reach_the_provider_but_no_record_of_ray(provider: HeaderP
         assert CANARY.encode() not in actor_table()
         assert log_files_containing(CANARY) == []
     finally:
-        kill_named(f"agent/{name}", gateway)
+        for agent in set(Agent.list()) & {hosted, name}:
+            Agent.get(agent).kill()
+        kill_named(gateway)
 
 
 @pytest.mark.usefixtures("ray_session")

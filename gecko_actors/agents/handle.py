@@ -453,7 +453,7 @@ def _taken(name: str) -> UserError:
     )
 
 
-def _host(spec: AgentSpec, get_if_exists: bool) -> HostedAgentRef:
+def _host(spec: AgentSpec, get_if_exists: bool) -> Any:
     """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
     two spawns of one name, the second gets the first's agent or a UserError."""
     try:
@@ -470,9 +470,9 @@ def _host(spec: AgentSpec, get_if_exists: bool) -> HostedAgentRef:
     pools.handle(host, AgentHost)
     if directory.create(spec.name, host, blob):
         return HostedAgentRef(host, spec.name)
-    existing = directory.find(spec.name)
-    if existing is not None and get_if_exists:
-        return HostedAgentRef(existing.host, spec.name)
+    found = _existing(spec.name)  # hosted or dedicated
+    if found is not None and get_if_exists:
+        return found
     raise _taken(spec.name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -37,7 +38,9 @@ class ScriptedModel:
 
     Args:
         replies: replies used in order, one per call; or a function of the conversation and
-            the offered tool schemas (sync or async) that returns a reply.
+            the offered tool schemas (sync or async) that returns a reply. A sync function
+            runs in a worker thread, so it may block (``time.sleep`` standing for a slow
+            model) without stalling the other agents of its process.
         name: a label for logs and usage.
         stream_chunk_words: words per chunk when streaming.
 
@@ -124,7 +127,11 @@ class ScriptedModel:
 
     async def _next_reply(self, call: ScriptedCall) -> Reply:
         if self._function is not None:
-            reply = self._function(call.messages, call.tools)
+            if inspect.iscoroutinefunction(self._function):
+                return await self._function(call.messages, call.tools)
+            # In a thread: a function that blocks (a sleep standing for a slow model) must not
+            # stall the other agents of its process (an agent host holds many).
+            reply = await asyncio.to_thread(self._function, call.messages, call.tools)
             return await reply if inspect.isawaitable(reply) else reply
         if self._position >= len(self._replies):
             raise ScriptExhaustedError(
