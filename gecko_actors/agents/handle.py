@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import ray
 from pydantic import BaseModel
 
-from gecko_actors._actors import pools
 from gecko_actors._actors.common import (
     CANCEL_GRACE,
     await_cancellable,
@@ -19,13 +18,12 @@ from gecko_actors._actors.common import (
     check_name,
     create,
     known,
-    lookup,
     unwrap,
 )
-from gecko_actors._actors.toolbox import MeteredToolBox
-from gecko_actors.agents import directory
+from gecko_actors.agents import directory, placement
 from gecko_actors.agents.dedicated import AgentActor, AgentSpec
-from gecko_actors.agents.host import AgentHost, HostedAgentRef
+from gecko_actors.agents.host import HostedAgentRef
+from gecko_actors.agents.placement import ToolsArg
 from gecko_actors.agents.stream import (
     AsyncRemoteAgentStream,
     RemoteAgentStream,
@@ -40,19 +38,16 @@ from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, MessageInput
 from gecko_actors.core.prompt import PromptTemplate
 from gecko_actors.core.sessions import SessionStore
-from gecko_actors.core.toolbox import ToolBox
-from gecko_actors.core.tools import Tool, ToolContext
+from gecko_actors.core.tools import ToolContext
 from gecko_actors.exceptions import UserError
 from gecko_actors.gateway import resolve_model
 from gecko_actors.memory import Memory
 from gecko_actors.toolboxes import RemoteToolBox
 
-ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
-
 
 class Agent:
-    """A handle to an agent actor; it hides ``.remote()`` and can be passed anywhere (other
-    actors, tasks, drivers).
+    """A handle to an agent, hosted or dedicated; it hides ``.remote()`` and can be passed
+    anywhere (other actors, tasks, drivers).
 
     Create one with :meth:`spawn`, attach to an existing one with :meth:`get`.
 
@@ -121,7 +116,7 @@ class Agent:
                 actor ``toolbox/<name>`` (or inside itself with ``tools_in_process=True``).
             memory: the :class:`Memory` actor holding the agent's conversations (default:
                 ``memory/default``, stored at ``GECKO_STORAGE_URL``); they survive the agent's
-                restarts.
+                restarts (and its host's).
             context_tokens: the context's token budget (or a ``TokenMemory``).
             session_store: an explicit session store instead of a memory actor.
             detached: outlive the driver that spawned it (``kill()`` removes it); a hosted
@@ -149,11 +144,11 @@ class Agent:
         hosted = not dedicated and detached and not actor_options
         # A hosted spawn finds a taken name when it records the agent (nothing is made
         # before); a dedicated one looks first, so that no toolbox actor is made in vain.
-        existing = None if hosted else _existing(name)
+        existing = None if hosted else placement.existing(name)
         if existing is not None:
             if get_if_exists:
                 return cls(name, existing, event_bus)
-            raise _taken(name)
+            raise placement.taken(name)
         engine_options: dict[str, Any] = {"max_retries": max_retries}
         if max_turns is not None:
             engine_options["max_turns"] = max_turns
@@ -162,7 +157,7 @@ class Agent:
         if session_store is not None and hasattr(session_store, "check_shippable"):
             session_store.check_shippable()
         resolved = resolve_model(model)
-        placed, owned = _place_tools(name, tools, tools_in_process, hosted)
+        placed, owned = placement.place_tools(name, tools, tools_in_process, hosted)
         spec = AgentSpec(
             name=name,
             model=resolved,
@@ -173,17 +168,18 @@ class Agent:
             memory=TokenMemory(context_tokens)
             if isinstance(context_tokens, int)
             else context_tokens,
-            session_store=session_store or (memory or _default_memory()).session_store(name),
+            session_store=session_store
+            or (memory or placement.default_memory()).session_store(name),
             engine_options=engine_options,
             hooks=hooks,
         )
         if hosted:
-            return cls(name, _host(spec, get_if_exists), event_bus)
+            return cls(name, placement.hosted(spec, get_if_exists), event_bus)
         if not directory.create(name, None, b""):  # one namespace for both kinds of agent
-            found = _existing(name)
+            found = placement.existing(name)
             if found is not None and get_if_exists:
                 return cls(name, found, event_bus)
-            raise _taken(name)
+            raise placement.taken(name)
         try:
             handle = create(
                 ray.remote(AgentActor),
@@ -204,7 +200,7 @@ class Agent:
         ``event_bus`` receives the events of the runs started through this handle."""
         _check_event_bus(event_bus)
         check_name("agent", name)
-        handle = _existing(name)
+        handle = placement.existing(name)
         if handle is None:
             raise UserError(
                 f"no agent named {name!r}; known agents: {Agent.list()}",
@@ -422,70 +418,6 @@ class Agent:
         if isinstance(self._handle, HostedAgentRef):
             return self._handle.actor
         return self._handle
-
-
-def _existing(name: str) -> Any | None:
-    """What runs agent ``name`` now: its host's reference, its own actor, or None."""
-    entry = directory.find(name)
-    if entry is not None and entry.host is not None:
-        return HostedAgentRef(entry.host, name)
-    found = lookup(f"agent/{name}")
-    if entry is not None and found is None:  # a dedicated agent gone with its driver
-        directory.remove(name)
-    return found
-
-
-_MEMORIES: dict[str, Memory] = {}  # the default Memory per cluster, ensured once per process
-
-
-def _default_memory() -> Memory:
-    key = ray.get_runtime_context().gcs_address
-    if key not in _MEMORIES:
-        _MEMORIES[key] = Memory.spawn()
-    return _MEMORIES[key]
-
-
-def _taken(name: str) -> UserError:
-    return UserError(
-        f"an agent named {name!r} already exists",
-        hint="pick another name, use Agent.get(name), or get_if_exists=True",
-        agent=name,
-    )
-
-
-def _host(spec: AgentSpec, get_if_exists: bool) -> Any:
-    """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
-    two spawns of one name, the second gets the first's agent or a UserError."""
-    try:
-        blob = ray.cloudpickle.dumps(spec)
-    except Exception as exc:
-        raise UserError(
-            f"agent {spec.name!r} cannot be sent to an agent host: {type(exc).__name__}: "
-            f"{str(exc)[:200]}",
-            hint="make its model, tools and hooks picklable (module-level functions), or "
-            "spawn it with dedicated=True",
-            agent=spec.name,
-        ) from None
-    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
-    pools.handle(host, AgentHost)
-    if directory.create(spec.name, host, blob):
-        return HostedAgentRef(host, spec.name)
-    found = _existing(spec.name)  # hosted or dedicated
-    if found is not None and get_if_exists:
-        return found
-    raise _taken(spec.name)
-
-
-def _place_tools(agent: str, tools: ToolsArg, in_process: bool, hosted: bool) -> tuple[Any, bool]:
-    """Where the agent's tools run, and whether that toolbox actor is the agent's own."""
-    if tools is None or isinstance(tools, RemoteToolBox):
-        return tools, False
-    if hosted:  # in the agent's host, counted in the tool metrics as a toolbox actor's are
-        return MeteredToolBox.of(tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
-    if in_process:
-        return (tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
-    # The agent's own toolbox: a name clash is an error, never someone else's tools.
-    return RemoteToolBox.spawn(agent, tools), True
 
 
 def _check_hooks(agent: str, hooks: Hooks | None) -> Hooks | None:

@@ -1,0 +1,85 @@
+"""Where an agent goes when it is spawned: a hosted agent's entry and host, a dedicated
+agent's name, its tools and its conversations; and what runs a named agent now."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import ray
+
+from gecko_actors._actors import pools
+from gecko_actors._actors.common import lookup
+from gecko_actors._actors.toolbox import MeteredToolBox
+from gecko_actors.agents import directory
+from gecko_actors.agents.dedicated import AgentSpec
+from gecko_actors.agents.host import AgentHost, HostedAgentRef
+from gecko_actors.core.toolbox import ToolBox
+from gecko_actors.core.tools import Tool
+from gecko_actors.exceptions import UserError
+from gecko_actors.memory import Memory
+from gecko_actors.toolboxes import RemoteToolBox
+
+__all__ = ["ToolsArg", "default_memory", "existing", "hosted", "place_tools", "taken"]
+
+ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
+
+
+def existing(name: str) -> Any | None:
+    """What runs agent ``name`` now: its host's reference, its own actor, or None."""
+    entry = directory.find(name)
+    if entry is not None and entry.host is not None:
+        return HostedAgentRef(entry.host, name)
+    found = lookup(f"agent/{name}")
+    if entry is not None and found is None:  # a dedicated agent gone with its driver
+        directory.remove(name)
+    return found
+
+
+def default_memory() -> Memory:
+    """The job's default Memory, made if it is not there (a test or a user may have killed
+    it since the last spawn: never a handle remembered from then)."""
+    return Memory.spawn()
+
+
+def taken(name: str) -> UserError:
+    return UserError(
+        f"an agent named {name!r} already exists",
+        hint="pick another name, use Agent.get(name), or get_if_exists=True",
+        agent=name,
+    )
+
+
+def hosted(spec: AgentSpec, get_if_exists: bool) -> Any:
+    """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
+    two spawns of one name, the second gets the first's agent or a UserError."""
+    try:
+        blob = ray.cloudpickle.dumps(spec)
+    except Exception as exc:
+        raise UserError(
+            f"agent {spec.name!r} cannot be sent to an agent host: {type(exc).__name__}: "
+            f"{str(exc)[:200]}",
+            hint="make its model, tools and hooks picklable (module-level functions), or "
+            "spawn it with dedicated=True",
+            agent=spec.name,
+        ) from None
+    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
+    pools.handle(host, AgentHost)
+    if directory.create(spec.name, host, blob):
+        return HostedAgentRef(host, spec.name)
+    found = existing(spec.name)  # hosted or dedicated
+    if found is not None and get_if_exists:
+        return found
+    raise taken(spec.name)
+
+
+def place_tools(agent: str, tools: ToolsArg, in_process: bool, hosted: bool) -> tuple[Any, bool]:
+    """Where the agent's tools run, and whether that toolbox actor is the agent's own."""
+    if tools is None or isinstance(tools, RemoteToolBox):
+        return tools, False
+    if hosted:  # in the agent's host, counted in the tool metrics as a toolbox actor's are
+        return MeteredToolBox.of(tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
+    if in_process:
+        return (tools if isinstance(tools, ToolBox) else ToolBox(tools)), False
+    # The agent's own toolbox: a name clash is an error, never someone else's tools.
+    return RemoteToolBox.spawn(agent, tools), True
