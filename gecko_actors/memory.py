@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from gecko_actors.settings import load_settings
 from gecko_actors.stores.redis_sessions import PASSWORD_ENV
 from gecko_actors.stores.sessions import session_store_from_url
 from gecko_actors.stores.vectors import VectorHit
+
+
+@functools.cache
+def _remote_memory() -> Any:
+    """The memory actor's class for Ray, made once per process (it costs a millisecond)."""
+    return ray.remote(MemoryActor)
 
 
 def _absolute(url: str) -> str:
@@ -94,7 +101,7 @@ class Memory:
         if isinstance(embedder, LiteLLMEmbedder):
             embedder = embedding_gateway(embedder)  # litellm stays out of the memory actor
         handle = create(
-            ray.remote(MemoryActor),
+            _remote_memory(),
             actor_name,
             (name, url, vectors_uri, embedder),
             get_if_exists=get_if_exists,

@@ -1,8 +1,8 @@
 """Settings read from ``GECKO_*`` environment variables (and an optional ``.env`` file).
 
-:func:`load_settings` builds a fresh object on every call: nothing is cached at module level,
-so one model's configuration never leaks into another's, and a test that changes the
-environment sees the change.
+:func:`load_settings` gives every caller an object of its own, so one model's configuration
+never leaks into another's; it reads the sources again whenever a ``GECKO_*`` variable or the
+``.env`` file has changed, so a test that changes the environment sees the change.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -70,7 +70,39 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings now; invalid values are a :class:`ConfigurationError` naming them."""
+    """The settings as the environment and ``.env`` say now (a copy of its own for each
+    caller); invalid values are a :class:`ConfigurationError` naming them."""
+    if overrides:
+        return _read(overrides)
+    key = _source_key()
+    found = _READ.get(key)
+    if found is None:
+        found = _READ[key] = _read({})
+        while len(_READ) > 8:  # environments seen lately (tests change them often)
+            del _READ[next(iter(_READ))]
+    return found.model_copy(deep=True)
+
+
+# Settings read per state of their sources: reading them (pydantic-settings parses the .env
+# file and every variable) costs milliseconds, and a spawn of 10,000 agents asks each time.
+_READ: dict[tuple[Any, ...], Settings] = {}
+
+
+def _source_key() -> tuple[Any, ...]:
+    """What the settings are read from: the GECKO_ variables (names in any case) and the
+    .env file of the working directory (its path, size and modification time)."""
+    variables = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("GECKO_"))
+    )
+    try:
+        info = os.stat(".env")
+        dotenv: Any = (os.path.abspath(".env"), info.st_size, info.st_mtime_ns)
+    except OSError:
+        dotenv = os.getcwd()
+    return (variables, dotenv)
+
+
+def _read(overrides: dict[str, object]) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except SettingsError as exc:
