@@ -90,15 +90,16 @@ _READ: dict[tuple[Any, ...], Settings] = {}
 
 def _source_key() -> tuple[Any, ...]:
     """What the settings are read from: the GECKO_ variables (names in any case) and the
-    .env file of the working directory (its path, size and modification time)."""
+    .env file of the working directory (which file, its size and modification time; no
+    path: a Ray job's driver may run in a folder that is gone)."""
     variables = tuple(
         sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("GECKO_"))
     )
     try:
         info = os.stat(".env")
-        dotenv: Any = (os.path.abspath(".env"), info.st_size, info.st_mtime_ns)
-    except OSError:
-        dotenv = os.getcwd()
+        dotenv: Any = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    except OSError:  # no .env here: the same settings as anywhere else without one
+        dotenv = None
     return (variables, dotenv)
 
 

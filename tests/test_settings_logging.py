@@ -559,3 +559,24 @@ def test_get_logger_configures_logging_on_first_use_not_on_creation(
     log.debug("second use")
     get_logger("y").debug("another logger")
     assert calls == [1]
+
+
+def test_settings_are_read_again_when_the_env_changes_and_in_a_folder_that_is_gone(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("GECKO_MAX_TURNS", "7")
+    assert load_settings().max_turns == 7
+    monkeypatch.setenv("GECKO_MAX_TURNS", "8")  # a changed variable is seen at once
+    first = load_settings()
+    assert first.max_turns == 8
+    first.max_turns = 99  # each caller's own copy
+    assert load_settings().max_turns == 8
+    (tmp_path / ".env").write_text("GECKO_MAX_TURNS=9\n")
+    monkeypatch.delenv("GECKO_MAX_TURNS")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().max_turns == 9  # this folder's .env
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # as a Ray job's driver may find its working folder
+    assert load_settings().max_turns == 5
