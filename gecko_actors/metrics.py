@@ -33,27 +33,25 @@ def _enabled() -> bool:
 
 
 def llm_request(
-    model: str, agent: str, status: str, latency: float, prompt_tokens: int, completion_tokens: int
+    model: str, status: str, latency: float, prompt_tokens: int, completion_tokens: int
 ) -> None:
+    """One LLM request. Labels stay bounded (model, status): one series per agent would grow
+    with the agents; per-agent usage is in the gateway's usage records and the logs."""
     if not _enabled():
         return
-    tags = {"model": model, "agent": agent, "status": status}
     _metric(
         "counter",
         "gecko_llm_requests_total",
-        "LLM requests by model, agent and status",
-        ("model", "agent", "status"),
-    ).inc(1, tags)
+        "LLM requests by model and status",
+        ("model", "status"),
+    ).inc(1, {"model": model, "status": status})
     tokens = _metric(
-        "counter",
-        "gecko_llm_tokens_total",
-        "LLM tokens by model, agent and kind",
-        ("model", "agent", "kind"),
+        "counter", "gecko_llm_tokens_total", "LLM tokens by model and kind", ("model", "kind")
     )
     if prompt_tokens:
-        tokens.inc(prompt_tokens, {"model": model, "agent": agent, "kind": "prompt"})
+        tokens.inc(prompt_tokens, {"model": model, "kind": "prompt"})
     if completion_tokens:
-        tokens.inc(completion_tokens, {"model": model, "agent": agent, "kind": "completion"})
+        tokens.inc(completion_tokens, {"model": model, "kind": "completion"})
     _metric("histogram", "gecko_llm_latency_seconds", "LLM request latency", ("model",)).observe(
         latency, {"model": model}
     )
@@ -76,14 +74,16 @@ def tool_call(tool: str, status: str) -> None:
         ).inc(1, {"tool": tool, "status": status})
 
 
-def agent_run(agent: str, status: str) -> None:
+def agent_run(host: str, status: str) -> None:
+    """One agent run, labelled by where it ran (an agent host's name, or ``dedicated``): a
+    bounded label, where the agent's name would make a series per agent."""
     if _enabled():
         _metric(
             "counter",
             "gecko_agent_runs_total",
-            "Agent runs by agent and status",
-            ("agent", "status"),
-        ).inc(1, {"agent": agent, "status": status})
+            "Agent runs by host and status",
+            ("host", "status"),
+        ).inc(1, {"host": host, "status": status})
 
 
 def runs_active(host: str, count: int) -> None:

@@ -604,10 +604,12 @@ def test_metrics_reach_the_endpoint(
     assert run.result(timeout=120) == 1
 
     url = f"http://127.0.0.1:{ray_session.metrics_port}/metrics"
+    host = f'host="{agent.info()["host"]}"'  # bounded labels: the agent's host, not its name
+    model = f'model="{llm_model.model}"'
     wanted = {
-        "agent runs": lambda line: "ray_gecko_agent_runs_total" in line and name in line,
-        "llm requests": lambda line: "ray_gecko_llm_requests_total" in line and name in line,
-        "llm tokens": lambda line: "ray_gecko_llm_tokens_total" in line and name in line,
+        "agent runs": lambda line: "ray_gecko_agent_runs_total" in line and host in line,
+        "llm requests": lambda line: "ray_gecko_llm_requests_total" in line and model in line,
+        "llm tokens": lambda line: "ray_gecko_llm_tokens_total" in line and model in line,
         "llm latency": lambda line: "ray_gecko_llm_latency_seconds" in line,
         "tool calls": lambda line: (
             "ray_gecko_tool_calls_total" in line and 'tool="calculator"' in line
@@ -630,6 +632,7 @@ def test_metrics_reach_the_endpoint(
         return all(any(check(line) for line in samples) for check in wanted.values())
 
     assert wait_until(all_present, timeout=30), "\n".join(gecko_lines) or "no gecko metrics"
+    assert not any(name in line for line in gecko_lines)  # no series per agent
 
 
 # --- 8. handles travel ------------------------------------------------------------------------

@@ -157,7 +157,6 @@ class GatewayActor:
             self.limiter.settle.remote(reservation, usage.total_tokens)
         metrics.llm_request(
             self.model.model,
-            agent,
             status,
             time.perf_counter() - start,
             usage.prompt_tokens,

@@ -62,8 +62,9 @@ class AgentActor:
     sends them along its stream: subscribers live with the caller, not here.
     """
 
-    def __init__(self, spec: AgentSpec) -> None:
+    def __init__(self, spec: AgentSpec, host: str = "dedicated") -> None:
         self.spec = spec
+        self.host = host  # the metrics' label: the agent host's name, or "dedicated"
         # The runs streamed back, by the caller's stream token: a caller that leaves early
         # stops its run through stop_stream, which Ray's cancellation of a generator cannot
         # promise (it may land while Ray, not the generator, is running, and leave the
@@ -198,12 +199,12 @@ class AgentActor:
         except asyncio.CancelledError:
             # ray.cancel(): the engine has cancelled the run's tool calls and waited for them;
             # CancelledError must leave this coroutine for Ray to report TaskCancelledError.
-            metrics.agent_run(self.spec.name, "cancelled")
+            metrics.agent_run(self.host, "cancelled")
             raise
         except Exception:
-            metrics.agent_run(self.spec.name, "error")
+            metrics.agent_run(self.host, "error")
             raise
-        metrics.agent_run(self.spec.name, "ok")
+        metrics.agent_run(self.host, "ok")
         return output
 
     def info(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class AgentHost:
                 agent=name,
             )
         spec = await asyncio.to_thread(cloudpickle.loads, entry.spec)
-        agent = AgentActor(spec)
+        agent = AgentActor(spec, self.name)
         self.agents[name] = agent
         return agent
 
