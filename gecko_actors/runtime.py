@@ -18,7 +18,6 @@ from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings, prepare_offline_environment
 
 DEFAULT_NAMESPACE = "gecko"
-# Every worker needs these before it imports litellm or tiktoken; none of them is a secret.
 _log = get_logger("gecko_actors.runtime")
 _dashboard_url: str | None = None
 

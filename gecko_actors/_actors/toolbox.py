@@ -22,12 +22,36 @@ from gecko_actors.logging import get_logger
 _log = get_logger("gecko_actors.toolbox")
 
 
+class MeteredToolBox(ToolBox):
+    """A :class:`ToolBox` whose calls count in the tool metrics: a toolbox actor's, and the
+    tools of a hosted agent (run inside its host)."""
+
+    @classmethod
+    def of(cls, box: ToolBox) -> MeteredToolBox:
+        """A metered copy of ``box``: its tools and limits."""
+        metered = cls(timeout=box.timeout, max_concurrency=box.max_concurrency)
+        for found in box.tools():
+            metered.register(found)
+        return metered
+
+    async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
+        # A name the model made up is not a metric label: each would be a new time series.
+        label = call.name if self.has(call.name) else "<unknown>"
+        try:
+            result = await super().execute_call(call, context)
+        except asyncio.CancelledError:
+            metrics.tool_call(label, "cancelled")
+            raise
+        metrics.tool_call(label, "error" if result.is_error else "ok")
+        return result
+
+
 class ToolboxActor:
     """One replica: a core ToolBox served to many agents at once (an async actor)."""
 
     def __init__(self, name: str, tools: list[Tool], timeout: float, max_concurrency: int) -> None:
         self.name = name
-        self.box = ToolBox(tools, timeout=timeout, max_concurrency=max_concurrency)
+        self.box = MeteredToolBox(tools, timeout=timeout, max_concurrency=max_concurrency)
         self._in_flight = 0
         self._recycle = False
 
@@ -53,18 +77,15 @@ class ToolboxActor:
         when the thread is abandoned and this process recycled)."""
         self._in_flight += 1
         started = time.monotonic()
-        label = tool_label(self.box, call)
         try:
-            result = await self.box.execute_call(call, context)
+            result = await self.box.execute_call(call, context)  # counted in the metrics
         except asyncio.CancelledError:
-            metrics.tool_call(label, "cancelled")
             if time.monotonic() - started >= self._limit(call.name):
                 self._note_timeout(call.name)  # it waited up to the deadline: maybe abandoned
             raise
         finally:
             self._in_flight -= 1
             self._exit_soon_if_recycling()
-        metrics.tool_call(label, "error" if result.is_error else "ok")
         if result.metadata.get("error") == ToolTimeoutError.error_code:
             self._note_timeout(call.name)
             self._exit_soon_if_recycling()
@@ -93,32 +114,3 @@ class ToolboxActor:
                 tool=tool_name,
             )
             self._recycle = True
-
-
-def tool_label(box: ToolBox, call: ToolCall) -> str:
-    """The metric label of a call: a name the model made up is not one (each would be a new
-    time series)."""
-    return call.name if box.has(call.name) else "<unknown>"
-
-
-class MeteredToolBox(ToolBox):
-    """A :class:`ToolBox` run inside an agent host: its calls count in the tool metrics, as a
-    toolbox actor's do."""
-
-    @classmethod
-    def of(cls, box: ToolBox) -> MeteredToolBox:
-        """A metered copy of ``box``: its tools and limits."""
-        metered = cls(timeout=box.timeout, max_concurrency=box.max_concurrency)
-        for found in box.tools():
-            metered.register(found)
-        return metered
-
-    async def execute_call(self, call: ToolCall, context: ToolContext | None = None) -> ToolResult:
-        label = tool_label(self, call)
-        try:
-            result = await super().execute_call(call, context)
-        except asyncio.CancelledError:
-            metrics.tool_call(label, "cancelled")
-            raise
-        metrics.tool_call(label, "error" if result.is_error else "ok")
-        return result

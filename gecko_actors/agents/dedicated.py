@@ -1,4 +1,5 @@
-"""The agent actor: a LocalAgent in its own process, reached by name."""
+"""The agent actor: a LocalAgent in its own process, reached by name (a dedicated agent);
+an agent host keeps one such object per hosted agent."""
 
 from __future__ import annotations
 

@@ -400,15 +400,15 @@ class Agent:
             else:
                 ray.kill(self._handle.actor, no_restart=False)
             return
-        owned = None
-        if no_restart:
-            try:
-                owned = ray.get(self._handle.info.remote(), timeout=10).get("owned_toolbox")
-            except Exception:  # already dead or unreachable: nothing more to learn
-                owned = None
-        ray.kill(self._handle, no_restart=no_restart)
-        if no_restart:
-            directory.remove(self.name)
+        if not no_restart:
+            ray.kill(self._handle, no_restart=False)
+            return
+        try:
+            owned = ray.get(self._handle.info.remote(), timeout=10).get("owned_toolbox")
+        except Exception:  # already dead or unreachable: nothing more to learn
+            owned = None
+        ray.kill(self._handle, no_restart=True)
+        directory.remove(self.name)
         if owned:
             RemoteToolBox.get(owned).kill()
 

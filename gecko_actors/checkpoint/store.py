@@ -281,7 +281,7 @@ class CheckpointStore:
         name = data_name(record.seq, digest)
         marker = Marker(record.seq, name, len(data), digest, record.epoch, inline)
         marker_bytes = pack(marker_data(run_id, marker))
-        marker_path = self._path(run_id, _STEPS, f"{record.seq:08d}.commit")
+        marker_path = self._marker_path(run_id, record.seq)
         context = {"seq": record.seq, "node": record.node}
         try:
             self._check_owner(run_id, record.epoch, f"commit step {record.seq}", **context)
@@ -323,7 +323,7 @@ class CheckpointStore:
         if marker is None:
             raise CheckpointError(
                 f"step {seq} of run {run_id!r} is not committed",
-                uri=self._where(self._path(run_id, _STEPS, f"{seq:08d}.commit")),
+                uri=self._where(self._marker_path(run_id, seq)),
                 run_id=run_id,
                 seq=seq,
             )
@@ -365,7 +365,7 @@ class CheckpointStore:
                 f"the checkpoint of run {run_id!r} is damaged: the commit marker of step "
                 f"{missing} is missing, while steps up to {seqs[-1]} are committed",
                 hint="restore the missing step or delete the run (and start it again)",
-                uri=self._where(self._path(run_id, _STEPS, f"{missing:08d}.commit")),
+                uri=self._where(self._marker_path(run_id, missing)),
                 run_id=run_id,
                 seq=missing,
             )
@@ -398,8 +398,11 @@ class CheckpointStore:
             for m in committed
         ]
 
+    def _marker_path(self, run_id: str, seq: int) -> str:
+        return self._path(run_id, _STEPS, f"{seq:08d}.commit")
+
     def _read_marker(self, run_id: str, seq: int) -> Marker | None:
-        path = self._path(run_id, _STEPS, f"{seq:08d}.commit")
+        path = self._marker_path(run_id, seq)
         raw = self._get(path, run_id)
         return None if raw is None else self._parse_marker(raw, path, run_id, seq)
 
@@ -408,8 +411,10 @@ class CheckpointStore:
         return marker_from(unpack(raw, "commit", run_id, where), where, run_id, seq)
 
     def _verified_step(self, run_id: str, marker: Marker, raw: bytes | None) -> StepRecord:
-        name = marker.object if marker.data is None else f"{marker.seq:08d}.commit"
-        where = self._where(self._path(run_id, _STEPS, name))
+        if marker.data is not None:  # the marker itself holds the step
+            where = self._where(self._marker_path(run_id, marker.seq))
+        else:
+            where = self._where(self._path(run_id, _STEPS, marker.object))
         if raw is None:
             raise corrupt(where, run_id, "does not exist, but its commit marker names it")
         if len(raw) != marker.size or hashlib.sha256(raw).hexdigest() != marker.sha256:

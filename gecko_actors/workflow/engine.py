@@ -369,11 +369,15 @@ class RunEngine:
 
     def snapshot(self, visit: Visit) -> dict[str, Any]:
         """The state left by ``visit``'s causal ancestors, in commit order."""
-        if visit.ancestors == (1 << self.seq) - 1:  # every committed step: the run's state
+        if self._sees_all(visit):
             return self.state
         return fold(
             (w for seq, w in enumerate(self.history) if visit.after(seq)), self.graph.reducers
         )
+
+    def _sees_all(self, visit: Visit) -> bool:
+        """Whether every committed step is in ``visit``'s causal past (always, in a chain)."""
+        return visit.ancestors == (1 << self.seq) - 1
 
     def context(self, visit: Visit, attempt: int, snapshot: Mapping[str, Any]) -> NodeContext:
         """The context of one attempt; the executor copies ``snapshot`` into its state."""
@@ -391,15 +395,14 @@ class RunEngine:
         """The latest output of each node in ``visit``'s causal past (what ``ctx.outputs``
         holds: the same whenever the visit runs, whatever ran beside it). An older output of
         a node that has run again since is read from the checkpoint when accessed."""
-        if visit.ancestors == (1 << self.seq) - 1:  # every committed step: the latest of each
+        if self._sees_all(visit):  # the latest output of every node, without a search
             seqs = {node: node_seqs[-1] for node, node_seqs in self.output_seqs.items()}
-            values = {node: self.sched.outputs[node] for node in seqs}
-            return Outputs({**values, **(extra or {})}, seqs, self.store, self.run_id)
-        seqs = {}
-        for node, node_seqs in self.output_seqs.items():
-            seq = next((s for s in reversed(node_seqs) if visit.after(s)), None)
-            if seq is not None:
-                seqs[node] = seq
+        else:
+            seqs = {}
+            for node, node_seqs in self.output_seqs.items():
+                seq = next((s for s in reversed(node_seqs) if visit.after(s)), None)
+                if seq is not None:
+                    seqs[node] = seq
         values = {n: self.sched.outputs[n] for n, s in seqs.items() if s == self.output_seqs[n][-1]}
         return Outputs({**values, **(extra or {})}, seqs, self.store, self.run_id)
 

@@ -395,13 +395,13 @@ class _IndexWriter:
         self.index, self.host, self.partition = index, host, partition(host)
         self.queue: list[IndexEntry] = []
         self.ended: list[str] = []
-        self.next: asyncio.Future[bool] | None = None
+        self.next: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()
         self.flushes = 0
 
-    def add(self, entry: IndexEntry, *, ended: bool = False) -> asyncio.Future[bool]:
-        """Queue ``entry``; the future says, once the batch was tried, whether it is written.
-        ``ended``: the run's final entry; once written, the run is forgotten in the directory."""
+    def add(self, entry: IndexEntry, *, ended: bool = False) -> asyncio.Future[None]:
+        """Queue ``entry``; the future is done once its batch was tried. ``ended``: the run's
+        final entry; once it is written, the run is forgotten in the directory."""
         self.queue.append(entry)
         if ended:
             self.ended.append(entry.run_id)
@@ -410,21 +410,19 @@ class _IndexWriter:
             _keep(asyncio.create_task(self._flush(self.next)))
         return self.next
 
-    async def _flush(self, done: asyncio.Future[bool]) -> None:
+    async def _flush(self, done: asyncio.Future[None]) -> None:
         async with self.lock:  # one write at a time: what queues meanwhile is the next batch
             batch, self.queue, self.next = self.queue, [], None
             ended, self.ended = self.ended, []
-            written = False
             try:
                 await asyncio.to_thread(self._write, batch, ended)
-                written = True
                 self.flushes += 1
                 if self.flushes % 200 == 1:  # at the first flush, then now and then
                     await asyncio.to_thread(self.index.compact, self.partition)
             except Exception as exc:  # the index is a view: the runs themselves are stored
                 _log.warning("could not write the run index", error=str(exc))
             finally:
-                done.set_result(written)
+                done.set_result(None)
 
     def _write(self, batch: list[IndexEntry], ended: list[str]) -> None:
         self.index.append(batch, self.partition)

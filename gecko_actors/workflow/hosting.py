@@ -101,16 +101,12 @@ def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
     cluster = ray.get_runtime_context().gcs_address
     for name in hosts:
         sent = (cluster, name, code.key)
+        known = code._replace(blob=None) if sent in _SENT else code
         try:
-            if sent in _SENT:
-                try:
-                    call(
-                        name, "start_run", run_id, uri, code._replace(blob=None), input, created_at
-                    )
-                    return name
-                except GraphMissing:
-                    _SENT.discard(sent)
-            call(name, "start_run", run_id, uri, code, input, created_at)
+            try:
+                call(name, "start_run", run_id, uri, known, input, created_at)
+            except GraphMissing:  # it lost the graph it was sent: send it again
+                call(name, "start_run", run_id, uri, code, input, created_at)
         except HostBusy:
             continue
         _SENT.add(sent)
