@@ -13,12 +13,14 @@ from gecko_actors._actors.memory import MemoryActor, RemoteSessionStore
 from gecko_actors._redact import mask_url, redact, url_holds_secret
 from gecko_actors.core.embedders import Embedder, LiteLLMEmbedder
 from gecko_actors.core.messages import Message
+from gecko_actors.core.sessions import SessionStore
 from gecko_actors.exceptions import UserError
 from gecko_actors.gateway import embedding_gateway
 from gecko_actors.runtime import namespace
 from gecko_actors.settings import load_settings
 from gecko_actors.stores.redis_sessions import PASSWORD_ENV
 from gecko_actors.stores.sessions import session_store_from_url
+from gecko_actors.stores.shared import SharedSessionStore, shareable
 from gecko_actors.stores.vectors import VectorHit
 
 
@@ -28,28 +30,35 @@ def _remote_memory() -> Any:
     return ray.remote(MemoryActor)
 
 
-def _absolute(url: str) -> str:
-    """Resolve a relative ``sqlite:///`` path here, on the driver: the actor's working
-    directory may differ."""
-    session_store_from_url(url)  # validate now, with a clear error, before any actor exists
+def sessions_url(given: str | None) -> str:
+    """The session store URL agents and memory actors are given: ``given`` or the
+    ``GECKO_STORAGE_URL`` setting, checked, with a relative ``sqlite:///`` path resolved
+    here, on the driver (an actor's working directory may differ)."""
+    url = given or load_settings().storage_url
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(Path(url[len(prefix) :]).resolve())
+        url = prefix + str(Path(url[len(prefix) :]).resolve())
+    _check(url, "sessions=" if given else "the GECKO_STORAGE_URL setting")
     return url
 
 
-def _check_shippable(url: str, source: str) -> None:
-    """Refuse a session store URL holding a credential: it becomes the memory actor's
-    argument, which Ray keeps in its actor table. ``source`` says where the URL came from."""
+@functools.lru_cache(maxsize=64)
+def _check(url: str, source: str) -> None:
+    """Validate ``url`` (a clear error before any actor exists), and refuse one holding a
+    credential: it is copied into the arguments of the actors that open it (a memory actor,
+    an agent's spec), which Ray keeps in its actor table and key-value store. ``source`` says
+    where the URL came from. Once per URL per process: agents are spawned by the thousand."""
+    session_store_from_url(url)
     if not url_holds_secret(url):
         return
     shown = redact(mask_url(url))  # never the password, nor anything shaped like a key
     raise UserError(
         f"the session store URL {shown!r} ({source}) holds a password or token: on Ray it "
-        "would be copied into the memory actor's arguments, which Ray keeps in its actor table",
+        "would be copied into the arguments of the actors that open it, which Ray keeps in "
+        "its actor table",
         hint=f"remove it from the URL and set {PASSWORD_ENV} in the environment where the "
-        "memory actor runs (every node's, on a cluster): a redis:// store reads its password "
-        "there; a store of another scheme, from its own environment variable",
+        "agents and memory actors run (every node's, on a cluster): a redis:// store reads "
+        "its password there; a store of another scheme, from its own environment variable",
         url=shown,
     )
 
@@ -73,15 +82,16 @@ class Memory:
         >>> agent = Agent.spawn("guide", model=model, memory=memory)
     """
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, url: str | None = None) -> None:
         self.name = name
         self._handle = handle
+        self._url = url  # its session store's, asked of the actor when first needed
 
     def __repr__(self) -> str:
         return f"Memory({self.name!r})"
 
     def __reduce__(self):
-        return (Memory, (self.name, self._handle))
+        return (Memory, (self.name, self._handle, self._url))
 
     @classmethod
     def spawn(
@@ -95,8 +105,7 @@ class Memory:
         **actor_options: Any,
     ) -> Memory:
         actor_name = check_name("memory", name)
-        url = _absolute(sessions or load_settings().storage_url)
-        _check_shippable(url, "sessions=" if sessions else "the GECKO_STORAGE_URL setting")
+        url = sessions_url(sessions)
         vectors_uri = str(Path(vectors).resolve()) if vectors is not None else None
         if isinstance(embedder, LiteLLMEmbedder):
             embedder = embedding_gateway(embedder)  # litellm stays out of the memory actor
@@ -120,8 +129,14 @@ class Memory:
             )
         return cls(name, handle)
 
-    def session_store(self, agent: str) -> RemoteSessionStore:
-        """The session store an agent named ``agent`` uses."""
+    def session_store(self, agent: str) -> SessionStore:
+        """The session store an agent named ``agent`` uses: the memory's store opened by URL
+        in the agent's own process (SQLite, Redis: no call through this actor), or this
+        actor's (``memory://``, which lives in the actor's process)."""
+        if self._url is None:
+            self._url = ray.get(self._handle.url.remote())
+        if shareable(self._url):
+            return SharedSessionStore(self._url, agent)
         return RemoteSessionStore(f"memory/{self.name}", namespace(), agent)
 
     def history(self, agent: str, session_id: str) -> list[Message]:

@@ -4,6 +4,10 @@ restarted; dedicated agents beside them."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
+import signal
 import threading
 import time
 import uuid
@@ -13,7 +17,15 @@ from typing import Any
 import pytest
 import ray
 
-from gecko_actors import Agent, Hooks, InMemorySessionStore, ScriptedModel, Team, UserError
+from gecko_actors import (
+    Agent,
+    Hooks,
+    InMemorySessionStore,
+    Memory,
+    ScriptedModel,
+    Team,
+    UserError,
+)
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -137,3 +149,74 @@ def test_hosted_and_dedicated_agents_share_one_namespace_and_a_team() -> None:
         hosted.kill()
         dedicated.kill()
     assert hosted.name not in Agent.list() and dedicated.name not in Agent.list()
+
+
+class Gated:
+    """An async reply that marks its start (``<question>.<pid>`` in ``folder``), waits for
+    the file ``gate`` (if given, and the question is not a warm-up ``...-before``) or a
+    random few milliseconds, then answers."""
+
+    def __init__(self, folder: str, gate: str | None) -> None:
+        self.folder, self.gate = folder, gate
+
+    async def __call__(self, messages: list[Any], tools: Any) -> str:
+        question = messages[-1].text
+        Path(self.folder, f"{question}.{os.getpid()}").touch()
+        gated = self.gate is not None and not question.endswith("-before")
+        if not gated:
+            await asyncio.sleep(random.uniform(0, 0.05))
+        while gated and not os.path.exists(self.gate):
+            await asyncio.sleep(0.05)
+        users = sum(m.role == "user" for m in messages)
+        return f"done: {question} ({users} user messages)"
+
+
+def started(folder: Path, pid: int) -> set[str]:
+    return {p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith(f".{pid}")}
+
+
+def host_pid(agents: list[Agent]) -> int:
+    pids = {agent.info()["pid"] for agent in agents}
+    assert len(pids) == 1, "the agents were placed on one host (a pool of one on one node)"
+    return pids.pop()
+
+
+@pytest.mark.parametrize("when", ["all parked", "while answering"])
+def test_a_host_killed_with_100_runs_in_flight_answers_each_once(tmp_path: Path, when: str) -> None:
+    """SIGKILL of an agent host with 100 runs of 10 agents in flight: Ray restarts the host,
+    every run is retried there and answers; each exchange is stored once (keyed by run id),
+    and a retried run saw its session as its first attempt did."""
+    folder, gate = tmp_path / "started", tmp_path / "gate"
+    folder.mkdir()
+    memory = Memory.spawn(unique("m"), sessions=f"sqlite:///{tmp_path}/s.db")
+    model = ScriptedModel(Gated(str(folder), str(gate) if when == "all parked" else None))
+    agents = [Agent.spawn(unique(f"a{i}"), model=model, memory=memory) for i in range(10)]
+    try:
+        for agent in agents:  # each session holds one exchange before the crash
+            for session in range(10):
+                agent.run(f"{agent.name}-{session}-before", session_id=str(session))
+        before = host_pid(agents)
+        questions = [(a, s, f"{a.name}-{s}") for a in agents for s in range(10)]
+        refs = [a.submit(q, session_id=str(s)) for a, s, q in questions]
+        if when == "all parked":  # every run is in the host, waiting for its model
+            deadline = time.monotonic() + 120
+            while len(started(folder, before) & {q for *_, q in questions}) < 100:
+                assert time.monotonic() < deadline, "the 100 runs did not start"
+                time.sleep(0.05)
+        else:  # some runs answered and stored, others not yet
+            ray.wait(refs, num_returns=30, timeout=120)
+        os.kill(before, signal.SIGKILL)
+        gate.touch()
+        outputs = ray.get(refs, timeout=180)
+        assert [o.content for o in outputs] == [
+            f"done: {q} (2 user messages)" for *_, q in questions
+        ]
+        assert host_pid(agents) != before
+        for agent, session, question in questions:
+            texts = [m.text for m in memory.history(agent.name, str(session))]
+            assert texts[2:] == [question, f"done: {question} (2 user messages)"]
+            assert len(texts) == 4
+    finally:
+        for agent in agents:
+            agent.kill()
+        memory.kill()

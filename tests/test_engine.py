@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -483,12 +484,21 @@ async def test_scripted_model_reply_kinds() -> None:
         await ScriptedModel([Message.user("u")]).complete([])
 
 
-async def test_a_retried_run_never_duplicates_its_exchange() -> None:
+async def test_a_retried_run_never_duplicates_its_exchange_nor_sees_it() -> None:
+    def count_users(messages: list[Message], tools: Any) -> str:
+        return f"seen {sum(m.role == 'user' for m in messages)}"
+
     store = InMemorySessionStore()
-    agent = LocalAgent(ScriptedModel(["first", "retry"]), session_store=store)
-    await agent.arun("hello", session_id="s", run_id="run-7")
-    await agent.arun("hello", session_id="s", run_id="run-7")  # e.g. Ray retried the call
-    assert [r["content"] for r in await store.load("s")] == ["hello", "first"]
+    agent = LocalAgent(ScriptedModel(count_users), session_store=store)
+    await agent.arun("before", session_id="s")
+    first = await agent.arun("hello", session_id="s", run_id="run-7")
+    # e.g. Ray retried the call after its process died, the exchange already stored: the
+    # retry sees the conversation as the first attempt did.
+    again = await agent.arun("hello", session_id="s", run_id="run-7")
+    assert first.content == again.content == "seen 2"
+    records = await store.load("s")
+    assert [r["content"] for r in records] == ["before", "seen 1", "hello", "seen 2"]
+    assert [Message.model_validate(r).text for r in records][2] == "hello"
 
 
 async def test_short_conversations_never_load_a_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:

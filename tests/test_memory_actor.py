@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,10 @@ def unique(prefix: str) -> str:
 
 def count_users(messages, tools):
     return f"seen {sum(m.role == 'user' for m in messages)} user messages"
+
+
+def no_memory_actor(*args: object, **kwargs: object) -> Memory:
+    raise AssertionError("an agent over a SQLite store made a memory actor")
 
 
 @pytest.fixture
@@ -62,22 +65,48 @@ def test_sessions_are_kept_per_agent(memory: Memory) -> None:
             agent.kill()
 
 
-def test_memory_restart_keeps_sqlite_sessions(memory: Memory) -> None:
-    name = unique("steady")
-    agent = Agent.spawn(name, model=ScriptedModel(count_users), memory=memory)
+def test_agents_reach_a_sqlite_memory_without_its_actor(memory: Memory, tmp_path: Path) -> None:
+    """A SQLite (or Redis) store is opened by URL in the agent's own process: the memory
+    actor gone for good, agents still keep and read their conversations, hosted and
+    dedicated alike, and a new memory over the same file reads them."""
+    hosted = Agent.spawn(unique("steady"), model=ScriptedModel(count_users), memory=memory)
+    dedicated = Agent.spawn(
+        unique("steady-d"), model=ScriptedModel(count_users), memory=memory, dedicated=True
+    )
     try:
-        agent.run("before", session_id="s")
-        ray.kill(memory._handle, no_restart=False)  # the memory actor itself crashes
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                out = agent.run("after", session_id="s", timeout=30)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        assert out.content == "seen 2 user messages"
+        for agent in (hosted, dedicated):
+            agent.run("before", session_id="s")
+        memory.kill()  # no restart: every call through it would fail from now on
+        for agent in (hosted, dedicated):
+            assert agent.run("after", session_id="s").content == "seen 2 user messages"
+        again = Memory.spawn(unique("again"), sessions=f"sqlite:///{tmp_path}/s.db")
+        try:
+            texts = [m.text for m in again.history(hosted.name, "s")]
+            assert texts == ["before", "seen 1 user messages", "after", "seen 2 user messages"]
+            assert again.sessions(dedicated.name) == ["s"]
+        finally:
+            again.kill()
+    finally:
+        hosted.kill()
+        dedicated.kill()
+
+
+def test_agents_default_to_the_store_setting_without_a_memory_actor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/default.db"
+    monkeypatch.setenv("GECKO_STORAGE_URL", url)
+    name = unique("direct")
+    with monkeypatch.context() as patched:
+        patched.setattr(Memory, "spawn", no_memory_actor)
+        agent = Agent.spawn(name, model=ScriptedModel(count_users))
+    try:
+        assert agent.run("hello", session_id="s").content == "seen 1 user messages"
+        reader = Memory.spawn(unique("reader"), sessions=url)
+        try:
+            assert next(m.text for m in reader.history(name, "s")) == "hello"
+        finally:
+            reader.kill()
     finally:
         agent.kill()
 

@@ -15,17 +15,15 @@ from gecko_actors.core.embedders import Embedder, HashEmbedder
 from gecko_actors.core.sessions import Record
 from gecko_actors.exceptions import UserError
 from gecko_actors.stores.sessions import session_store_from_url
+from gecko_actors.stores.shared import agent_sessions, session_key
 from gecko_actors.stores.vectors import LanceVectorStore, VectorHit
-
-
-def _key(agent: str, session_id: str) -> str:
-    return f"{agent}/{session_id}"
 
 
 class MemoryActor:
     def __init__(
         self, name: str, sessions_url: str, vectors_uri: str | None, embedder: Embedder | None
     ) -> None:
+        self.sessions_url = sessions_url
         self.sessions = session_store_from_url(sessions_url)
         self.vectors = (
             LanceVectorStore(
@@ -36,24 +34,25 @@ class MemoryActor:
         )
 
     async def load(self, agent: str, session_id: str) -> list[Record]:
-        return await self.sessions.load(_key(agent, session_id))
+        return await self.sessions.load(session_key(agent, session_id))
 
     async def append(
         self, agent: str, session_id: str, records: list[Record], key: str | None
     ) -> bool:
-        return await self.sessions.append(_key(agent, session_id), records, key=key)
+        return await self.sessions.append(session_key(agent, session_id), records, key=key)
 
     async def replace(self, agent: str, session_id: str, records: list[Record]) -> None:
-        await self.sessions.replace(_key(agent, session_id), records)
+        await self.sessions.replace(session_key(agent, session_id), records)
 
     async def delete(self, agent: str, session_id: str) -> None:
-        await self.sessions.delete(_key(agent, session_id))
+        await self.sessions.delete(session_key(agent, session_id))
 
     async def list_sessions(self, agent: str) -> list[str]:
-        prefix = f"{agent}/"
-        return [
-            s[len(prefix) :] for s in await self.sessions.list_sessions() if s.startswith(prefix)
-        ]
+        return agent_sessions(await self.sessions.list_sessions(), agent)
+
+    def url(self) -> str:
+        """The session store's URL (without a password: such a URL is never shipped)."""
+        return self.sessions_url
 
     async def add(
         self, texts: list[str], metadata: list[dict[str, Any]] | None, ids: list[str] | None

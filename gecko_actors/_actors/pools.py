@@ -20,7 +20,7 @@ from gecko_actors._actors.common import create
 from gecko_actors.runtime import ensure_initialized
 from gecko_actors.settings import load_settings
 
-__all__ = ["candidates", "code_env", "forget", "handle", "host_name", "pool_size"]
+__all__ = ["alive_nodes", "candidates", "code_env", "forget", "handle", "host_name", "pool_size"]
 
 _HANDLES: dict[tuple[str, str], Any] = {}  # (cluster, host name) -> handle, in this process
 _POOL_TTL = 10.0  # seconds a pool size is trusted before the nodes are counted again
@@ -58,13 +58,18 @@ def candidates(key: str, env: str, kind: str = "workflows") -> list[str]:
 
 def pool_size() -> int:
     """Hosts per pool: ``GECKO_HOSTS_PER_NODE`` for each alive node."""
-    return _pool_size(int(time.monotonic() // _POOL_TTL))
+    return alive_nodes() * load_settings().hosts_per_node
+
+
+def alive_nodes() -> int:
+    """The cluster's alive nodes (at least 1), counted again every few seconds."""
+    return _alive_nodes(int(time.monotonic() // _POOL_TTL))
 
 
 @functools.lru_cache(maxsize=1)
-def _pool_size(_period: int) -> int:
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
-    return max(1, alive) * load_settings().hosts_per_node
+def _alive_nodes(_period: int) -> int:
+    ensure_initialized()
+    return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
 
 
 def handle(name: str, host_class: type) -> Any:

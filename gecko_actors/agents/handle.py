@@ -114,9 +114,12 @@ class Agent:
             tools: a ``RemoteToolBox`` (shared, isolated), or tools / a ``ToolBox``: run
                 inside a hosted agent's host; a dedicated agent serves them from a new toolbox
                 actor ``toolbox/<name>`` (or inside itself with ``tools_in_process=True``).
-            memory: the :class:`Memory` actor holding the agent's conversations (default:
-                ``memory/default``, stored at ``GECKO_STORAGE_URL``); they survive the agent's
-                restarts (and its host's).
+            memory: the :class:`Memory` whose session store keeps the agent's
+                conversations (default: the store at ``GECKO_STORAGE_URL``). A SQLite or
+                Redis store is opened by URL in the agent's own process, with no call through
+                the memory actor; a ``memory://`` one lives in the memory actor
+                (``memory/default`` by default). They survive the agent's restarts (and its
+                host's); see the README for which store survives what.
             context_tokens: the context's token budget (or a ``TokenMemory``).
             session_store: an explicit session store instead of a memory actor.
             detached: outlive the driver that spawned it (``kill()`` removes it); a hosted
@@ -168,8 +171,7 @@ class Agent:
             memory=TokenMemory(context_tokens)
             if isinstance(context_tokens, int)
             else context_tokens,
-            session_store=session_store
-            or (memory or placement.default_memory()).session_store(name),
+            session_store=session_store or placement.session_store(name, memory),
             engine_options=engine_options,
             hooks=hooks,
         )

@@ -3,6 +3,7 @@ agent's name, its tools and its conversations; and what runs a named agent now."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,13 +15,16 @@ from gecko_actors._actors.toolbox import MeteredToolBox
 from gecko_actors.agents import directory
 from gecko_actors.agents.dedicated import AgentSpec
 from gecko_actors.agents.host import AgentHost, HostedAgentRef
+from gecko_actors.core.sessions import SessionStore
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import Tool
 from gecko_actors.exceptions import UserError
-from gecko_actors.memory import Memory
+from gecko_actors.logging import get_logger
+from gecko_actors.memory import Memory, sessions_url
+from gecko_actors.stores.shared import SharedSessionStore, shareable
 from gecko_actors.toolboxes import RemoteToolBox
 
-__all__ = ["ToolsArg", "default_memory", "existing", "hosted", "place_tools", "taken"]
+__all__ = ["ToolsArg", "existing", "hosted", "place_tools", "session_store", "taken"]
 
 ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
 
@@ -36,10 +40,30 @@ def existing(name: str) -> Any | None:
     return found
 
 
-def default_memory() -> Memory:
-    """The job's default Memory, made if it is not there (a test or a user may have killed
-    it since the last spawn: never a handle remembered from then)."""
-    return Memory.spawn()
+def session_store(agent: str, memory: Memory | None) -> SessionStore:
+    """Where agent ``agent`` keeps its conversations: ``memory``'s store, else the one at
+    ``GECKO_STORAGE_URL``, opened by URL in the agent's own process (a SQLite file, Redis);
+    only a ``memory://`` setting goes through the job's default Memory actor, made if it is
+    not there (never a handle remembered from an earlier spawn: it may have been killed)."""
+    if memory is not None:
+        return memory.session_store(agent)
+    url = sessions_url(None)
+    if not shareable(url):
+        return Memory.spawn().session_store(agent)
+    if url.startswith("sqlite:") and pools.alive_nodes() > 1:
+        _warn_node_local(url)
+    return SharedSessionStore(url, agent)
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_node_local(url: str) -> None:
+    """Once per URL per process: a SQLite file is each node's own."""
+    get_logger(__name__).warning(
+        "sqlite_sessions_on_a_cluster",
+        message="agents keep their conversations in a SQLite file, which is each node's own: "
+        "an agent whose host moves to another node does not find them there; set "
+        "GECKO_STORAGE_URL to a store shared by the nodes (redis://...)",
+    )
 
 
 def taken(name: str) -> UserError:

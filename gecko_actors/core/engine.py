@@ -36,7 +36,7 @@ from gecko_actors.core.messages import (
 )
 from gecko_actors.core.models import ChatModel, ModelResponse, supports
 from gecko_actors.core.prompt import DEFAULT_SYSTEM_TEMPLATE, PromptTemplate
-from gecko_actors.core.sessions import SessionStore, to_records
+from gecko_actors.core.sessions import RUN_KEY, SessionStore, to_records
 from gecko_actors.core.structured import OUTPUT_TOOL, ParseFailure, output_tool_schema, parse_reply
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import ToolContext, ToolResult
@@ -357,6 +357,9 @@ class ReActEngine:
         records = (
             await self.session_store.load(session_id) if (self.session_store and session_id) else []
         )
+        # A run retried after a crash (same run id) may find its first attempt's exchange
+        # stored: it sees the conversation as that attempt did, and stores nothing again.
+        records = [r for r in records if r.get(RUN_KEY) != run_id]
         fixed = ([system] if system else []) + user_inputs
         history = self._history(records, fixed)
         context = tool_context or ToolContext()
@@ -411,7 +414,8 @@ class ReActEngine:
             return
         stored = [m for m in new_input if m.role != "system"] + run.new
         # Keyed by run id: a run retried after a crash never stores its exchange twice.
-        await self.session_store.append(run.session_id, to_records(stored), key=run.run_id)
+        records = [{**r, RUN_KEY: run.run_id} for r in to_records(stored)]
+        await self.session_store.append(run.session_id, records, key=run.run_id)
 
     def _output(
         self, run: _Run, content: str, *, structured: Any = None, finish_reason: str = "stop"

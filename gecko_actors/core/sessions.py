@@ -18,6 +18,10 @@ from gecko_actors.core.messages import Message
 
 Record = dict[str, Any]
 
+RUN_KEY = "run_id"
+"""The key under which an agent's engine marks each record with the run that stored it (a
+message ignores it when read back): a run retried under its id leaves its own out."""
+
 
 @runtime_checkable
 class SessionStore(Protocol):
