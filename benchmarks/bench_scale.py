@@ -1,7 +1,8 @@
 """Scale benchmarks for hosted runs and hosted agents: ratios measured side by side in one run
 (never asserted).
 
-Run: python benchmarks/bench_scale.py [--quick]   (LangGraph's figure needs
+Run: python benchmarks/bench_scale.py [--quick] [--agents]   (--agents: only part 5;
+LangGraph's figure needs
 ``pip install -e '.[bench]'``; without it that line is skipped)
 
 1. A DAG with 20-way fan-out (entry -> 20 chains of 10 nodes -> join, 202 nodes; 8 chains of
@@ -18,7 +19,8 @@ Run: python benchmarks/bench_scale.py [--quick]   (LangGraph's figure needs
    ``StateGraph`` of 100 trivial nodes with its SQLite checkpointer (``durability="sync"``:
    each step's checkpoint is written before the next step runs, as our commits are).
 5. Hosted agents (1,000 and 10,000; 100 with --quick): spawn, then two rounds of a team of
-   all of them with an instant model, and the memory every Ray process added.
+   all of them with an instant model, and the memory every Ray process added. Their
+   conversations go to the default store, a SQLite file (in the benchmark's folder).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.workflow import Workflow
 
 QUICK = "--quick" in sys.argv
+ONLY_AGENTS = "--agents" in sys.argv
 WIDTH, DEPTH = (8, 6) if QUICK else (20, 10)
 RUNS = 200 if QUICK else 1000
 DEDICATED = 3 if QUICK else 5
@@ -251,11 +254,13 @@ def ray_memory() -> int:
 
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gecko-bench-scale-"))
+    os.environ["GECKO_STORAGE_URL"] = f"sqlite:///{root}/sessions.db"
     ga.init(num_cpus=2)
-    bench_fan_out(root)  # first: its cold figure needs a runtime with no host yet
-    bench_io_fan_out(root)
-    bench_many_runs(root)
-    bench_per_node(root)
+    if not ONLY_AGENTS:
+        bench_fan_out(root)  # first: its cold figure needs a runtime with no host yet
+        bench_io_fan_out(root)
+        bench_many_runs(root)
+        bench_per_node(root)
     for count in AGENTS:
         bench_agents(count)
     ga.shutdown()

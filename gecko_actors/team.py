@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,20 @@ class _MapState:
     results: list[Any]
     pending: dict[Any, tuple[int, int]] = field(default_factory=dict)  # ref → (input, member)
     load: list[int] = field(default_factory=list)
+    # (load, member) entries, the least loaded (then the first) member on top; an entry whose
+    # load is no longer the member's is stale and skipped. A scan per input would cost
+    # members x inputs (10^8 for 10,000 of each).
+    heap: list[tuple[int, int]] = field(default_factory=list)
+
+    def least_loaded(self) -> int:
+        while True:
+            load, member = heapq.heappop(self.heap)
+            if load == self.load[member]:
+                return member
+
+    def change(self, member: int, by: int) -> None:
+        self.load[member] += by
+        heapq.heappush(self.heap, (self.load[member], member))
 
 
 class Team:
@@ -112,13 +127,16 @@ class Team:
         pending = list(refs)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=_left(deadline))
-            if not done:
+            # "all" waits for every member in one call: a wait per member would scan the
+            # pending list each time (quadratic: seconds for a team of 10,000).
+            wanted = 1 if strategy == "first" else len(pending)
+            done, pending = ray.wait(pending, num_returns=wanted, timeout=_left(deadline))
+            for ref in done:
+                if self._settle(result, index[ref], partial(ray.get, ref), strategy, accept):
+                    cancel_and_wait_blocking(pending)
+                    return result
+            if not done or (pending and strategy == "all"):
                 raise self._timed_out(pending, timeout, result)
-            ref = done[0]
-            if self._settle(result, index[ref], partial(ray.get, ref), strategy, accept):
-                cancel_and_wait_blocking(pending)
-                return result
         return self._finish(result, strategy, raise_on_error)
 
     async def arun(
@@ -165,17 +183,16 @@ class Team:
         the members still running then are cancelled and waited for."""
         pending = set(slots)
         deadline = None if timeout is None else time.monotonic() + timeout
+        until = asyncio.FIRST_COMPLETED if strategy == "first" else asyncio.ALL_COMPLETED
         while pending:
-            done, pending = await asyncio.wait(
-                pending, timeout=_left(deadline), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
-                raise self._timed_out([], timeout, result)
+            done, pending = await asyncio.wait(pending, timeout=_left(deadline), return_when=until)
             for future in done:
                 if self._settle(result, slots[future], future.result, strategy, accept):
                     await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
                     return
+            if not done or (pending and strategy == "all"):
+                await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
+                raise self._timed_out([], timeout, result)
 
     def _start(
         self, input: MessageInput, strategy: Strategy, session_id: str | None
@@ -258,7 +275,10 @@ class Team:
         limit = 4 * len(self.members) if max_in_flight is None else max_in_flight
         if limit < 1:
             raise UserError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        state = _MapState(results=[None] * len(inputs), load=[0] * len(self.members))
+        members = len(self.members)
+        state = _MapState(
+            [None] * len(inputs), load=[0] * members, heap=[(0, m) for m in range(members)]
+        )
         show = sys.stderr.isatty() if progress is None else progress
         with tqdm(total=len(inputs), desc=self.name, disable=not show, unit="run") as bar:
             next_input = 0
@@ -266,9 +286,13 @@ class Team:
                 while next_input < len(inputs) and len(state.pending) < limit:
                     self._dispatch(state, next_input, inputs[next_input], session_id)
                     next_input += 1
-                done, _ = ray.wait(list(state.pending), num_returns=1)
-                self._collect(state, done[0])
-                bar.update(1)
+                pending = list(state.pending)
+                done, _ = ray.wait(pending, num_returns=1)
+                if len(pending) > 1:  # and every other one ready now: a wait per batch
+                    done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in done:
+                    self._collect(state, ref)
+                bar.update(len(done))
         errors = [r for r in state.results if isinstance(r, BaseException)]
         if errors and raise_on_error:
             raise TeamError(
@@ -284,14 +308,14 @@ class Team:
         return await asyncio.to_thread(self.map, inputs, **kwargs)
 
     def _dispatch(self, state: _MapState, i: int, item: MessageInput, session_id: str | None):
-        member = min(range(len(self.members)), key=state.load.__getitem__)
-        state.load[member] += 1
+        member = state.least_loaded()
+        state.change(member, +1)
         ref = self.members[member].submit(item, session_id=session_id)
         state.pending[ref] = (i, member)
 
     def _collect(self, state: _MapState, ref: Any) -> None:
         i, member = state.pending.pop(ref)
-        state.load[member] -= 1
+        state.change(member, -1)
         try:
             state.results[i] = ray.get(ref)
         except Exception as exc:

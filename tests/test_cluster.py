@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCENARIOS = Path(__file__).parent / "scenarios"
 
 
@@ -29,8 +31,10 @@ def run_scenario(name: str, *args: str, timeout: float = 300) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
-def test_agent_survives_the_loss_of_its_node(tmp_path: Path) -> None:
-    result = run_scenario("node_loss.py", str(tmp_path))
+@pytest.mark.parametrize("placement", ["hosted", "dedicated"])
+def test_agent_survives_the_loss_of_its_node(tmp_path: Path, placement: str) -> None:
+    result = run_scenario("node_loss.py", str(tmp_path), placement)
+    assert result["placement"] == placement
     assert result["before"] == result["node2"]
     assert result["after"] == result["head"]
     assert result["first"] == ["seen 1 user messages", "seen 2 user messages"]

@@ -1,6 +1,8 @@
-"""A two-node cluster loses the node running an agent; the agent comes back on the head with
-its conversation intact. Run in its own process by tests/test_cluster.py (it starts its own
-Ray cluster, which must not meet the test session's local Ray). Prints one JSON line."""
+"""A two-node cluster loses the node running an agent (``dedicated``: its own actor; ``hosted``:
+its agent host); the agent comes back on the head with its conversation intact (a hosted one
+from its spec, in its restarted host). Run in its own process by tests/test_cluster.py (it
+starts its own Ray cluster, which must not meet the test session's local Ray). Prints one
+JSON line."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from ray.cluster_utils import Cluster
 
 import gecko_actors as ga
 from gecko_actors import Agent, Memory, ScriptedModel
+from gecko_actors._actors import pools
+from gecko_actors.agents.host import AgentHost
+from gecko_actors.runtime import namespace
 
 
 @ray.remote(num_cpus=0)
@@ -59,15 +64,38 @@ def two_node_cluster(head_cpus: int = 1) -> tuple[Cluster, Any, Any]:
     return cluster, filler, node2
 
 
-def main(workdir: str) -> None:
+def host_on_node2(agent: str) -> None:
+    """Make the agent host that ``agent`` will be placed on, where only node 2 has room (the
+    options a pool's host gets, plus the slot)."""
+    name = pools.candidates(agent, pools.code_env(), "agents")[0]
+    ray.remote(AgentHost).options(
+        name=name,
+        namespace=namespace(),
+        lifetime="detached",
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=10_000,
+        resources={"agent_slot": 0.5},
+    ).remote(name)
+
+
+def main(workdir: str, placement: str) -> None:
     cluster, filler, node2 = two_node_cluster()
     try:
         memory = Memory.spawn(
             "cluster", sessions=f"sqlite:///{workdir}/sessions.db", resources={"head": 0.01}
         )
-        agent = Agent.spawn(
-            "traveller", model=ScriptedModel(reply), memory=memory, resources={"agent_slot": 0.5}
-        )
+        if placement == "hosted":
+            host_on_node2("traveller")
+            agent = Agent.spawn("traveller", model=ScriptedModel(reply), memory=memory)
+        else:
+            agent = Agent.spawn(
+                "traveller",
+                model=ScriptedModel(reply),
+                memory=memory,
+                resources={"agent_slot": 0.5},
+            )
         before = agent.info()["node_id"]
         first = [agent.run(text, session_id="s", timeout=60).content for text in ("one", "two")]
         cluster.remove_node(node2, allow_graceful=False)
@@ -82,6 +110,7 @@ def main(workdir: str) -> None:
                 {
                     "node2": node2.node_id,
                     "head": cluster.head_node.node_id,
+                    "placement": agent.info()["placement"],
                     "before": before,
                     "after": after,
                     "first": first,
@@ -96,4 +125,4 @@ def main(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
