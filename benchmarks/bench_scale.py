@@ -203,7 +203,7 @@ def langgraph_per_node(root: Path) -> float | None:
     return statistics.median(samples)
 
 
-def instant(messages: list[Any], tools: Any) -> str:
+async def instant(messages: list[Any], tools: Any) -> str:
     return "ok"
 
 

@@ -20,6 +20,8 @@ from gecko_actors._actors.common import (
     cancel_and_wait_blocking,
     unwrap,
 )
+from gecko_actors.agents import batch
+from gecko_actors.agents.batch import Job
 from gecko_actors.agents.handle import Agent
 from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
 from gecko_actors.exceptions import TeamError, UserError
@@ -122,20 +124,26 @@ class Team:
         leaves its error in its slot; ``raise_on_error=True`` raises :class:`TeamError`
         (carrying the result) instead.
         """
-        result, refs = self._start(input, strategy, session_id)
-        index = {ref: i for i, ref in enumerate(refs)}
-        pending = list(refs)
+        result, jobs = self._start(input, strategy, session_id, timeout)
+        by_ref = {job.ref: job for job in jobs}
+        pending = list(by_ref)
         deadline = None if timeout is None else time.monotonic() + timeout
         while pending:
-            # "all" waits for every member in one call: a wait per member would scan the
-            # pending list each time (quadratic: seconds for a team of 10,000).
+            # "all" waits for every call in one ray.wait: a wait per call would scan the
+            # pending list each time (quadratic in the team's size).
             wanted = 1 if strategy == "first" else len(pending)
             done, pending = ray.wait(pending, num_returns=wanted, timeout=_left(deadline))
+            late = False
             for ref in done:
-                if self._settle(result, index[ref], partial(ray.get, ref), strategy, accept):
+                settled, cut = self._settle(
+                    result, by_ref[ref], partial(ray.get, ref), strategy, accept
+                )
+                late = late or cut
+                if settled:
                     cancel_and_wait_blocking(pending)
                     return result
-            if not done or (pending and strategy == "all"):
+            if late or not done or (pending and strategy == "all"):
+                self._harvest(result, [by_ref[ref] for ref in pending])
                 raise self._timed_out(pending, timeout, result)
         return self._finish(result, strategy, raise_on_error)
 
@@ -156,10 +164,11 @@ class Team:
         them have stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
         the caller; members cancelled by ``"first"`` or by ``timeout`` are waited for too.
         """
-        result, refs = self._start(input, strategy, session_id)
-        slots = {asyncio.ensure_future(_resolve(ref)): i for i, ref in enumerate(refs)}
+        result, jobs = self._start(input, strategy, session_id, timeout)
+        refs = [job.ref for job in jobs]
+        slots = {asyncio.ensure_future(_resolve(job.ref)): job for job in jobs}
         try:
-            await self._collect_async(result, refs, slots, strategy, accept, timeout, cancel_grace)
+            await self._collect_async(result, slots, strategy, accept, timeout, cancel_grace)
         except asyncio.CancelledError:
             for future in slots:
                 future.cancel()
@@ -172,8 +181,7 @@ class Team:
     async def _collect_async(
         self,
         result: TeamResult,
-        refs: list[Any],
-        slots: dict[asyncio.Future[Any], int],
+        slots: dict[asyncio.Future[Any], Job],
         strategy: Strategy,
         accept: Callable[[AgentOutput], bool] | None,
         timeout: float | None,
@@ -186,41 +194,70 @@ class Team:
         until = asyncio.FIRST_COMPLETED if strategy == "first" else asyncio.ALL_COMPLETED
         while pending:
             done, pending = await asyncio.wait(pending, timeout=_left(deadline), return_when=until)
+            late = False
             for future in done:
-                if self._settle(result, slots[future], future.result, strategy, accept):
-                    await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
+                settled, cut = self._settle(result, slots[future], future.result, strategy, accept)
+                late = late or cut
+                if settled:
+                    await cancel_and_wait([slots[f].ref for f in pending], grace=grace)
                     return
-            if not done or (pending and strategy == "all"):
-                await cancel_and_wait([refs[slots[f]] for f in pending], grace=grace)
+            if late or not done or (pending and strategy == "all"):
+                batches = [f for f in pending if slots[f].batch]
+                if batches:  # hosts' partial results, on their way (see _harvest)
+                    arrived, _ = await asyncio.wait(batches, timeout=10)
+                    for future in arrived:
+                        self._settle(result, slots[future], future.result, "all", None)
+                await cancel_and_wait([slots[f].ref for f in pending], grace=grace)
                 raise self._timed_out([], timeout, result)
 
     def _start(
-        self, input: MessageInput, strategy: Strategy, session_id: str | None
-    ) -> tuple[TeamResult, list[Any]]:
+        self, input: MessageInput, strategy: Strategy, session_id: str | None, timeout: float | None
+    ) -> tuple[TeamResult, list[Job]]:
         if strategy not in ("all", "first"):
             raise UserError(f"unknown team strategy {strategy!r}", hint="use 'all' or 'first'")
-        refs = [m.submit(input, session_id=session_id) for m in self.members]
-        result = TeamResult([m.name for m in self.members], [None] * len(refs), [None] * len(refs))
-        return result, refs
+        # "first" cancels the other members as soon as one answers: one call each.
+        jobs = batch.start(self.members, input, session_id, timeout, strategy == "all")
+        size = len(self.members)
+        return TeamResult([m.name for m in self.members], [None] * size, [None] * size), jobs
 
     @staticmethod
     def _settle(
         result: TeamResult,
-        slot: int,
-        get: Callable[[], AgentOutput],
+        job: Job,
+        get: Callable[[], Any],
         strategy: Strategy,
         accept: Callable[[AgentOutput], bool] | None,
-    ) -> bool:
-        """Fill one member's slot; True when it settles a ``"first"`` team."""
+    ) -> tuple[bool, bool]:
+        """Fill the slots of one call: whether it settles a ``"first"`` team, and whether a
+        host's batch cut runs at the team's timeout."""
         try:
-            output = result.outputs[slot] = get()
-        except Exception as exc:
-            result.errors[slot] = unwrap(exc)
-            return False
-        if strategy == "first" and (accept is None or accept(output)):
-            result.winner = output
-            return True
-        return False
+            value = get()
+        except Exception as exc:  # the whole call failed: each of its members did
+            value = [exc] * len(job.slots) if job.batch else exc
+        outcomes = value if job.batch else [value]
+        cut = False
+        for slot, outcome in zip(job.slots, outcomes, strict=True):
+            if outcome is None:
+                cut = True
+            elif isinstance(outcome, BaseException):
+                result.errors[slot] = unwrap(outcome)
+            else:
+                result.outputs[slot] = outcome
+                if strategy == "first" and (accept is None or accept(outcome)):
+                    result.winner = outcome
+                    return True, cut
+        return False, cut
+
+    def _harvest(self, result: TeamResult, jobs: list[Job]) -> None:
+        """At a timeout, the partial results of hosts' batches still on their way (each
+        cancels its own unfinished runs at the same timeout)."""
+        batches = [job for job in jobs if job.batch]
+        if not batches:
+            return
+        done, _ = ray.wait([job.ref for job in batches], num_returns=len(batches), timeout=10)
+        for job in batches:
+            if job.ref in done:
+                self._settle(result, job, partial(ray.get, job.ref), "all", None)
 
     def _timed_out(
         self, pending: list[Any], timeout: float | None, result: TeamResult

@@ -26,6 +26,7 @@ from gecko_actors import (
     Team,
     UserError,
 )
+from gecko_actors.agents import batch
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -220,3 +221,25 @@ def test_a_host_killed_with_100_runs_in_flight_answers_each_once(tmp_path: Path,
         for agent in agents:
             agent.kill()
         memory.kill()
+
+
+def test_a_team_round_is_one_call_per_host_with_each_members_outcome() -> None:
+    """A round of hosted members is one Ray call to their host (a chunk of up to
+    ``batch.CHUNK`` of them), a dedicated member's one call of its own; each member keeps
+    its own output or error, in member order."""
+    hosted = [Agent.spawn(unique("b"), model=ScriptedModel(echo)) for _ in range(40)]
+    failing = Agent.spawn(unique("f"), model=ScriptedModel([]))  # no reply scripted
+    dedicated = Agent.spawn(unique("d"), model=ScriptedModel(echo), dedicated=True)
+    members = [*hosted[:20], failing, dedicated, *hosted[20:]]
+    try:
+        jobs = batch.start(members, "ping", None, None, grouped=True)
+        assert sorted(len(job.slots) for job in jobs) == [1, 41]
+        ray.wait([job.ref for job in jobs], num_returns=len(jobs), timeout=120)
+        result = Team(members).run("hi", timeout=120)
+        contents = result.contents
+        assert contents[:20] == ["echo: hi"] * 20 and contents[21:] == ["echo: hi"] * 21
+        assert contents[20] is None and "script" in str(result.errors[20]).lower()
+        assert sum(e is not None for e in result.errors) == 1
+    finally:
+        for agent in members:
+            agent.kill()

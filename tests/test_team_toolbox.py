@@ -279,14 +279,17 @@ def slow_ack_store(path: Path, marker_dir: Path):
 # --- fixtures --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crew(ray_session) -> Iterator[list[Agent]]:
-    """Three agents with programmable models, shared by the Team tests."""
+@pytest.fixture(scope="module", params=["hosted", "dedicated"])
+def crew(ray_session, request) -> Iterator[list[Agent]]:
+    """Three agents with programmable models, shared by the Team tests: hosted (a round is
+    one call to their host) or dedicated (one call per member)."""
     names = [unique(f"crew{i}") for i in range(3)]
     agents: list[Agent] = []
+    dedicated = request.param == "dedicated"
     try:
         for name in names:
-            agents.append(Agent.spawn(name, model=programmable_model(name), **IN_PROCESS))
+            model = programmable_model(name)
+            agents.append(Agent.spawn(name, model=model, dedicated=dedicated, **IN_PROCESS))
         # Warm up: an agent's first run pays one-off costs (imports, tokenizer) that would
         # stagger the start of the first parallel runs.
         warm = ray.get([a.submit(order(tag="warm-up")) for a in agents], timeout=60)

@@ -415,6 +415,11 @@ class Agent:
             RemoteToolBox.get(owned).kill()
 
     @property
+    def host(self) -> str | None:
+        """The name of the agent host that holds this agent (None for a dedicated one)."""
+        return self._handle.host if isinstance(self._handle, HostedAgentRef) else None
+
+    @property
     def actor(self) -> Any:
         """The Ray actor that runs the agent (a hosted agent's host), for advanced use."""
         if isinstance(self._handle, HostedAgentRef):

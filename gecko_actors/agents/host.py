@@ -22,7 +22,7 @@ from ray import cloudpickle
 from gecko_actors._actors import pools
 from gecko_actors.agents import directory
 from gecko_actors.agents.dedicated import AgentActor, StreamItem
-from gecko_actors.exceptions import UserError
+from gecko_actors.exceptions import GeckoError, UserError
 
 __all__ = ["AgentHost", "HostedAgentRef"]
 
@@ -34,6 +34,9 @@ class AgentHost:
         self.name = name
         self.agents: dict[str, AgentActor] = {}
         self.activating: dict[str, asyncio.Future[AgentActor]] = {}
+        self.wanted: dict[str, asyncio.Future[Any]] = {}  # specs to read, by agent
+        self.fetching = False
+        self.fetcher: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         # The dashboard's Repr column (Ray reads it once, after the constructor).
@@ -53,22 +56,87 @@ class AgentHost:
         return await asyncio.shield(pending)
 
     async def _activate(self, name: str) -> AgentActor:
-        entry = await asyncio.to_thread(directory.find, name)
-        if entry is None or entry.host != self.name:
+        future = self.wanted.get(name)
+        if future is None:
+            future = self.wanted[name] = asyncio.get_running_loop().create_future()
+        if not self.fetching:
+            self.fetching = True
+            self.fetcher = asyncio.ensure_future(self._fetch())
+        spec = await future
+        if spec is None:
             raise UserError(
                 f"no agent named {name!r} on host {self.name} (it was killed)",
                 hint="spawn it again with Agent.spawn(name, model=...)",
                 agent=name,
             )
-        spec = await asyncio.to_thread(cloudpickle.loads, entry.spec)
         agent = AgentActor(spec, self.name)
         self.agents[name] = agent
         return agent
+
+    async def _fetch(self) -> None:
+        """Read the specs of every agent waiting for its activation, in one request per
+        round (and one thread hop): a team's first round activates thousands at once."""
+        try:
+            while self.wanted:
+                batch, self.wanted = self.wanted, {}
+                try:
+                    specs = await asyncio.to_thread(self._specs, list(batch))
+                except Exception as exc:
+                    specs = {name: exc for name in batch}
+                for name, future in batch.items():
+                    outcome = specs.get(name)
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+        finally:
+            self.fetching = False
+
+    def _specs(self, names: list[str]) -> dict[str, Any]:
+        """The specs of the agents ``names`` recorded on this host (a killed one has none)."""
+        specs: dict[str, Any] = {}
+        for name, entry in directory.find_many(names).items():
+            if entry.host != self.name:
+                continue
+            try:  # one agent's spec that no longer loads fails that agent's calls only
+                specs[name] = cloudpickle.loads(entry.spec)
+            except Exception as exc:
+                specs[name] = exc
+        return specs
 
     # --- what an agent's handle calls: AgentActor's methods, with the agent's name first --
 
     async def run(self, name: str, *args: Any) -> Any:
         return await (await self._agent(name)).run(*args)
+
+    async def run_batch(
+        self,
+        names: list[str],
+        run_ids: list[str],
+        input: Any,
+        session_id: str | None,
+        timeout: float | None,
+    ) -> list[Any]:
+        """Run agents ``names`` (a team's members on this host) on one input at once, each
+        under its run id: each one's output or error, in order. After ``timeout`` seconds
+        the unfinished runs are cancelled and waited for; their outcomes are None."""
+        runs = [
+            asyncio.ensure_future(self.run(name, input, session_id, None, run_id, None))
+            for name, run_id in zip(names, run_ids, strict=True)
+        ]
+        try:
+            _, late = await asyncio.wait(runs, timeout=timeout)
+        except asyncio.CancelledError:  # the whole call was cancelled: so is every run
+            late = {run for run in runs if not run.done()}
+            raise
+        finally:
+            for run in late:
+                run.cancel()
+            if late:
+                await asyncio.wait(late)
+        return [None if run in late else _outcome(run) for run in runs]
 
     async def stream(self, name: str, *args: Any) -> AsyncIterator[StreamItem]:
         agent = await self._agent(name)
@@ -101,6 +169,19 @@ class AgentHost:
     def summary(self) -> dict[str, Any]:
         """What this host holds."""
         return {"host": self.name, "active": len(self.agents)}
+
+
+def _outcome(run: asyncio.Future[Any]) -> Any:
+    """A finished run's output, or its error if that can travel back (else a GeckoError
+    that says what it was)."""
+    error = run.exception()
+    if error is None:
+        return run.result()
+    try:
+        cloudpickle.dumps(error)
+    except Exception:
+        return GeckoError(f"{type(error).__name__}: {str(error)[:500]}")
+    return error
 
 
 class HostedAgentRef:

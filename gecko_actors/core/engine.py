@@ -430,7 +430,8 @@ class ReActEngine:
         )  # type: ignore[arg-type]
 
     async def _emit(self, event_type: str, run: _Run, **data: Any) -> None:
-        if self.event_bus is not None:
+        # Most agents' buses have no subscriber for most runs: no event is built then.
+        if self.event_bus is not None and self.event_bus.wants(event_type):
             await self.event_bus.publish(
                 Event(
                     event_type,

@@ -58,6 +58,11 @@ class EventBus:
     def add_middleware(self, middleware: Middleware) -> None:
         self._middlewares.append(middleware)
 
+    def wants(self, event_type: str) -> bool:
+        """Whether an event of ``event_type`` would reach anyone (a middleware or a
+        handler): a publisher may skip building one that would not."""
+        return bool(self._middlewares or self._handlers.get(event_type) or self._handlers.get("*"))
+
     async def publish(self, event: Event, *, wait: bool = True) -> Event | None:
         """Send ``event`` through the middlewares to its handlers; returns the event as the
         handlers saw it, or ``None`` if a middleware blocked it."""
@@ -74,6 +79,8 @@ class EventBus:
                 continue
             current = changed
         handlers = self._handlers.get(current.type, []) + self._handlers.get("*", [])
+        if not handlers:
+            return current
         work = asyncio.gather(*(_call(h, current, "handler") for h in handlers))
         if wait:
             await work
