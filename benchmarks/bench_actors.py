@@ -15,6 +15,7 @@ import asyncio
 import os
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("GECKO_STORAGE_URL", "memory://")
@@ -45,9 +46,14 @@ class Idle:
         return os.getpid()
 
 
+async def instant(messages: list[Any], tools: Any) -> str:
+    """An instant model: an async reply (a sync one would run in a thread, by design)."""
+    return "ok"
+
+
 def bench_round_trip(calls: int = 200 if QUICK else 1000) -> None:
     idle = Idle.remote()
-    agent = Agent.spawn("bench-instant", model=ScriptedModel(lambda m, t: "ok"))
+    agent = Agent.spawn("bench-instant", model=ScriptedModel(instant))
     ray.get(idle.ping.remote())
     agent.run("warm up")
     start = time.perf_counter()
