@@ -67,11 +67,15 @@ class Memory:
     """Conversations (a session store) and vector recall (LanceDB) in one actor, shared by
     agents and surviving their restarts.
 
+    Agents given a memory over SQLite or Redis open its store by URL in their own process
+    (no call through this actor); over ``memory://`` (one process's) they reach it here.
+    Either way :meth:`history` and :meth:`sessions` read what they stored.
+
     Args of :meth:`spawn`:
         sessions: ``"sqlite:///path.db"``, ``"redis://host:6379/0"`` or ``"memory://"``
-            (default ``GECKO_STORAGE_URL``). The URL is the memory actor's argument, so one
-            holding a password is refused (a ``UserError``): a Redis password goes in
-            ``GECKO_REDIS_PASSWORD`` where the actor runs.
+            (default ``GECKO_STORAGE_URL``). The URL is the memory actor's and its agents'
+            argument, so one holding a password is refused (a ``UserError``): a Redis
+            password goes in ``GECKO_REDIS_PASSWORD`` where the actors run.
         vectors: a LanceDB directory for :meth:`add` / :meth:`search` (optional).
         embedder: how texts become vectors (default: the offline ``HashEmbedder``; a
             ``LiteLLMEmbedder`` for real models, keyed by ``api_key_env``).

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from node_loss import two_node_cluster, wait_until_dead
+from node_loss import host_on_node2, two_node_cluster, wait_until_dead
 
 import gecko_actors as ga
 from gecko_actors.checkpoint import CheckpointStore
-from gecko_actors.runtime import namespace
 from gecko_actors.workflow import NodeContext, Workflow
 from gecko_actors.workflow.host import WorkflowHost
 from gecko_actors.workflow.hosting import packed
@@ -48,19 +47,7 @@ def main(workdir: str) -> None:
         wf = Workflow("hosted").add_node("first", first).add_node("second", second)
         wf.add_edge("first", "second")
         name = "workflows/host/node-loss/0"
-        host = (
-            ray.remote(WorkflowHost)
-            .options(
-                name=name,
-                namespace=namespace(),
-                lifetime="detached",
-                num_cpus=0,
-                max_restarts=-1,
-                max_task_retries=-1,
-                resources={"agent_slot": 0.5},  # only node 2 has that much free now
-            )
-            .remote(name)
-        )
+        host = host_on_node2(WorkflowHost, name)
         uri = f"file://{workdir}/runs"
         ray.get(host.start_run.remote("hosted-1", uri, packed(wf), "x", time.time()))
         before = ray.get(host.__ray_call__.remote(lambda self: os.getpid()))

@@ -64,20 +64,23 @@ def two_node_cluster(head_cpus: int = 1) -> tuple[Cluster, Any, Any]:
     return cluster, filler, node2
 
 
-def host_on_node2(agent: str) -> None:
-    """Make the agent host that ``agent`` will be placed on, where only node 2 has room (the
-    options a pool's host gets, plus the slot)."""
-    name = pools.candidates(agent, pools.code_env(), "agents")[0]
-    ray.remote(AgentHost).options(
-        name=name,
-        namespace=namespace(),
-        lifetime="detached",
-        num_cpus=0,
-        max_restarts=-1,
-        max_task_retries=-1,
-        max_concurrency=10_000,
-        resources={"agent_slot": 0.5},
-    ).remote(name)
+def host_on_node2(host_class: type, name: str) -> Any:
+    """Make host actor ``name`` (an agent or workflow host, with the options a pool's host
+    gets) where only node 2 has room."""
+    return (
+        ray.remote(host_class)
+        .options(
+            name=name,
+            namespace=namespace(),
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=-1,
+            max_concurrency=10_000,
+            resources={"agent_slot": 0.5},  # only node 2 has that much free now
+        )
+        .remote(name)
+    )
 
 
 def main(workdir: str, placement: str) -> None:
@@ -87,7 +90,8 @@ def main(workdir: str, placement: str) -> None:
             "cluster", sessions=f"sqlite:///{workdir}/sessions.db", resources={"head": 0.01}
         )
         if placement == "hosted":
-            host_on_node2("traveller")
+            # The host the agent will be placed on.
+            host_on_node2(AgentHost, pools.candidates("traveller", pools.code_env(), "agents")[0])
             agent = Agent.spawn("traveller", model=ScriptedModel(reply), memory=memory)
         else:
             agent = Agent.spawn(
