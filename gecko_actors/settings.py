@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     start makes it again."""
     hosts_per_node: int = Field(default=1, gt=0)
     """Workflow hosts per alive node in a job's pool (new runs spread over them)."""
+    agent_hosts_per_node: int = Field(default=2, gt=0)
+    """Agent hosts per alive node in a job's pool (new agents spread over them by name). A
+    host is one Python process, so it uses one core: more hosts use more of a node's."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)

@@ -51,14 +51,17 @@ def candidates(key: str, env: str, kind: str = "workflows") -> list[str]:
     """The hosts a new run (or agent) named ``key`` may go to, the preferred one first (a
     stable hash of the key over the pool as big as the cluster is now: a grown pool takes
     only new runs and agents)."""
-    size = pool_size()
+    size = pool_size(kind)
     first = zlib.crc32(key.encode()) % size
     return [host_name(env, (first + i) % size, kind) for i in range(size)]
 
 
-def pool_size() -> int:
-    """Hosts per pool: ``GECKO_HOSTS_PER_NODE`` for each alive node."""
-    return alive_nodes() * load_settings().hosts_per_node
+def pool_size(kind: str = "workflows") -> int:
+    """Hosts per pool: ``GECKO_HOSTS_PER_NODE`` (workflows) or ``GECKO_AGENT_HOSTS_PER_NODE``
+    (agents) for each alive node."""
+    settings = load_settings()
+    per_node = settings.agent_hosts_per_node if kind == "agents" else settings.hosts_per_node
+    return alive_nodes() * per_node
 
 
 def alive_nodes() -> int:
