@@ -245,3 +245,22 @@ def test_a_team_round_is_one_call_per_host_with_each_members_outcome() -> None:
     finally:
         for agent in members:
             agent.kill()
+
+
+def test_killing_a_hosted_agent_lets_its_runs_under_way_finish(tmp_path: Path) -> None:
+    """``kill()`` frees the name at once; a run already in the host finishes with its
+    answer, and a later call through an old handle is a UserError, not a hang."""
+    folder, gate = tmp_path / "started", tmp_path / "gate"
+    folder.mkdir()
+    agent = Agent.spawn(unique("k"), model=ScriptedModel(Gated(str(folder), str(gate))))
+    ref = agent.submit("last words")
+    deadline = time.monotonic() + 60
+    while not any(folder.iterdir()):
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+    agent.kill()
+    assert agent.name not in Agent.list()
+    gate.touch()
+    assert ray.get(ref, timeout=60).content == "done: last words (1 user messages)"
+    with pytest.raises(UserError, match="was killed"):
+        agent.run("again", timeout=60)
