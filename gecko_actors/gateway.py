@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -45,10 +46,17 @@ class ModelGateway:
         >>> agent = Agent.spawn("writer", model=gw)
     """
 
-    def __init__(self, label: str, replica_names: list[str], limiter_name: str | None) -> None:
+    def __init__(
+        self,
+        label: str,
+        replica_names: list[str],
+        limiter_name: str | None,
+        origin: dict[str, Any] | None = None,
+    ) -> None:
         self.label = label
         self.replica_names = replica_names
         self.limiter_name = limiter_name
+        self.origin = origin  # the model's configuration and limits, to make it again
 
     def __repr__(self) -> str:
         return f"ModelGateway({self.label!r}, replicas={len(self.replica_names)})"
@@ -111,11 +119,15 @@ class ModelGateway:
                 if handle is not None:
                     ray.kill(handle, no_restart=True)
             raise unwrap(exc) from None
-        return cls(label, names, limiter_name if lookup(limiter_name) else None)
+        origin = {
+            "model": model.config(),
+            "limits": dataclasses.asdict(limits) if limiter else None,
+        }
+        return cls(label, names, limiter_name if lookup(limiter_name) else None, origin)
 
     def as_model(self) -> GatewayModel:
         """The ChatModel agents use to call through this gateway."""
-        return GatewayModel(self.label, self.replica_names, namespace())
+        return GatewayModel(self.label, self.replica_names, namespace(), self.origin)
 
     def usage(self, *, agent: str | None = None, run_id: str | None = None) -> Usage:
         """Tokens and cost used through this gateway, overall or for one agent or run."""

@@ -114,6 +114,15 @@ class RemoteToolBox:
         replicas.sort(key=lambda n: int(n.rsplit("/", 1)[1]))
         return cls(name, replicas, ray.get(lookup(replicas[0]).describe.remote()))
 
+    def description(self) -> dict[str, Any]:
+        """What the replicas described (this handle's constructor argument), as plain data."""
+        return {
+            "schemas": self._schemas,
+            "tools": [(t.name, t.description) for t in self._tools],
+            "timeout": self.timeout,
+            "tool_timeouts": self._tool_timeouts,
+        }
+
     # --- the ToolBox surface the engine uses --------------------------------------------
 
     def schemas(self) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import ray
 
@@ -570,9 +571,12 @@ def test_named_secrets_reach_the_provider_but_no_record_of_ray(provider: HeaderP
     try:
         assert Agent.spawn(name, model=model, dedicated=True).run("hello").content == "pong"
         assert Agent.spawn(hosted, model=model).run("hello").content == "pong"
-        # A hosted agent's spec is kept in the cluster's key-value store: names only there too.
-        spec = agent_directory.find(hosted).spec
-        assert gateway_label(model).encode() in spec and CANARY.encode() not in spec
+        # A hosted agent's spec is kept in the cluster's key-value store, as data (nothing
+        # pickled): names only there too.
+        entry = agent_directory.find(hosted)
+        kept = msgpack.packb(entry.data)
+        assert entry.code == b""
+        assert gateway_label(model).encode() in kept and CANARY.encode() not in kept
         # The canary was read inside the gateway and reached the provider...
         assert provider.headers[-1]["authorization"] == f"Bearer {CANARY}"
         assert provider.headers[-1]["x-gecko-canary"] == CANARY

@@ -223,10 +223,21 @@ class GatewayEmbedder(_ReplicaProxy):
 
 class GatewayModel(_ReplicaProxy):
     """The :class:`~gecko_actors.core.models.ChatModel` agents hold: it forwards each call to
-    a gateway replica and never imports litellm."""
+    a gateway replica and never imports litellm. ``origin`` is what made the gateway (the
+    model's configuration, without secrets, and its limits), so that it can be made again."""
 
     supports_tools = True
     supports_stream = True
+
+    def __init__(
+        self,
+        label: str,
+        replica_names: Sequence[str],
+        namespace: str,
+        origin: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(label, replica_names, namespace)
+        self.origin = origin
 
     async def complete(
         self,

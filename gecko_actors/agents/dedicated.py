@@ -9,20 +9,17 @@ import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from gecko_actors import metrics
 from gecko_actors._redact import redact
+from gecko_actors.agents.spec import AgentSpec
 from gecko_actors.core.agent import LocalAgent
-from gecko_actors.core.engine import Hooks
 from gecko_actors.core.events import Event, EventBus
-from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, MessageInput
-from gecko_actors.core.prompt import PromptTemplate
-from gecko_actors.core.sessions import SessionStore
 from gecko_actors.core.tools import ToolContext
 
 StreamItem = str | Event | AgentOutput
@@ -35,23 +32,6 @@ running that call's run, and the bus runs handlers in tasks that copy its contex
 queue is found without matching run ids (a caller may reuse one)."""
 _END = object()  # the run's producer has stopped: read its result
 _STOPPED_KEPT = 1024  # tokens of streams stopped before they began, remembered
-
-
-@dataclass
-class AgentSpec:
-    """Everything needed to (re)build an agent in any process: names and configuration, never
-    a secret (LiteLLM models travel as gateway names, hooks as importable functions)."""
-
-    name: str
-    model: Any
-    tools: Any = None
-    system_prompt: str | PromptTemplate | None = None
-    prompt_vars: dict[str, Any] = field(default_factory=dict)
-    memory: TokenMemory | None = None
-    session_store: SessionStore | None = None
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    owns_tools: bool = False  # the toolbox actor was made for this agent alone
-    hooks: Hooks | None = None
 
 
 class AgentActor:

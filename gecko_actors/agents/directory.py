@@ -1,11 +1,13 @@
 """Where agents live: one entry per agent in the cluster's key-value store (Ray's GCS). A
-hosted agent's entry holds its host's name and its spec, pickled; a dedicated agent's only
-reserves its name (its actor is ``agent/<name>``), so both kinds share one namespace.
+hosted agent's entry holds its host's name and its spec: as data where every part of it is
+data (``spec.py``), and pickled where a part is live code or names code outside this package
+(a host that cannot import it uses that copy). A dedicated agent's entry only reserves its
+name (its actor is ``agent/<name>``), so both kinds share one namespace.
 
 An entry is created only if absent, so of two spawns of one name exactly one makes the agent.
 A host activates an agent from its entry on the first call it gets for it, and again after
 Ray restarted the host, so the entry outlives the host and its node; it does not outlive the
-whole cluster (the spec may hold live code: a lambda model, a local function tool).
+whole cluster (unless Ray's GCS is made fault tolerant, with an external Redis).
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ _PREFIX = "agents/"
 
 @dataclass(frozen=True)
 class Entry:
-    """An agent: its host's actor name and its pickled spec (None and b"" for a dedicated
-    agent), and when it was spawned."""
+    """An agent: its host's actor name, its spec as data and pickled (None, None and b""
+    for a dedicated agent; either may be missing), and when it was spawned."""
 
     host: str | None
-    spec: bytes
+    data: dict[str, Any] | None
+    code: bytes
     created_at: float
 
 
@@ -38,10 +41,12 @@ def _space() -> str:
     return f"gecko_agents-{ray.get_runtime_context().namespace}"
 
 
-def create(name: str, host: str | None, spec: bytes) -> bool:
-    """Record agent ``name`` on ``host`` (None: dedicated) unless an agent of that name
-    exists; True if this call created it."""
-    entry = msgpack.packb({"host": host, "spec": spec, "created_at": time.time()})
+def create(
+    name: str, host: str | None, data: dict[str, Any] | None = None, code: bytes = b""
+) -> bool:
+    """Record agent ``name`` on ``host`` (None: dedicated) with its spec's ``data`` and
+    pickled ``code``, unless an agent of that name exists; True if this call created it."""
+    entry = msgpack.packb({"host": host, "data": data, "code": code, "created_at": time.time()})
     existed = internal_kv._internal_kv_put(
         _PREFIX + name, entry, overwrite=False, namespace=_space()
     )
@@ -65,7 +70,7 @@ def find_many(names: list[str]) -> dict[str, Entry]:
 
 def _entry(raw: bytes) -> Entry:
     data: dict[str, Any] = msgpack.unpackb(raw)
-    return Entry(data["host"], data["spec"], data["created_at"])
+    return Entry(data["host"], data["data"], data["code"], data["created_at"])
 
 
 def names() -> list[str]:

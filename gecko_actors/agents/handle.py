@@ -21,9 +21,10 @@ from gecko_actors._actors.common import (
     unwrap,
 )
 from gecko_actors.agents import directory, placement
-from gecko_actors.agents.dedicated import AgentActor, AgentSpec
+from gecko_actors.agents.dedicated import AgentActor
 from gecko_actors.agents.host import HostedAgentRef
 from gecko_actors.agents.placement import ToolsArg
+from gecko_actors.agents.spec import AgentSpec
 from gecko_actors.agents.stream import (
     AsyncRemoteAgentStream,
     RemoteAgentStream,
@@ -177,7 +178,7 @@ class Agent:
         )
         if hosted:
             return cls(name, placement.hosted(spec, get_if_exists), event_bus)
-        if not directory.create(name, None, b""):  # one namespace for both kinds of agent
+        if not directory.create(name, None):  # one namespace for both kinds of agent
             found = placement.existing(name)
             if found is not None and get_if_exists:
                 return cls(name, found, event_bus)

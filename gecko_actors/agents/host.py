@@ -22,6 +22,7 @@ from ray import cloudpickle
 from gecko_actors._actors import pools
 from gecko_actors.agents import directory
 from gecko_actors.agents.dedicated import AgentActor, StreamItem
+from gecko_actors.agents.spec import AgentSpec, from_data
 from gecko_actors.exceptions import GeckoError, UserError
 
 __all__ = ["AgentHost", "HostedAgentRef"]
@@ -101,7 +102,7 @@ class AgentHost:
             if entry.host != self.name:
                 continue
             try:  # one agent's spec that no longer loads fails that agent's calls only
-                specs[name] = cloudpickle.loads(entry.spec)
+                specs[name] = _spec(entry)
             except Exception as exc:
                 specs[name] = exc
         return specs
@@ -169,6 +170,19 @@ class AgentHost:
     def summary(self) -> dict[str, Any]:
         """What this host holds."""
         return {"host": self.name, "active": len(self.agents)}
+
+
+def _spec(entry: directory.Entry) -> AgentSpec:
+    """The spec an entry records: rebuilt from its data, else (a module this process cannot
+    import) unpickled from its copy."""
+    if entry.data is None:
+        return cloudpickle.loads(entry.code)
+    try:
+        return from_data(entry.data)
+    except UserError:
+        if not entry.code:
+            raise
+        return cloudpickle.loads(entry.code)
 
 
 def _outcome(run: asyncio.Future[Any]) -> Any:

@@ -13,8 +13,8 @@ from gecko_actors._actors import pools
 from gecko_actors._actors.common import lookup
 from gecko_actors._actors.toolbox import MeteredToolBox
 from gecko_actors.agents import directory
-from gecko_actors.agents.dedicated import AgentSpec
 from gecko_actors.agents.host import AgentHost, HostedAgentRef
+from gecko_actors.agents.spec import AgentSpec, LiveCode, foreign_modules, to_data
 from gecko_actors.core.sessions import SessionStore
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import Tool
@@ -24,7 +24,15 @@ from gecko_actors.memory import Memory, sessions_url
 from gecko_actors.stores.shared import SharedSessionStore, shareable
 from gecko_actors.toolboxes import RemoteToolBox
 
-__all__ = ["ToolsArg", "existing", "hosted", "place_tools", "session_store", "taken"]
+__all__ = [
+    "ToolsArg",
+    "existing",
+    "hosted",
+    "place_tools",
+    "recorded",
+    "session_store",
+    "taken",
+]
 
 ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
 
@@ -77,8 +85,30 @@ def taken(name: str) -> UserError:
 def hosted(spec: AgentSpec, get_if_exists: bool) -> Any:
     """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
     two spawns of one name, the second gets the first's agent or a UserError."""
+    data, code = recorded(spec)
+    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
+    pools.handle(host, AgentHost)
+    if directory.create(spec.name, host, data, code):
+        return HostedAgentRef(host, spec.name)
+    found = existing(spec.name)  # hosted or dedicated
+    if found is not None and get_if_exists:
+        return found
+    raise taken(spec.name)
+
+
+def recorded(spec: AgentSpec) -> tuple[dict[str, Any] | None, bytes]:
+    """What the directory keeps of ``spec``: its data where every part is data, and a
+    pickled copy where a part is live code or names code outside this package (which its host
+    may not be able to import)."""
     try:
-        blob = ray.cloudpickle.dumps(spec)
+        data: dict[str, Any] | None = to_data(spec)
+    except LiveCode as live:
+        get_logger(__name__).debug("agent_spec_pickled", agent=spec.name, part=live.part)
+        data = None
+    if data is not None and not foreign_modules(data):
+        return data, b""
+    try:
+        return data, ray.cloudpickle.dumps(spec)
     except Exception as exc:
         raise UserError(
             f"agent {spec.name!r} cannot be sent to an agent host: {type(exc).__name__}: "
@@ -87,14 +117,6 @@ def hosted(spec: AgentSpec, get_if_exists: bool) -> Any:
             "spawn it with dedicated=True",
             agent=spec.name,
         ) from None
-    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
-    pools.handle(host, AgentHost)
-    if directory.create(spec.name, host, blob):
-        return HostedAgentRef(host, spec.name)
-    found = existing(spec.name)  # hosted or dedicated
-    if found is not None and get_if_exists:
-        return found
-    raise taken(spec.name)
 
 
 def place_tools(agent: str, tools: ToolsArg, in_process: bool, hosted: bool) -> tuple[Any, bool]:

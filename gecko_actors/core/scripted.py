@@ -84,6 +84,14 @@ class ScriptedModel:
         """A tool call whose arguments text is sent verbatim (e.g. malformed JSON)."""
         return ToolCall(id="", name=tool_name, arguments=arguments)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments: the replies (or the function) and the options."""
+        return {
+            "replies": self._function or list(self._replies),
+            "name": self.name,
+            "stream_chunk_words": self.stream_chunk_words,
+        }
+
     @property
     def remaining(self) -> int | None:
         """Replies left in the script (``None`` for a function)."""

@@ -143,6 +143,11 @@ class Tool:
     def __repr__(self) -> str:
         return f"Tool(name={self.name!r})"
 
+    @property
+    def custom_args_model(self) -> type[BaseModel] | None:
+        """The arguments model given to the constructor (None: derived from the function)."""
+        return self._custom_args_model
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly (handy in tests)."""
         return self.fn(*args, **kwargs)
