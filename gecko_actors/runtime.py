@@ -86,9 +86,12 @@ def init(
             options["include_dashboard"] = include_dashboard
     described = _describe(ray, ray.init(**options), new=True)
     if load_settings().warm_hosts:
-        from gecko_actors.workflow.hosting import warm
+        from gecko_actors.agents import placement
+        from gecko_actors.workflow import hosting
 
-        warm()  # the job's first workflow host boots while the caller goes on
+        # The job's first workflow host and its agent hosts boot while the caller goes on.
+        hosting.warm()
+        placement.warm()
     return described
 
 

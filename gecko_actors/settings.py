@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     """Runs one workflow host drives at once; a start beyond it goes to another host of the
     pool, or fails with ``HostBusy`` when every host is full."""
     warm_hosts: bool = True
-    """``init()`` starts the job's first workflow host in the background, so that the first
-    ``Workflow.start`` does not wait for a process."""
+    """``init()`` starts the job's first workflow host and its agent hosts in the background,
+    so that the first ``Workflow.start`` or agent call does not wait for a process."""
     host_idle_exit: float = Field(default=600.0, ge=0)
     """Seconds a workflow host that holds no run waits before it exits (0: never); the next
     start makes it again."""

@@ -275,3 +275,13 @@ def _alive(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_init_starts_every_agent_host_of_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    monkeypatch.setattr(placement.pools, "handle", lambda name, cls: made.append(name))
+    placement.warm()
+    env = placement.pools.code_env()
+    size = placement.pools.pool_size("agents")
+    assert size >= 2 and made == [f"agents/host/{env}/{i}" for i in range(size)]

@@ -32,6 +32,7 @@ __all__ = [
     "recorded",
     "session_store",
     "taken",
+    "warm",
 ]
 
 ToolsArg = RemoteToolBox | ToolBox | Iterable[Tool | Callable[..., Any]] | None
@@ -117,6 +118,19 @@ def recorded(spec: AgentSpec) -> tuple[dict[str, Any] | None, bytes]:
             "spawn it with dedicated=True",
             agent=spec.name,
         ) from None
+
+
+def warm() -> None:
+    """Create this job's agent hosts without waiting for them (``init`` does, so that a first
+    call does not wait for a process); best effort: a host not made now is made at a spawn."""
+    if not ray.is_initialized():
+        return
+    env = pools.code_env()
+    try:
+        for index in range(pools.pool_size("agents")):
+            pools.handle(pools.host_name(env, index, "agents"), AgentHost)
+    except Exception as exc:
+        get_logger(__name__).warning("could not start the agent hosts in advance", error=str(exc))
 
 
 def place_tools(agent: str, tools: ToolsArg, in_process: bool, hosted: bool) -> tuple[Any, bool]:
