@@ -49,6 +49,24 @@ async def test_plain_reply(fake_llm_server: FakeLLMServer) -> None:
     assert "tools" not in sent
 
 
+async def test_cost_is_the_price_litellm_put_on_the_response(
+    fake_llm_server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import litellm
+
+    fake_llm_server.push(FakeReply.text("priced", usage=(1000, 100)), FakeReply.text("free"))
+    model = LiteLLMModel("openai/gpt-4o-mini", api_base=fake_llm_server.url, api_key="k",
+                         num_retries=0)  # fmt: skip
+    expected = 1000 * 0.15e-6 + 100 * 0.6e-6  # gpt-4o-mini's price per token, in and out
+    priced_again: list[object] = []
+    monkeypatch.setattr(litellm, "completion_cost", lambda **kw: priced_again.append(kw))
+    reply = await model.complete([Message.user("hi")])
+    assert reply.usage.cost == pytest.approx(expected)
+    unpriced = await model_for(fake_llm_server).complete([Message.user("hi")])
+    assert unpriced.usage.cost is None  # a model without a price has no cost
+    assert priced_again == []  # what litellm priced is not priced a second time
+
+
 async def test_tool_call_is_executed_and_answered_next_turn(fake_llm_server: FakeLLMServer) -> None:
     fake_llm_server.push(FakeReply.tool_call("multiply", {"a": 6, "b": 7}), FakeReply.text("42"))
     out = await LocalAgent(model_for(fake_llm_server), [multiply]).arun("6 times 7?")

@@ -358,11 +358,15 @@ class LiteLLMModel:
         usage = getattr(raw, "usage", None)
         if usage is None:
             return Usage(requests=1)
-        cost = None
-        try:
-            cost = _litellm().completion_cost(completion_response=raw, model=self.model)
-        except Exception:  # unknown price (local or fake models): cost stays unknown
-            cost = None
+        # litellm prices every response it returns (in its hidden params): pricing it again
+        # costs as much CPU as the rest of the call's handling here.
+        hidden = getattr(raw, "_hidden_params", None)
+        cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+        if cost is None and not (isinstance(hidden, dict) and "response_cost" in hidden):
+            try:
+                cost = _litellm().completion_cost(completion_response=raw, model=self.model)
+            except Exception:  # unknown price (local or fake models): cost stays unknown
+                cost = None
         return Usage(
             requests=1,
             prompt_tokens=usage.prompt_tokens or 0,

@@ -127,6 +127,7 @@ class FakeLLMServer:
         self.stream_chunk_chars = stream_chunk_chars
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
+        self._arrivals: list[float] = []
         self._embedding_requests: list[dict[str, Any]] = []
         self._consumed = 0
         self._call_counter = 0
@@ -239,6 +240,13 @@ class FakeLLMServer:
             return list(self._requests)
 
     @property
+    def request_times(self) -> list[float]:
+        """When each chat request arrived (``time.monotonic()``), in order (a copy): what a
+        provider counts against a rate limit."""
+        with self._lock:
+            return list(self._arrivals)
+
+    @property
     def request_count(self) -> int:
         """Number of chat requests received."""
         with self._lock:
@@ -261,6 +269,7 @@ class FakeLLMServer:
         """
         with self._lock:
             self._requests.append(body)
+            self._arrivals.append(time.monotonic())
             number = len(self._requests)
             if self._replies:
                 self._consumed += 1
