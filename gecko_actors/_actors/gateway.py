@@ -8,7 +8,6 @@ across the whole cluster, and a 429's Retry-After pauses every replica, not one 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +18,7 @@ import ray
 
 from gecko_actors import metrics
 from gecko_actors.core.engine import current_run
+from gecko_actors.core.leases import PermitPool
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse, ToolChoice, ToolSchema
 from gecko_actors.core.ratelimit import (
@@ -26,6 +26,7 @@ from gecko_actors.core.ratelimit import (
     Reservation,
     SlidingWindowLimiter,
     estimate_tokens,
+    lease_hold,
 )
 from gecko_actors.exceptions import ModelError
 from gecko_actors.logging import get_logger
@@ -36,14 +37,35 @@ _log = get_logger("gecko_actors.gateway")
 
 
 class LimiterActor:
-    """Owns the cluster-wide sliding window for one model configuration."""
+    """Owns the cluster-wide sliding window for one model configuration; replicas lease
+    permits from it in batches (``core/leases.py``)."""
 
     def __init__(self, limits: RateLimits) -> None:
-        self._limiter = SlidingWindowLimiter(limits)
+        self._limiter = SlidingWindowLimiter(limits, hold=lease_hold(limits))
+        self._holders: dict[str, Any] = {}  # the replicas holding permits, to revoke them
 
     def configure(self, limits: RateLimits) -> None:
         """New limits for the model; reservations already made keep counting."""
         self._limiter.limits = limits
+        self._limiter.hold = max(self._limiter.hold, lease_hold(limits))  # leases held stand
+
+    def exchange(
+        self,
+        count: int,
+        tokens: int,
+        settled: list[tuple[int, int]],
+        released: list[int],
+        holder: tuple[str, Any] | None = None,
+    ) -> tuple[float, list[tuple[int, float]]]:
+        """One replica's message: settle its calls' usage, take back its unused permits, and
+        lease it ``count`` more of ``tokens`` each. Answers the hold and the grants."""
+        for reservation_id, actual in settled:
+            self._limiter.settle(reservation_id, actual)
+        self._limiter.release(released)
+        if holder is not None:  # (its actor id, its handle)
+            self._holders[holder[0]] = holder[1]
+        grants = self._limiter.lease(count, tokens)
+        return self._limiter.hold, [(r.id, r.delay) for r in grants]
 
     def reserve(self, tokens: int) -> tuple[int, float]:
         reservation = self._limiter.reserve(tokens)
@@ -52,8 +74,13 @@ class LimiterActor:
     def settle(self, reservation_id: int, tokens: int) -> None:
         self._limiter.settle(reservation_id, tokens)
 
-    def pause(self, seconds: float) -> None:
+    def pause(self, seconds: float, source: str | None = None) -> None:
+        """A Retry-After: no reservation starts for ``seconds``, and every replica holding
+        permits (but ``source``, which revoked its own) gives them back."""
         self._limiter.pause(seconds)
+        for key, holder in self._holders.items():
+            if key != source:
+                holder.revoke.remote(seconds)
 
     def stats(self) -> dict[str, float]:
         return self._limiter.stats()
@@ -73,12 +100,14 @@ class GatewayActor:
         self.model.before_attempt = self._acquire
         self.model.on_rate_limited = self._pause_everyone
         self.limiter = limiter
+        self.permits: PermitPool | None = None  # leased from the limiter, made on first use
         self.by_agent: dict[str, Usage] = {}
         self.by_run: OrderedDict[str, Usage] = OrderedDict()
 
     def set_limiter(self, limiter: Any) -> None:
         """Start asking ``limiter`` (limits were requested of a gateway already running)."""
         self.limiter = limiter
+        self.permits = None
 
     def check(self) -> bool:
         """Raise ConfigurationError (naming the variable) if the key is missing here; then
@@ -127,15 +156,31 @@ class GatewayActor:
         if self.limiter is None:
             return
         tokens = estimate_tokens(messages, self.model.max_tokens)
-        reservation_id, delay = await self.limiter.reserve.remote(tokens)
-        _reservation.set(reservation_id)  # this call's task only: settled with real usage
-        if delay > 0:
-            metrics.ratelimit_wait(self.model.model, delay)
-            await asyncio.sleep(delay)
+        permit, waited = await self._permits().acquire(tokens)
+        _reservation.set(permit)  # this call's task only: settled with real usage
+        if waited > 0.001:
+            metrics.ratelimit_wait(self.model.model, waited)
+
+    def _permits(self) -> PermitPool:
+        if self.permits is None:
+            context = ray.get_runtime_context()
+            limiter, me = self.limiter, (context.get_actor_id(), context.current_actor)
+
+            async def exchange(count: int, tokens: int, settled: Any, released: Any) -> Any:
+                return await limiter.exchange.remote(count, tokens, settled, released, me)
+
+            self.permits = PermitPool(exchange)
+        return self.permits
+
+    def revoke(self, seconds: float) -> None:
+        """Another replica got a Retry-After: use none of this one's permits for a while."""
+        if self.permits is not None:
+            self.permits.revoke(seconds)
 
     async def _pause_everyone(self, seconds: float) -> None:
         if self.limiter is not None:
-            await self.limiter.pause.remote(seconds)
+            self.revoke(seconds)
+            await self.limiter.pause.remote(seconds, ray.get_runtime_context().get_actor_id())
 
     def _record(
         self,
@@ -153,8 +198,8 @@ class GatewayActor:
             while len(self.by_run) > _RUNS_KEPT:
                 self.by_run.popitem(last=False)
         reservation = _reservation.get()
-        if reservation is not None and self.limiter is not None and usage.total_tokens:
-            self.limiter.settle.remote(reservation, usage.total_tokens)
+        if reservation is not None and self.permits is not None and usage.total_tokens:
+            self.permits.settle(reservation, usage.total_tokens)
         metrics.llm_request(
             self.model.model,
             status,

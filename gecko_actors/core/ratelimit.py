@@ -1,15 +1,20 @@
 """A sliding-window rate limiter for the traffic to one model, shared cluster-wide.
 
-One actor owns one :class:`SlidingWindowLimiter` and every gateway replica asks it before each
-request. The limiter never sleeps: :meth:`SlidingWindowLimiter.reserve` books a start time and
-returns the delay, and the caller sleeps it. So one busy model never blocks the actor, and the
+One actor owns one :class:`SlidingWindowLimiter`; gateway replicas lease permits from it in
+batches (:meth:`SlidingWindowLimiter.lease`, and ``core/leases.py`` on the replica's side)
+instead of asking before each request. The limiter never sleeps:
+:meth:`SlidingWindowLimiter.reserve` books a start time and returns the delay, and the caller
+sleeps it. So one busy model never blocks the actor, and the
 limiter's answers are a pure function of its clock, which tests inject.
 
 Guarantee: for every window ``(t - window_seconds, t]`` the reservations starting in it number at
 most ``requests_per_minute`` and hold at most ``tokens_per_minute`` tokens, counting each
 reservation at the size known when a later one was booked (its estimate, or what
 :meth:`~SlidingWindowLimiter.settle` reported). Start times are handed out in non-decreasing
-order (FIFO), so a large request is never overtaken and starved by small ones.
+order (FIFO), so a large request is never overtaken and starved by small ones. A limiter with
+a ``hold`` counts every reservation for ``window_seconds + hold``, so that a permit used up to
+``hold`` seconds after its start still keeps every window, on actual start times, within the
+limits.
 
 This module does not import Ray; the actor that wraps it lives elsewhere.
 """
@@ -31,6 +36,8 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and framing tokens every chat format adds per message
 DEFAULT_COMPLETION_TOKENS = 256  # assumed answer length when the call sets no max_tokens
 RESERVATIONS_KEPT = 1024  # how many of the latest reservations recent_reservations() reports
+MAX_HOLD_S = 0.5  # the longest a leased permit may be used after its start
+HOLD_SHARE = 0.01  # ... and at most this share of the window
 
 
 @dataclass(frozen=True)
@@ -115,8 +122,16 @@ class SlidingWindowLimiter:
         clock: seconds, non-decreasing; :func:`time.monotonic` unless a test injects one.
     """
 
-    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: RateLimits,
+        clock: Callable[[], float] = time.monotonic,
+        hold: float = 0.0,
+    ) -> None:
         self.limits = limits
+        # How long after its start a leased permit may still be used (see lease()): every
+        # reservation counts for ``window + hold``, so a permit used late stays in bounds.
+        self.hold = hold
         self._clock = clock
         # Sorted by start (reservations are FIFO, so appending keeps it sorted). Entries from
         # index _live on can still share a window with a future booking; those before it are
@@ -164,6 +179,34 @@ class SlidingWindowLimiter:
         reservation = Reservation(id=entry.id, start_at=start, delay=delay)
         self._recent.append(reservation)
         return reservation
+
+    def lease(self, count: int, tokens: int) -> list[Reservation]:
+        """Book ``count`` reservations of ``tokens`` each at once, in FIFO order: permits a
+        replica hands to its calls without asking again. Each may be used from its start until
+        ``hold`` seconds after it; one left unused is given back with :meth:`release`."""
+        return [self.reserve(tokens) for _ in range(count)]
+
+    def release(self, reservation_ids: Sequence[int]) -> None:
+        """Forget reservations that were never used (a lease's leftovers): they no longer
+        count against the limits. Unknown ids are ignored."""
+        gone = {i for i in reservation_ids if i in self._by_id}
+        if not gone:
+            return
+        kept: list[_Entry] = []
+        for index, entry in enumerate(self._history):
+            if entry.id not in gone:
+                kept.append(entry)
+                continue
+            del self._by_id[entry.id]
+            if index < self._live:
+                self._live -= 1
+            else:
+                self._live_tokens -= entry.tokens
+        self._history = kept
+        self._reservations -= len(gone)
+        self._recent = deque(
+            (r for r in self._recent if r.id not in gone), maxlen=RESERVATIONS_KEPT
+        )
 
     def settle(self, reservation_id: int, actual_tokens: int) -> None:
         """Replace a reservation's estimate with the tokens the provider actually billed.
@@ -272,7 +315,7 @@ class SlidingWindowLimiter:
         holding the new request holds a subset of it. Walk the sorted history from the oldest
         entry in the window, letting entries age out until the new request fits.
         """
-        window = self.limits.window_seconds
+        window = self.limits.window_seconds + self.hold
         max_requests = self.limits.requests_per_minute or math.inf
         max_tokens = self.limits.tokens_per_minute
         token_budget = math.inf if max_tokens is None else max_tokens - tokens
@@ -294,7 +337,7 @@ class SlidingWindowLimiter:
 
     def _is_live(self, entry: _Entry) -> bool:
         """Whether ``entry`` can still share a window with a future booking."""
-        return entry.start > self._last_start - self.limits.window_seconds
+        return entry.start > self._last_start - self.limits.window_seconds - self.hold
 
     def _prune(self, now: float) -> None:
         """Retire entries no future window can hold; forget those out of the current window too.
@@ -306,7 +349,8 @@ class SlidingWindowLimiter:
         """
         window = self.limits.window_seconds
         history = self._history
-        live = bisect.bisect_right(history, self._last_start - window, lo=self._live, key=_start)
+        span = window + self.hold
+        live = bisect.bisect_right(history, self._last_start - span, lo=self._live, key=_start)
         self._live_tokens -= sum(e.tokens for e in history[self._live : live])
         cut = bisect.bisect_right(history, now - window, hi=live, key=_start)
         for entry in history[:cut]:
@@ -325,6 +369,13 @@ def _ages_out_at(start: float, window: float) -> float:
     while t - window < start:
         t = math.nextafter(t, math.inf)
     return t
+
+
+def lease_hold(limits: RateLimits) -> float:
+    """How long after its start a leased permit may be used: long enough for a replica to
+    hand out what it leased (up to half a second), short against the window (1%), which is
+    the share of throughput it costs."""
+    return min(MAX_HOLD_S, HOLD_SHARE * limits.window_seconds)
 
 
 def estimate_tokens(messages: Sequence[Message], max_tokens: int | None) -> int:
