@@ -266,11 +266,26 @@ def failed_gateway(gateways: SimpleNamespace) -> SimpleNamespace:
     return SimpleNamespace(error=gateways.failed_error, label=gateways.failed_label)
 
 
-def granted_since(gateway: ModelGateway, reservations_before: float) -> list[float]:
-    """The start times the gateway's limiter granted after its `reservations_before`-th
-    reservation (ids are consecutive from 1), on the limiter's own clock, in booking order."""
+def granted_since(gateway: ModelGateway, last: int) -> list[float]:
+    """The start times the gateway's limiter granted after its grant ``last`` (ids grow),
+    on the limiter's own clock, in booking order; permits leased but never used, which
+    replicas give back, are not among them."""
     recent = gateway.limiter_reservations()
-    return [r.start_at for r in recent if r.id > reservations_before]
+    return [r.start_at for r in recent if r.id > last]
+
+
+def last_grant(gateway: ModelGateway) -> int:
+    """The id of the latest grant (0: none yet)."""
+    return max((r.id for r in gateway.limiter_reservations()), default=0)
+
+
+def settled_grants(gateway: ModelGateway, last: int, used: int) -> list[float]:
+    """``granted_since(gateway, last)`` once the replicas have given back the permits they
+    leased ahead and did not use, so that ``used`` remain (they do within a hold)."""
+    assert wait_until(lambda: len(granted_since(gateway, last)) == used, timeout=60), granted_since(
+        gateway, last
+    )
+    return granted_since(gateway, last)
 
 
 def assert_grants_within_limit(starts: list[float], limit: int) -> None:
@@ -443,13 +458,14 @@ def test_gateway_limit_holds_across_replicas_and_agents(
 ) -> None:
     gw = limited_gateway
     total_before = gw.usage()
-    reservations_before = gw.limiter_stats()["reservations"]
+    reservations_before = last_grant(gw)
     names = [unique(f"gw{i}") for i in range(3)]
     agents = [spawn_agent(n, model=gw) for n in names]
     # Warm up both replicas (an agent's calls go round robin), so that first-request costs
     # inside litellm are paid before the burst.
     ray.get([agents[0].submit("warm up") for _ in range(2)])
-    burst_before = gw.limiter_stats()["reservations"]
+    settled_grants(gw, reservations_before, 2)  # the warm-up's leftovers given back
+    burst_before = last_grant(gw)
     first = len(llm.arrivals)
 
     run_id = uuid.uuid4().hex
@@ -461,8 +477,7 @@ def test_gateway_limit_holds_across_replicas_and_agents(
 
     # The limit is checked on the start times the limiter granted, on its own clock: when the
     # requests then reached the server depends on how busy the machine was.
-    granted = granted_since(gw, reservations_before)
-    assert len(granted) == 14  # the warm-up and the burst, every one of them granted
+    granted = settled_grants(gw, reservations_before, 14)  # the warm-up's and the burst's
     assert_grants_within_limit(granted, LIMIT)
     # A limiter that did not limit would grant each request at its booking time. The 12 are
     # submitted together and book as their agents reach the model, well within one WINDOW of
@@ -484,7 +499,6 @@ def test_gateway_limit_holds_across_replicas_and_agents(
     total = gw.usage()
     assert total.requests - total_before.requests == sum(u.requests for u in per_agent) == 14
     assert total.total_tokens - total_before.total_tokens == sum(u.total_tokens for u in per_agent)
-    assert gw.limiter_stats()["reservations"] - reservations_before == 14
 
 
 def test_retry_after_pauses_the_limiter(
@@ -495,6 +509,7 @@ def test_retry_after_pauses_the_limiter(
     # No pause pending (so the limiter's clock is already past `paused_until`).
     assert wait_until(lambda: gw.limiter_stats()["pause_remaining"] == 0, timeout=60)
     before = gw.limiter_stats()
+    before_grant = last_grant(gw)
     first = len(llm.arrivals)
     llm.queue.extend([FakeReply.rate_limit(retry_after=1.0), FakeReply.text("back")])
     assert agent.run("hello").content == "back"
@@ -503,7 +518,7 @@ def test_retry_after_pauses_the_limiter(
     assert after["paused_until"] >= before["paused_until"] + 1.0
     # Both attempts asked the limiter, and it started the retry no earlier than the pause's end
     # (the limiter's own clock and record).
-    attempt, retry = granted_since(gw, before["reservations"])
+    attempt, retry = settled_grants(gw, before_grant, 2)
     assert attempt < after["paused_until"] <= retry
     # The retry (num_retries=1) honoured Retry-After: the pause began after the 429 left the
     # server, and the retry was sent after it ended. A lower bound that sleeps guarantee
@@ -520,7 +535,7 @@ def test_gateway_retries_count_against_the_limit(
 ) -> None:
     agent = spawn_agent(unique("burst"), model=limited_gateway)
     time.sleep(WINDOW)  # let earlier tests' requests leave the window: the burst must wait
-    before = limited_gateway.limiter_stats()["reservations"]
+    before = last_grant(limited_gateway)
     first = len(llm.arrivals)
     # One 429 that asks for no wait: the retry goes out at once.
     llm.queue.append(FakeReply.rate_limit(retry_after=0))
@@ -528,8 +543,7 @@ def test_gateway_retries_count_against_the_limit(
     assert [o.content for o in outputs] == ["pong"] * LIMIT
     # The retry asked the limiter too: LIMIT + 1 grants, never more than LIMIT in a window
     # (so one of them waited for the window to move on), each before its arrival.
-    granted = granted_since(limited_gateway, before)
-    assert len(granted) == LIMIT + 1
+    granted = settled_grants(limited_gateway, before, LIMIT + 1)
     assert_grants_within_limit(granted, LIMIT)
     arrivals = llm.arrivals[first:]
     assert_arrivals_follow_grants(arrivals, granted)
@@ -541,10 +555,10 @@ def test_limits_asked_of_a_running_gateway_are_enforced(
     # `gateways` spawned llm_model without limits (replica 0) before spawning it with limits.
     first_only = ModelGateway.spawn(llm_model)  # what Agent.spawn(model=llm_model) does
     assert first_only.replica_names == limited_gateway.replica_names[:1]
-    before = limited_gateway.limiter_stats()["reservations"]
+    before = last_grant(limited_gateway)
     agent = spawn_agent(unique("relimit"), model=llm_model)
     assert agent.run("hello").content == "pong"
-    assert limited_gateway.limiter_stats()["reservations"] - before == 1
+    assert len(settled_grants(limited_gateway, before, 1)) == 1
 
 
 # --- 6. configuration errors ------------------------------------------------------------------

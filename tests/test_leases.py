@@ -55,7 +55,9 @@ def test_a_hold_widens_the_window_every_reservation_counts_for() -> None:
 
 def test_the_hold_is_a_small_share_of_the_window() -> None:
     assert lease_hold(RateLimits(window_seconds=60)) == 0.5
-    assert lease_hold(RateLimits(window_seconds=1)) == pytest.approx(0.01)
+    assert lease_hold(RateLimits(window_seconds=30)) == 0.3
+    assert lease_hold(RateLimits(window_seconds=6)) == 0.2
+    assert lease_hold(RateLimits(window_seconds=1)) == pytest.approx(0.1)
 
 
 # --- the pool ---------------------------------------------------------------------------------
@@ -180,3 +182,11 @@ async def test_a_cancelled_call_leaves_its_permit_to_the_next() -> None:
     await asyncio.gather(first, return_exceptions=True)
     permit, _ = await pool.acquire(1)
     assert permit == 100 and sent == [1]  # the cancelled call's permit, with no new message
+
+
+def test_with_a_hold_a_burst_is_spread_at_the_limit_s_rate() -> None:
+    clock = Clock()
+    limits = RateLimits(requests_per_minute=100, window_seconds=10)  # 10 per second
+    limiter = SlidingWindowLimiter(limits, clock, hold=0.5)  # so 5 per half second
+    delays = [round(r.delay, 6) for r in limiter.lease(12, 0)]
+    assert delays == [0.0] * 5 + [0.5] * 5 + [1.0] * 2

@@ -8,6 +8,7 @@ across the whole cluster, and a 429's Retry-After pauses every replica, not one 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -43,6 +44,7 @@ class LimiterActor:
     def __init__(self, limits: RateLimits) -> None:
         self._limiter = SlidingWindowLimiter(limits, hold=lease_hold(limits))
         self._holders: dict[str, Any] = {}  # the replicas holding permits, to revoke them
+        self._messages = 0
 
     def configure(self, limits: RateLimits) -> None:
         """New limits for the model; reservations already made keep counting."""
@@ -59,6 +61,7 @@ class LimiterActor:
     ) -> tuple[float, list[tuple[int, float]]]:
         """One replica's message: settle its calls' usage, take back its unused permits, and
         lease it ``count`` more of ``tokens`` each. Answers the hold and the grants."""
+        self._messages += 1
         for reservation_id, actual in settled:
             self._limiter.settle(reservation_id, actual)
         self._limiter.release(released)
@@ -83,7 +86,8 @@ class LimiterActor:
                 holder.revoke.remote(seconds)
 
     def stats(self) -> dict[str, float]:
-        return self._limiter.stats()
+        """The limiter's stats, and ``messages``: how many exchanges replicas sent."""
+        return {**self._limiter.stats(), "messages": float(self._messages)}
 
     def recent_reservations(self) -> list[Reservation]:
         return self._limiter.recent_reservations()
@@ -109,13 +113,22 @@ class GatewayActor:
         self.limiter = limiter
         self.permits = None
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Raise ConfigurationError (naming the variable) if the key is missing here; then
-        import litellm now rather than during the first user request."""
+        import litellm and run one offline call (``mock_response``) now rather than during
+        the first user request: litellm loads most of its code on its first call (~0.5 s),
+        which would hold that request between its rate-limit permit and the provider."""
         from gecko_actors.core.litellm_model import _litellm
 
         self.model.validate_environment()
-        _litellm()
+        litellm = _litellm()
+        with contextlib.suppress(Exception):  # best effort: a real call would warm it too
+            await litellm.acompletion(
+                model=self.model.model,
+                messages=[{"role": "user", "content": "warm up"}],
+                mock_response="ok",
+                api_key="not-used",
+            )
         return True
 
     async def complete(

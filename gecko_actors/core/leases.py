@@ -71,6 +71,7 @@ class PermitPool:
         self._waiters: deque[tuple[int, asyncio.Future[_Permit]]] = deque()
         self._fetcher: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._janitor: asyncio.Task[None] | None = None
         self._settled: list[tuple[int, int]] = []
         self._released: list[int] = []
         self._paused_until = -math.inf
@@ -108,13 +109,8 @@ class PermitPool:
     # --- internals ------------------------------------------------------------------------
 
     def _take(self, tokens: int) -> _Permit | None:
-        """The earliest permit held that is big enough and still usable (expired ones are
-        given back)."""
-        now = self._clock()
-        expired = [p for p in self._permits if p.usable_until < max(now, p.usable_from)]
-        if expired:
-            self._give_back([p.id for p in expired])
-            self._permits = [p for p in self._permits if p not in expired]
+        """The earliest permit held that is big enough and still usable."""
+        self._expire()
         for index, permit in enumerate(self._permits):
             if permit.tokens >= tokens:
                 return self._permits.pop(index)
@@ -154,14 +150,36 @@ class PermitPool:
             for (_, future), permit in zip(waiting, permits, strict=False):
                 self._hand(future, permit)
             for permit in permits[len(waiting) :]:
-                bisect.insort(self._permits, permit)
+                self._keep(permit)
 
     def _hand(self, future: asyncio.Future[_Permit], permit: _Permit) -> None:
         """Give ``permit`` to the call waiting on ``future``, or keep it if that call left."""
         if future.done():
-            bisect.insort(self._permits, permit)
+            self._keep(permit)
         else:
             future.set_result(permit)
+
+    def _keep(self, permit: _Permit) -> None:
+        """Hold ``permit`` for a later call, and give it back once its hold has passed."""
+        bisect.insort(self._permits, permit)
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.ensure_future(self._expire_held())
+
+    def _expire(self) -> None:
+        """Give back the permits held whose hold has passed."""
+        now = self._clock()
+        expired = [p for p in self._permits if p.usable_until < max(now, p.usable_from)]
+        if expired:
+            self._give_back([p.id for p in expired])
+            self._permits = [p for p in self._permits if p not in expired]
+
+    async def _expire_held(self) -> None:
+        """Until no permit is held: give each back as soon as it can no longer be used, so
+        that the limiter does not count it for longer than it must."""
+        while self._permits:
+            soonest = min(p.usable_until for p in self._permits)
+            await asyncio.sleep(max(0.0, soonest - self._clock()) + 0.001)
+            self._expire()
 
     async def _fetch_for(self, tokens: int, future: asyncio.Future[_Permit]) -> None:
         try:

@@ -14,7 +14,10 @@ reservation at the size known when a later one was booked (its estimate, or what
 order (FIFO), so a large request is never overtaken and starved by small ones. A limiter with
 a ``hold`` counts every reservation for ``window_seconds + hold``, so that a permit used up to
 ``hold`` seconds after its start still keeps every window, on actual start times, within the
-limits.
+limits; and it lets no more than the request limit's share of ``hold`` start within any
+``hold`` seconds, so that a window's worth of requests is spread out rather than released at
+once (a gateway busy with hundreds of calls starting together would send the last of them
+long after its permit, and the provider would count it in a later window).
 
 This module does not import Ray; the actor that wraps it lives elsewhere.
 """
@@ -37,6 +40,7 @@ TOKENS_PER_MESSAGE = 4  # role and framing tokens every chat format adds per mes
 DEFAULT_COMPLETION_TOKENS = 256  # assumed answer length when the call sets no max_tokens
 RESERVATIONS_KEPT = 1024  # how many of the latest reservations recent_reservations() reports
 MAX_HOLD_S = 0.5  # the longest a leased permit may be used after its start
+MIN_HOLD_S = 0.2  # ... and the shortest, unless the window is very short
 HOLD_SHARE = 0.01  # ... and at most this share of the window
 
 
@@ -165,7 +169,7 @@ class SlidingWindowLimiter:
         self._check_tokens(tokens)
         now = self._clock()
         # FIFO: never start before an earlier reservation, nor during a pause.
-        earliest = max(now, self._paused_until, self._last_start)
+        earliest = max(now, self._paused_until, self._last_start, self._paced())
         start = self._earliest_fit(earliest, tokens)
         entry = _Entry(id=next(self._ids), start=start, tokens=tokens)
         self._history.append(entry)
@@ -335,6 +339,18 @@ class SlidingWindowLimiter:
             index += 1
         return start
 
+    def _paced(self) -> float:
+        """With a hold, the earliest start that keeps a span of ``hold`` seconds to at most
+        its share of the request limit: a gateway that keeps up with the limit then sends
+        each request within the hold of its permit, instead of a window's worth at once."""
+        rpm = self.limits.requests_per_minute
+        if self.hold <= 0 or rpm is None:
+            return -math.inf
+        burst = max(1, int(rpm * self.hold / self.limits.window_seconds))
+        if len(self._history) < burst:
+            return -math.inf
+        return _ages_out_at(self._history[-burst].start, self.hold)
+
     def _is_live(self, entry: _Entry) -> bool:
         """Whether ``entry`` can still share a window with a future booking."""
         return entry.start > self._last_start - self.limits.window_seconds - self.hold
@@ -372,10 +388,11 @@ def _ages_out_at(start: float, window: float) -> float:
 
 
 def lease_hold(limits: RateLimits) -> float:
-    """How long after its start a leased permit may be used: long enough for a replica to
-    hand out what it leased (up to half a second), short against the window (1%), which is
-    the share of throughput it costs."""
-    return min(MAX_HOLD_S, HOLD_SHARE * limits.window_seconds)
+    """How long after its start a permit may be used: 1% of the window (the share of
+    throughput it costs), and at least 0.2 s (what a busy gateway may take between a permit
+    and its request leaving) but at most 0.5 s; never more than a tenth of the window."""
+    share = HOLD_SHARE * limits.window_seconds
+    return min(MAX_HOLD_S, max(MIN_HOLD_S, share), limits.window_seconds / 10)
 
 
 def estimate_tokens(messages: Sequence[Message], max_tokens: int | None) -> int:
