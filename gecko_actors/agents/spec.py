@@ -21,7 +21,6 @@ pickled inside the cluster and does not outlive it.
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -38,7 +37,7 @@ from gecko_actors.core.prompt import PromptTemplate
 from gecko_actors.core.scripted import ScriptedModel
 from gecko_actors.core.sessions import SessionStore
 from gecko_actors.core.toolbox import ToolBox
-from gecko_actors.core.tools import Tool
+from gecko_actors.core.tools import Tool, lookup_qualname
 from gecko_actors.exceptions import UserError
 from gecko_actors.stores.shared import SharedSessionStore
 from gecko_actors.toolboxes import RemoteToolBox
@@ -124,17 +123,10 @@ def _ref(obj: Any, part: str) -> dict[str, str]:
     qualname = getattr(obj, "__qualname__", None)
     if not module or module == "__main__" or not qualname or "<" in qualname:
         raise LiveCode(part, f"{obj!r} is not a module-level name of an importable module")
-    found = _lookup(module, qualname)
+    found = lookup_qualname(module, qualname)
     if found is not obj and getattr(found, "fn", None) is not obj:
         raise LiveCode(part, f"{module}:{qualname} is not {obj!r}")
     return {"ref": f"{module}:{qualname}"}
-
-
-def _lookup(module: str, qualname: str) -> Any:
-    obj: Any = sys.modules.get(module)
-    for name in qualname.split("."):
-        obj = getattr(obj, name, None)
-    return obj
 
 
 def _plain(value: Any, part: str) -> Any:
@@ -277,7 +269,7 @@ def _resolve(data: dict[str, Any], agent: str) -> Any:
             "working_dir / py_modules), then call the agent again",
             agent=agent,
         ) from None
-    found = _lookup(module, qualname)
+    found = lookup_qualname(module, qualname)
     if found is None:
         raise UserError(
             f"agent {agent!r} uses {data['ref']}, which module {module!r} no longer defines",

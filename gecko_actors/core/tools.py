@@ -131,7 +131,8 @@ class Tool:
         # script). Plain pickle cannot do that; Ray never uses it.
         module = getattr(self.fn, "__module__", None) or ""
         qualname = getattr(self.fn, "__qualname__", None)
-        if module.startswith("gecko_actors.") and qualname and _lookup(module, qualname) is self:
+        ours = module.startswith("gecko_actors.") and qualname
+        if ours and lookup_qualname(module, qualname) is self:
             return (_import_tool, (module, qualname))
         # The derived args model is a dynamic class that cannot be pickled by reference;
         # rebuild it from the function on the other side (Ray ships tools to actors).
@@ -361,7 +362,7 @@ def tool(
     return build(fn) if fn is not None else build
 
 
-def _lookup(module: str, qualname: str) -> Any:
+def lookup_qualname(module: str, qualname: str) -> Any:
     """The object at ``module.qualname`` if the module is imported, else ``None``."""
     obj: Any = sys.modules.get(module)
     for part in qualname.split("."):
@@ -371,7 +372,7 @@ def _lookup(module: str, qualname: str) -> Any:
 
 def _import_tool(module: str, qualname: str) -> Tool:
     importlib.import_module(module)
-    return _lookup(module, qualname)
+    return lookup_qualname(module, qualname)
 
 
 def _restore_tool(fn, name, description, args_model, timeout) -> Tool:
