@@ -2,6 +2,7 @@
 
 from gecko_actors._version import __version__
 from gecko_actors.core.agent import AgentBuilder, LocalAgent
+from gecko_actors.core.budget import Budget
 from gecko_actors.core.calculator import CalculatorLimits, calculator
 from gecko_actors.core.engine import MAX_TURNS_REACHED, AgentStream, Hooks, ReActEngine
 from gecko_actors.core.events import Event, EventBus
@@ -16,6 +17,7 @@ from gecko_actors.core.sessions import InMemorySessionStore, SessionStore
 from gecko_actors.core.toolbox import ToolBox, ToolStats
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult, tool
 from gecko_actors.exceptions import (
+    BudgetExceededError,
     CalculatorError,
     CheckpointError,
     ConfigurationError,
@@ -115,6 +117,7 @@ __all__ = [
     "MAX_TURNS_REACHED",
     "ReActEngine",
     # models
+    "Budget",
     "ChatModel",
     "LiteLLMModel",
     "ModelResponse",
@@ -166,6 +169,7 @@ __all__ = [
     "get_logger",
     "load_settings",
     # exceptions
+    "BudgetExceededError",
     "CalculatorError",
     "CheckpointError",
     "ConfigurationError",

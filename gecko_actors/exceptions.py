@@ -156,6 +156,17 @@ class TeamError(RunError):
     error_code = "team_error"
 
 
+class BudgetExceededError(RunError):
+    """A model call was refused because it would go over a budget (nothing was sent).
+
+    ``scope`` names the budget that refused it, ``budget`` and ``spent`` are its limits and
+    its spend (dicts), and ``partial`` holds what finished before the stop where the caller
+    knows it (a team's answers, a run's completed nodes), else ``None``.
+    """
+
+    error_code = "budget_exceeded"
+
+
 class StorageError(RunError):
     """A session or vector store failed."""
 
@@ -195,6 +206,7 @@ class OwnershipLost(CheckpointError):
 
 
 __all__ = [
+    "BudgetExceededError",
     "CalculatorError",
     "CheckpointError",
     "ConfigurationError",

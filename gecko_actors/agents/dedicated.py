@@ -65,6 +65,7 @@ class AgentActor:
             session_store=spec.session_store,
             event_bus=relay,
             hooks=spec.hooks,
+            budget=spec.budget,
             **spec.engine_options,
         )
 

@@ -33,6 +33,7 @@ from gecko_actors.agents.stream import (
     relay_async,
     relay_blocking,
 )
+from gecko_actors.core.budget import Budget
 from gecko_actors.core.engine import Hooks
 from gecko_actors.core.events import EventBus
 from gecko_actors.core.memory import TokenMemory
@@ -102,6 +103,7 @@ class Agent:
         dedicated: bool = False,
         hooks: Hooks | None = None,
         event_bus: EventBus | None = None,
+        budget: Budget | None = None,
         **actor_options: Any,
     ) -> Agent:
         """Create agent ``name``: hosted in one of this job's agent hosts (no process of its
@@ -138,6 +140,10 @@ class Agent:
                 actor's copy. The actor keeps its hooks across Ray's restarts.
             event_bus: an :class:`EventBus` in this process that receives the events of the
                 runs started through the returned handle (see the class docstring).
+            budget: a :class:`Budget` for the agent's model calls, over all its runs: a call
+                that would go over it raises ``BudgetExceededError`` before it is sent. It is
+                counted where the agent runs (its host, or its own actor), from zero again
+                after that process restarts.
             **actor_options: Ray actor options (``num_cpus``, ``resources``, ``max_restarts``,
                 ``max_task_retries``, ``scheduling_strategy``, ...).
         """
@@ -145,6 +151,12 @@ class Agent:
         # Checked before Ray is touched: a bad hook is the caller's mistake, found at once.
         hooks = _check_hooks(name, hooks)
         _check_event_bus(event_bus)
+        if budget is not None and not isinstance(budget, Budget):
+            raise UserError(
+                f"budget of agent {name!r} must be a Budget, not {type(budget).__name__}",
+                hint="pass budget=Budget(tokens=..., usd=..., model_calls=...)",
+                agent=name,
+            )
         hosted = not dedicated and detached and not actor_options
         # A hosted spawn finds a taken name when it records the agent (nothing is made
         # before); a dedicated one looks first, so that no toolbox actor is made in vain.
@@ -175,6 +187,7 @@ class Agent:
             session_store=session_store or placement.session_store(name, memory),
             engine_options=engine_options,
             hooks=hooks,
+            budget=budget,
         )
         if hosted:
             return cls(name, placement.hosted(spec, get_if_exists), event_bus)

@@ -10,7 +10,7 @@ and :func:`from_data` turns back into a spec:
   module-level function;
 - tools and hooks: module-level functions (or ``@tool`` objects), as ``module:attr``, with
   their options; a :class:`RemoteToolBox` by its actor names;
-- the prompt, its variables and the engine options (msgpack-able values);
+- the prompt, its variables, the engine options (msgpack-able values) and the budget;
 - the session store: a store shared by URL, or a memory actor by name.
 
 A part that is live code (a lambda, a closure, a function of the script being run, a model
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -31,6 +31,7 @@ import ray
 from gecko_actors._actors.gateway import GatewayModel
 from gecko_actors._actors.memory import RemoteSessionStore
 from gecko_actors._actors.toolbox import MeteredToolBox
+from gecko_actors.core.budget import Budget
 from gecko_actors.core.engine import Hooks
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.prompt import PromptTemplate
@@ -62,6 +63,7 @@ class AgentSpec:
     engine_options: dict[str, Any] = field(default_factory=dict)
     owns_tools: bool = False  # the toolbox actor was made for this agent alone
     hooks: Hooks | None = None
+    budget: Budget | None = None
 
 
 class LiveCode(Exception):
@@ -93,6 +95,7 @@ def to_data(spec: AgentSpec) -> dict[str, Any]:
         "engine_options": _plain(spec.engine_options, "engine_options"),
         "owns_tools": spec.owns_tools,
         "hooks": _hooks_data(spec.hooks),
+        "budget": None if spec.budget is None else asdict(spec.budget),
     }
 
 
@@ -240,6 +243,7 @@ def from_data(data: dict[str, Any]) -> AgentSpec:
             agent=name,
         )
     hooks = data["hooks"]
+    budget = data.get("budget")
     return AgentSpec(
         name=name,
         model=_model(data["model"], name),
@@ -253,6 +257,7 @@ def from_data(data: dict[str, Any]) -> AgentSpec:
         hooks=None
         if hooks is None
         else Hooks(**{k: None if v is None else _resolve(v, name) for k, v in hooks.items()}),
+        budget=None if budget is None else Budget(**budget),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gecko_actors.core.budget import Budget, BudgetedModel, Ledger
 from gecko_actors.core.engine import AgentStream, Hooks, ReActEngine
 from gecko_actors.core.events import EventBus
 from gecko_actors.core.memory import TokenMemory
@@ -51,6 +52,9 @@ class LocalAgent:
         memory: a :class:`TokenMemory` (budget ``GECKO_MAX_CONTEXT_TOKENS`` by default).
         session_store: where conversations persist (in memory by default).
         session_id: the default session for runs that name none.
+        budget: a :class:`Budget` for every model call of this agent (or a
+            :class:`~gecko_actors.core.budget.Ledger` to share one, or nest it in another):
+            a call that would go over it raises ``BudgetExceededError`` before it is sent.
         engine_cls: the engine class; ``ReActEngine`` unless you bring your own.
         **engine_kwargs: passed to the engine (``max_turns``, ``max_retries``, ``hooks``, ...).
     """
@@ -66,6 +70,7 @@ class LocalAgent:
         session_store: SessionStore | None = None,
         session_id: str | None = None,
         event_bus: EventBus | None = None,
+        budget: Budget | Ledger | None = None,
         engine_cls: type[ReActEngine] = ReActEngine,
         **engine_kwargs: Any,
     ) -> None:
@@ -73,8 +78,11 @@ class LocalAgent:
         engine_kwargs.setdefault("max_turns", settings.max_turns)
         self.name = name
         self.session_id = session_id
+        self.ledger = (
+            Ledger(budget, scope=f"agent {name!r}") if isinstance(budget, Budget) else budget
+        )
         self.engine = engine_cls(
-            model,
+            model if self.ledger is None else BudgetedModel(model, self.ledger),
             as_toolbox(tools),
             system_prompt=system_prompt,
             memory=memory or TokenMemory(settings.max_context_tokens),
