@@ -190,3 +190,13 @@ def test_with_a_hold_a_burst_is_spread_at_the_limit_s_rate() -> None:
     limiter = SlidingWindowLimiter(limits, clock, hold=0.5)  # so 5 per half second
     delays = [round(r.delay, 6) for r in limiter.lease(12, 0)]
     assert delays == [0.0] * 5 + [0.5] * 5 + [1.0] * 2
+
+
+async def test_more_calls_waiting_than_one_lease_holds_all_get_permits(monkeypatch) -> None:
+    import gecko_actors.core.leases as leases
+
+    monkeypatch.setattr(leases, "MAX_LEASE", 4)
+    limiter = Limiter(RateLimits(requests_per_minute=10_000, window_seconds=30))
+    pool = PermitPool(limiter.exchange)
+    permits = await asyncio.wait_for(asyncio.gather(*(pool.acquire(1) for _ in range(10))), 60)
+    assert len({permit for permit, _ in permits}) == 10

@@ -76,7 +76,6 @@ class PermitPool:
         self._released: list[int] = []
         self._paused_until = -math.inf
         self._used: deque[float] = deque()  # when recent permits were used
-        self.exchanges = 0  # messages sent to the limiter
 
     async def acquire(self, tokens: int) -> tuple[int, float]:
         """A permit for a call of ``tokens`` tokens once its start has come: its id (settle
@@ -131,8 +130,8 @@ class PermitPool:
     async def _fetch(self) -> None:
         """Lease permits for every waiting call (and the expected next ones) until none waits."""
         while self._waiters:
-            waiting = list(self._waiters)
-            self._waiters.clear()
+            batch = min(len(self._waiters), MAX_LEASE)
+            waiting = [self._waiters.popleft() for _ in range(batch)]
             tokens = max(t for t, _ in waiting)
             count = min(MAX_LEASE, len(waiting) + self._expected())
             try:
@@ -193,7 +192,6 @@ class PermitPool:
         settled, released = self._drain()
         sent = self._clock()
         self.hold, grants = await self._exchange(count, tokens, settled, released)
-        self.exchanges += 1
         received = self._clock()
         return [
             _Permit(received + delay, sent + delay + self.hold, permit_id, tokens)
