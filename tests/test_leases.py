@@ -200,3 +200,19 @@ async def test_more_calls_waiting_than_one_lease_holds_all_get_permits(monkeypat
     pool = PermitPool(limiter.exchange)
     permits = await asyncio.wait_for(asyncio.gather(*(pool.acquire(1) for _ in range(10))), 60)
     assert len({permit for permit, _ in permits}) == 10
+
+
+async def test_a_permit_that_arrives_after_its_hold_is_asked_for_once_more() -> None:
+    clock = Clock()
+    sent: list[tuple[int, list[int]]] = []
+
+    async def slow_exchange(count: int, tokens: int, settled: Any, released: list[int]) -> Any:
+        sent.append((count, list(released)))
+        clock.now += 1.0  # the answer takes longer than the hold
+        return 0.5, [(len(sent), 0.0)] * count
+
+    pool = PermitPool(slow_exchange, clock)
+    permit, _ = await pool.acquire(1)
+    # The first permit came too late to use: given back with the second request, and the
+    # second one, late too, is used rather than asking forever.
+    assert sent == [(1, []), (1, [1])] and permit == 2

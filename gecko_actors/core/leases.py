@@ -11,10 +11,12 @@ Why the guarantee stays exact: the limiter counts every reservation for its wind
 ``hold``, and a permit leased ahead is used only within ``[start, start + hold]`` on this
 process's clock, measured conservatively (from when the answer arrived to when the request
 was sent, plus hold), so no window of actual starts holds more than the limits allow. A
-permit fetched for a call that is waiting is used even if the round trip outlasted
-``hold``, as a single reservation always was (the limiter's record then holds, and actual
-starts lag it by the trip). A Retry-After pause revokes the permits every pool holds
-(:meth:`PermitPool.revoke`), and calls that were waiting for their start ask again.
+permit that a call could only use after its hold (its answer came late, or the process was
+too busy to start the call in time) is given back and asked for once more, booked from then;
+a second late one is used, as a single reservation always was (the limiter's record then
+holds, and actual starts lag it), so that a call never starves. A Retry-After pause revokes
+the permits every pool holds (:meth:`PermitPool.revoke`), and calls that were waiting for
+their start ask again.
 
 This module does not import Ray.
 """
@@ -81,16 +83,24 @@ class PermitPool:
         """A permit for a call of ``tokens`` tokens once its start has come: its id (settle
         it after the call) and the seconds the call waited."""
         began = self._clock()
+        late_once = False
         while True:
             permit = self._take(tokens) or await self._wait(tokens)
             delay = permit.usable_from - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self._clock() < self._paused_until:  # revoked while it waited
-                self._give_back([permit.id])
-                await asyncio.sleep(self._paused_until - self._clock())
-                continue
             now = self._clock()
+            if now < self._paused_until:  # revoked while it waited
+                self._give_back([permit.id])
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            if now > permit.usable_until and not late_once:
+                # Its answer (or this task) came later than the hold: a start this late could
+                # crowd a later window. Ask once more for a start booked from now; a second
+                # late one is used, as a single reservation always was, so a call never starves.
+                late_once = True
+                self._give_back([permit.id])
+                continue
             self._used.append(now)
             return permit.id, now - began
 
