@@ -67,7 +67,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class Spend:
-    """What was spent (settled calls) and is reserved (calls in flight, at their estimate)."""
+    """What settled calls spent (a failed call counts as a call, with no tokens)."""
 
     tokens: int = 0
     usd: float = 0.0
