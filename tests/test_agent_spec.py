@@ -74,7 +74,9 @@ def full_spec(**changes: Any) -> AgentSpec:
     box.register(tool(name="lookup", description="Find it.")(lookup))
     fields: dict[str, Any] = {
         "name": "writer",
-        "model": ScriptedModel(["one", "two"], name="script", stream_chunk_words=2),
+        "model": ScriptedModel(
+            ["one", "two"], name="script", stream_chunk_words=2, price=(1e-6, 2e-6)
+        ),
         "tools": box,
         "system_prompt": PromptTemplate("You write about {{ topic }}."),
         "prompt_vars": {"topic": "otters", "limits": [1, 2]},
@@ -94,8 +96,12 @@ def test_a_spec_of_data_round_trips_through_msgpack() -> None:
     data = to_data(full_spec())
     rebuilt = from_data(msgpack.unpackb(msgpack.packb(data)))
     assert to_data(rebuilt) == data
-    assert rebuilt.model.config() == {"replies": ["one", "two"], "name": "script",
-                                      "stream_chunk_words": 2}  # fmt: skip
+    assert rebuilt.model.config() == {
+        "replies": ["one", "two"],
+        "name": "script",
+        "stream_chunk_words": 2,
+        "price": [1e-06, 2e-06],
+    }
     assert isinstance(rebuilt.tools, MeteredToolBox)
     assert (rebuilt.tools.timeout, rebuilt.tools.max_concurrency) == (7.0, 3)
     assert rebuilt.tools.get("shout").timeout == 3.0

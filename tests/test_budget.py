@@ -126,6 +126,18 @@ async def test_a_streamed_run_is_counted_with_its_usage() -> None:
     assert agent.ledger.spent.tokens > 0 and agent.ledger.spent.model_calls == 1
 
 
+async def test_a_dollar_budget_stops_an_agent_offline_with_a_priced_script() -> None:
+    model = ScriptedModel(["a" * 400] * 5, price=(1e-4, 1e-4))  # ~100 tokens: ~$0.01 a reply
+    agent = LocalAgent(model, budget=Budget(usd=0.025))
+    replies = 0
+    with pytest.raises(BudgetExceededError, match=r"\$0.025"):
+        for _ in range(5):
+            await agent.arun("hi")
+            replies += 1
+    assert replies == 3 and model.remaining == 2  # stopped once $0.025 was reached
+    assert agent.ledger.spent.usd >= 0.025
+
+
 def test_an_agent_spec_keeps_its_budget_as_data() -> None:
     spec = AgentSpec(name="a", model=ScriptedModel(["x"]), budget=Budget(tokens=5, usd=0.5))
     assert from_data(to_data(spec)).budget == Budget(tokens=5, usd=0.5)

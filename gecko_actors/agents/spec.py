@@ -294,7 +294,12 @@ def _model(data: dict[str, Any], agent: str) -> Any:
     if data["kind"] == "gateway":
         return _gateway(data)
     replies = data["replies"] if "replies" in data else _resolve(data["function"], agent)
-    return ScriptedModel(replies, name=data["name"], stream_chunk_words=data["stream_chunk_words"])
+    return ScriptedModel(
+        replies,
+        name=data["name"],
+        stream_chunk_words=data["stream_chunk_words"],
+        price=data.get("price"),
+    )
 
 
 _GATEWAYS: dict[str, GatewayModel] = {}  # by label: the gateways found (or made) here

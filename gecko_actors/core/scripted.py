@@ -43,6 +43,9 @@ class ScriptedModel:
             model) without stalling the other agents of its process.
         name: a label for logs and usage.
         stream_chunk_words: words per chunk when streaming.
+        price: dollars per prompt token and per completion token, e.g. ``(0.15e-6, 0.6e-6)``:
+            each reply's usage then has a cost, so dollar budgets can be tested offline
+            (``None``: no cost, as for a model without a known price).
 
     Example:
         >>> model = ScriptedModel([ScriptedModel.call("calculator", expression="6*7"), "42"])
@@ -57,6 +60,7 @@ class ScriptedModel:
         *,
         name: str = "scripted",
         stream_chunk_words: int = 1,
+        price: tuple[float, float] | None = None,
     ) -> None:
         if callable(replies) and not isinstance(replies, (list, tuple)):
             self._function: ReplyFunction | None = replies
@@ -66,6 +70,7 @@ class ScriptedModel:
             self._replies = list(replies)
         self.name = name
         self.stream_chunk_words = max(1, stream_chunk_words)
+        self.price = None if price is None else (float(price[0]), float(price[1]))
         self.calls: list[ScriptedCall] = []
         self._position = 0
         self._call_ids = 0
@@ -90,6 +95,7 @@ class ScriptedModel:
             "replies": self._function or list(self._replies),
             "name": self.name,
             "stream_chunk_words": self.stream_chunk_words,
+            "price": None if self.price is None else list(self.price),
         }
 
     @property
@@ -111,7 +117,7 @@ class ScriptedModel:
         message = self._to_message(reply)
         return ModelResponse(
             message=message,
-            usage=_estimate_usage(call.messages, message),
+            usage=_estimate_usage(call.messages, message, self.price),
             finish_reason="tool_calls" if message.tool_calls else "stop",
             model=self.name,
         )
@@ -182,7 +188,9 @@ class ScriptedModel:
         return call.model_copy(update={"id": f"call_{self._call_ids}"})
 
 
-def _estimate_usage(messages: list[Message], reply: Message) -> Usage:
+def _estimate_usage(
+    messages: list[Message], reply: Message, price: tuple[float, float] | None = None
+) -> Usage:
     # Deterministic and cheap: about four characters per token, as providers roughly bill.
     prompt = sum(len(m.text) for m in messages) // 4 + 4 * len(messages)
     completion = len(reply.text) // 4 + sum(len(c.arguments) // 4 for c in reply.tool_calls) + 1
@@ -191,4 +199,5 @@ def _estimate_usage(messages: list[Message], reply: Message) -> Usage:
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
+        cost=None if price is None else prompt * price[0] + completion * price[1],
     )
