@@ -33,7 +33,12 @@ def _enabled() -> bool:
 
 
 def llm_request(
-    model: str, status: str, latency: float, prompt_tokens: int, completion_tokens: int
+    model: str,
+    status: str,
+    latency: float,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost: float | None = None,
 ) -> None:
     """One LLM request. Labels stay bounded (model, status): one series per agent would grow
     with the agents; per-agent usage is in the gateway's usage records and the logs."""
@@ -55,6 +60,10 @@ def llm_request(
     _metric("histogram", "gecko_llm_latency_seconds", "LLM request latency", ("model",)).observe(
         latency, {"model": model}
     )
+    if cost:  # the provider's price of the usage, where litellm knows it
+        _metric(
+            "counter", "gecko_llm_cost_usd_total", "LLM spend in dollars by model", ("model",)
+        ).inc(cost, {"model": model})
 
 
 def ratelimit_wait(model: str, seconds: float) -> None:

@@ -219,6 +219,7 @@ class GatewayActor:
             time.perf_counter() - start,
             usage.prompt_tokens,
             usage.completion_tokens,
+            usage.cost,
         )
 
 
