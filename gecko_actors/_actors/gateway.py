@@ -70,13 +70,6 @@ class LimiterActor:
         grants = self._limiter.lease(count, tokens)
         return self._limiter.hold, [(r.id, r.delay) for r in grants]
 
-    def reserve(self, tokens: int) -> tuple[int, float]:
-        reservation = self._limiter.reserve(tokens)
-        return reservation.id, reservation.delay
-
-    def settle(self, reservation_id: int, tokens: int) -> None:
-        self._limiter.settle(reservation_id, tokens)
-
     def pause(self, seconds: float, source: str | None = None) -> None:
         """A Retry-After: no reservation starts for ``seconds``, and every replica holding
         permits (but ``source``, which revoked its own) gives them back."""
@@ -177,10 +170,17 @@ class GatewayActor:
     def _permits(self) -> PermitPool:
         if self.permits is None:
             context = ray.get_runtime_context()
-            limiter, me = self.limiter, (context.get_actor_id(), context.current_actor)
+            limiter = self.limiter
+            me: list[Any] = [(context.get_actor_id(), context.current_actor)]
 
             async def exchange(count: int, tokens: int, settled: Any, released: Any) -> Any:
-                return await limiter.exchange.remote(count, tokens, settled, released, me)
+                # This replica's handle goes with its first message only (for revoke).
+                holder = me.pop() if me else None
+                try:
+                    return await limiter.exchange.remote(count, tokens, settled, released, holder)
+                except BaseException:
+                    me.extend([holder] if holder else [])  # not delivered: send it again
+                    raise
 
             self.permits = PermitPool(exchange)
         return self.permits
