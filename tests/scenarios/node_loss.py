@@ -7,6 +7,7 @@ JSON line."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -56,6 +57,9 @@ def two_node_cluster(head_cpus: int = 1) -> tuple[Cluster, Any, Any]:
             },
         },
     )
+    # These scenarios place hosts themselves (host_on_node2): init must not start the pool's
+    # hosts first, wherever the scheduler puts them.
+    os.environ["GECKO_WARM_HOSTS"] = "false"
     ga.init(address=cluster.address)
     filler = Filler.options(resources={"agent_slot": 0.6}).remote()
     ray.get(filler.ping.remote())  # the head's slot is now too small for an agent
