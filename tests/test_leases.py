@@ -37,6 +37,17 @@ def test_a_lease_books_consecutive_reservations_and_releasing_frees_them() -> No
     assert lease[0].id not in [r.id for r in limiter.recent_reservations()]
 
 
+def test_releasing_entries_that_no_longer_count_keeps_the_tokens_that_do() -> None:
+    clock = Clock()
+    limits = RateLimits(requests_per_minute=2, tokens_per_minute=20, window_seconds=1)
+    limiter = SlidingWindowLimiter(limits, clock)
+    booked = limiter.lease(5, 10)  # starts 0, 0, 1, 1, 2: only the last still counts
+    assert [r.delay for r in booked] == [0, 0, 1, 1, 2]
+    limiter.release([booked[2].id, booked[3].id])
+    # The 10 tokens starting at 2 still count: 20 more fit only once they have aged out.
+    assert limiter.reserve(20).start_at == pytest.approx(clock.now + 3)
+
+
 def test_releasing_gives_back_tokens_too() -> None:
     clock = Clock()
     limiter = SlidingWindowLimiter(RateLimits(tokens_per_minute=100, window_seconds=1), clock)

@@ -197,12 +197,13 @@ class SlidingWindowLimiter:
         if not gone:
             return
         kept: list[_Entry] = []
+        live = self._live  # entries before this index no longer count; after it, they do
         for index, entry in enumerate(self._history):
             if entry.id not in gone:
                 kept.append(entry)
                 continue
             del self._by_id[entry.id]
-            if index < self._live:
+            if index < live:
                 self._live -= 1
             else:
                 self._live_tokens -= entry.tokens
@@ -319,7 +320,7 @@ class SlidingWindowLimiter:
         holding the new request holds a subset of it. Walk the sorted history from the oldest
         entry in the window, letting entries age out until the new request fits.
         """
-        window = self.limits.window_seconds + self.hold
+        window = self._span
         max_requests = self.limits.requests_per_minute or math.inf
         max_tokens = self.limits.tokens_per_minute
         token_budget = math.inf if max_tokens is None else max_tokens - tokens
@@ -339,6 +340,11 @@ class SlidingWindowLimiter:
             index += 1
         return start
 
+    @property
+    def _span(self) -> float:
+        """How long a reservation counts: its window, and the hold in which it may be used."""
+        return self.limits.window_seconds + self.hold
+
     def _paced(self) -> float:
         """With a hold, the earliest start that keeps a span of ``hold`` seconds to at most
         its share of the request limit: a gateway that keeps up with the limit then sends
@@ -353,7 +359,7 @@ class SlidingWindowLimiter:
 
     def _is_live(self, entry: _Entry) -> bool:
         """Whether ``entry`` can still share a window with a future booking."""
-        return entry.start > self._last_start - self.limits.window_seconds - self.hold
+        return entry.start > self._last_start - self._span
 
     def _prune(self, now: float) -> None:
         """Retire entries no future window can hold; forget those out of the current window too.
@@ -365,8 +371,9 @@ class SlidingWindowLimiter:
         """
         window = self.limits.window_seconds
         history = self._history
-        span = window + self.hold
-        live = bisect.bisect_right(history, self._last_start - span, lo=self._live, key=_start)
+        live = bisect.bisect_right(
+            history, self._last_start - self._span, lo=self._live, key=_start
+        )
         self._live_tokens -= sum(e.tokens for e in history[self._live : live])
         cut = bisect.bisect_right(history, now - window, hi=live, key=_start)
         for entry in history[:cut]:
