@@ -361,8 +361,9 @@ class LiteLLMModel:
         # litellm prices every response it returns (in its hidden params): pricing it again
         # costs as much CPU as the rest of the call's handling here.
         hidden = getattr(raw, "_hidden_params", None)
-        cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
-        if cost is None and not (isinstance(hidden, dict) and "response_cost" in hidden):
+        if isinstance(hidden, dict) and "response_cost" in hidden:
+            cost = hidden["response_cost"]  # None: litellm knows no price for the model
+        else:
             try:
                 cost = _litellm().completion_cost(completion_response=raw, model=self.model)
             except Exception:  # unknown price (local or fake models): cost stays unknown
