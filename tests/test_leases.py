@@ -227,3 +227,19 @@ async def test_a_permit_that_arrives_after_its_hold_is_asked_for_once_more() -> 
     # The first permit came too late to use: given back with the second request, and the
     # second one, late too, is used rather than asking forever.
     assert sent == [(1, []), (1, [1])] and permit == 2
+
+
+async def test_a_permit_still_usable_is_kept_beside_one_that_expired_at_the_same_start() -> None:
+    clock = Clock()
+
+    async def exchange(count: int, tokens: int, settled: Any, released: list[int]) -> Any:
+        return 0.5, [(99, 0.0)] * count
+
+    pool = PermitPool(exchange, clock)
+    pool._permits = [  # one start, two holds (leased in different messages)
+        _Permit(usable_from=100.0, usable_until=100.1, id=7, tokens=10),
+        _Permit(usable_from=100.0, usable_until=101.0, id=8, tokens=10),
+    ]
+    clock.now = 100.5
+    permit, _ = await pool.acquire(5)
+    assert permit == 8 and pool._released == [7]

@@ -177,10 +177,16 @@ class PermitPool:
     def _expire(self) -> None:
         """Give back the permits held whose hold has passed."""
         now = self._clock()
-        expired = [p for p in self._permits if p.usable_until < max(now, p.usable_from)]
+        kept: list[_Permit] = []
+        expired: list[int] = []
+        for permit in self._permits:  # (permits compare by start only: split by identity)
+            if permit.usable_until < max(now, permit.usable_from):
+                expired.append(permit.id)
+            else:
+                kept.append(permit)
         if expired:
-            self._give_back([p.id for p in expired])
-            self._permits = [p for p in self._permits if p not in expired]
+            self._give_back(expired)
+            self._permits = kept
 
     async def _expire_held(self) -> None:
         """Until no permit is held: give each back as soon as it can no longer be used, so
@@ -210,7 +216,7 @@ class PermitPool:
 
     def _expected(self) -> int:
         """How many permits this pool's calls used over the last ``hold`` seconds."""
-        horizon = self._clock() - max(self.hold, 0.0)
+        horizon = self._clock() - self.hold
         while self._used and self._used[0] < horizon:
             self._used.popleft()
         return len(self._used) if self.hold > 0 else 0
