@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import threading
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BadRequest", "HttpTransport", "error_body"]
 
-_logger = logging.getLogger(__name__)
 _MAX_BODY = 256 * 2**20  # chat bodies carry images inline
 
 
