@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -14,6 +16,7 @@ from typing import Any, Literal
 import ray
 from tqdm import tqdm
 
+from gecko_actors._actors.budgets import RemoteLedger, open_budget_blocking
 from gecko_actors._actors.common import (
     CANCEL_GRACE,
     cancel_and_wait,
@@ -23,8 +26,16 @@ from gecko_actors._actors.common import (
 from gecko_actors.agents import batch
 from gecko_actors.agents.batch import Job
 from gecko_actors.agents.handle import Agent
+from gecko_actors.core.budget import (
+    Budget,
+    Spend,
+    checked_budget,
+    current_spending,
+    spending,
+    stopped,
+)
 from gecko_actors.core.messages import AgentOutput, MessageInput, Usage
-from gecko_actors.exceptions import TeamError, UserError
+from gecko_actors.exceptions import BudgetExceededError, TeamError, UserError
 
 Strategy = Literal["all", "first"]
 
@@ -82,6 +93,10 @@ class Team:
     Args:
         members: agent handles (``Agent.spawn`` / ``Agent.get``).
         name: a label for errors and progress bars.
+        budget: a :class:`Budget` for every model call the team's runs make, over all of
+            them (nested in the budget of the workflow run that runs the team, if any): a
+            call that would go over it is refused before it is sent, and the team's run
+            raises ``BudgetExceededError`` with the members that answered in ``.partial``.
 
     Example:
         >>> team = Team([Agent.get("a"), Agent.get("b")])
@@ -89,8 +104,11 @@ class Team:
         >>> team.map([f"Grade answer {i}" for i in range(200)])
     """
 
-    def __init__(self, members: Sequence[Agent], *, name: str = "team") -> None:
+    def __init__(
+        self, members: Sequence[Agent], *, name: str = "team", budget: Budget | None = None
+    ) -> None:
         members = list(members)
+        checked_budget(budget, f"team {name!r}")
         if not members:
             raise UserError("a Team needs at least one member", hint="pass a list of Agent handles")
         bad = [m for m in members if not isinstance(m, Agent)]
@@ -101,9 +119,42 @@ class Team:
             )
         self.members = members
         self.name = name
+        self.budget = budget
+        self._ledger: RemoteLedger | None = None  # opened at the governor on first use
+        self._scope = f"team {name!r} ({uuid.uuid4().hex[:8]})"
 
     def __repr__(self) -> str:
         return f"Team({self.name!r}, members={[m.name for m in self.members]})"
+
+    def __reduce__(self) -> Any:  # a copy in another process spends from the same budget
+        return (_rebuilt, (self.members, self.name, self.budget, self._scope))
+
+    @property
+    def spent(self) -> Spend | None:
+        """What the team's runs spent (``None`` without a budget)."""
+        if self.budget is None:
+            return None
+        total, _ = self._opened().report_blocking()
+        return Spend.of(total)
+
+    def _opened(self) -> RemoteLedger:
+        if self._ledger is None:
+            assert self.budget is not None
+            self._ledger = open_budget_blocking(self._scope, self.budget)
+        return self._ledger
+
+    @contextlib.contextmanager
+    def _spending(self) -> Iterator[None]:
+        """Every model call of the block spends from the team's budget (and from the one
+        the caller spends from, if the governor keeps it)."""
+        if self.budget is None:
+            yield
+            return
+        outer = current_spending()
+        ledger = self._opened().within(outer.spender if outer else None)
+        labels = (*(outer.labels if outer else ()), f"team:{self.name}")
+        with spending(ledger, *labels):
+            yield
 
     # --- everyone on one input ----------------------------------------------------------
 
@@ -124,7 +175,8 @@ class Team:
         leaves its error in its slot; ``raise_on_error=True`` raises :class:`TeamError`
         (carrying the result) instead.
         """
-        result, jobs = self._start(input, strategy, session_id, timeout)
+        with self._spending():
+            result, jobs = self._start(input, strategy, session_id, timeout)
         by_ref = {job.ref: job for job in jobs}
         pending = list(by_ref)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -164,7 +216,10 @@ class Team:
         them have stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
         the caller; members cancelled by ``"first"`` or by ``timeout`` are waited for too.
         """
-        result, jobs = self._start(input, strategy, session_id, timeout)
+        if self.budget is not None:
+            await asyncio.to_thread(self._opened)  # a call to the governor: not in the loop
+        with self._spending():
+            result, jobs = self._start(input, strategy, session_id, timeout)
         refs = [job.ref for job in jobs]
         slots = {asyncio.ensure_future(_resolve(job.ref)): job for job in jobs}
         try:
@@ -273,6 +328,12 @@ class Team:
 
     def _finish(self, result: TeamResult, strategy: Strategy, raise_on_error: bool) -> TeamResult:
         failed = [(n, e) for n, e in zip(result.members, result.errors, strict=True) if e]
+        over = next((e for _, e in failed if isinstance(e, BudgetExceededError)), None)
+        if over is not None:
+            answered = {
+                n: o for n, o in zip(result.members, result.outputs, strict=True) if o is not None
+            }
+            raise stopped(over, answered, team=self.name)
         if strategy == "first" and result.winner is None:
             raise TeamError(
                 f"no member of team {self.name!r} gave an acceptable answer",
@@ -317,10 +378,14 @@ class Team:
             [None] * len(inputs), load=[0] * members, heap=[(0, m) for m in range(members)]
         )
         show = sys.stderr.isatty() if progress is None else progress
-        with tqdm(total=len(inputs), desc=self.name, disable=not show, unit="run") as bar:
+        over: BudgetExceededError | None = None
+        with (
+            self._spending(),
+            tqdm(total=len(inputs), desc=self.name, disable=not show, unit="run") as bar,
+        ):
             next_input = 0
             while next_input < len(inputs) or state.pending:
-                while next_input < len(inputs) and len(state.pending) < limit:
+                while over is None and next_input < len(inputs) and len(state.pending) < limit:
                     self._dispatch(state, next_input, inputs[next_input], session_id)
                     next_input += 1
                 pending = list(state.pending)
@@ -328,8 +393,14 @@ class Team:
                 if len(pending) > 1:  # and every other one ready now: a wait per batch
                     done, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
                 for ref in done:
-                    self._collect(state, ref)
+                    error = self._collect(state, ref)
+                    if isinstance(error, BudgetExceededError):
+                        over = over or error  # no new runs: those in flight finish
                 bar.update(len(done))
+                if over is not None and not state.pending:
+                    break
+        if over is not None:
+            raise stopped(over, state.results, team=self.name)
         errors = [r for r in state.results if isinstance(r, BaseException)]
         if errors and raise_on_error:
             raise TeamError(
@@ -350,13 +421,22 @@ class Team:
         ref = self.members[member].submit(item, session_id=session_id)
         state.pending[ref] = (i, member)
 
-    def _collect(self, state: _MapState, ref: Any) -> None:
+    def _collect(self, state: _MapState, ref: Any) -> BaseException | None:
+        """Put one run's output in its slot; its error, if it failed."""
         i, member = state.pending.pop(ref)
         state.change(member, -1)
         try:
             state.results[i] = ray.get(ref)
         except Exception as exc:
             state.results[i] = unwrap(exc)
+            return state.results[i]
+        return None
+
+
+def _rebuilt(members: list[Agent], name: str, budget: Budget | None, scope: str) -> Team:
+    team = Team(members, name=name, budget=budget)
+    team._scope = scope
+    return team
 
 
 def _left(deadline: float | None) -> float | None:

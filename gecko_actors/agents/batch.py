@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gecko_actors._actors import pools
-from gecko_actors.agents.handle import Agent
+from gecko_actors.agents.handle import Agent, with_budget
 from gecko_actors.agents.host import AgentHost
 from gecko_actors.core.messages import MessageInput
 
@@ -47,6 +47,7 @@ def start(
     host (and chunk), which cancels its unfinished runs after ``timeout`` seconds itself."""
     jobs: list[Job] = []
     hosts: dict[str, list[int]] = {}
+    budget = with_budget(None)  # what the round spends from, if it can travel
     for slot, member in enumerate(members):
         host = member.host if grouped else None
         if host is None:
@@ -59,6 +60,6 @@ def start(
             chunk = slots[first : first + CHUNK]
             names = [members[slot].name for slot in chunk]
             run_ids = [uuid.uuid4().hex for _ in chunk]
-            ref = actor.run_batch.remote(names, run_ids, input, session_id, timeout)
+            ref = actor.run_batch.remote(names, run_ids, input, session_id, timeout, budget)
             jobs.append(Job(ref, chunk, True))
     return jobs

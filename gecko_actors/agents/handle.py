@@ -33,7 +33,7 @@ from gecko_actors.agents.stream import (
     relay_async,
     relay_blocking,
 )
-from gecko_actors.core.budget import Budget
+from gecko_actors.core.budget import Budget, checked_budget, current_spending
 from gecko_actors.core.engine import Hooks
 from gecko_actors.core.events import EventBus
 from gecko_actors.core.memory import TokenMemory
@@ -151,12 +151,7 @@ class Agent:
         # Checked before Ray is touched: a bad hook is the caller's mistake, found at once.
         hooks = _check_hooks(name, hooks)
         _check_event_bus(event_bus)
-        if budget is not None and not isinstance(budget, Budget):
-            raise UserError(
-                f"budget of agent {name!r} must be a Budget, not {type(budget).__name__}",
-                hint="pass budget=Budget(tokens=..., usd=..., model_calls=...)",
-                agent=name,
-            )
+        checked_budget(budget, f"agent {name!r}")
         hosted = not dedicated and detached and not actor_options
         # A hosted spawn finds a taken name when it records the agent (nothing is made
         # before); a dedicated one looks first, so that no toolbox actor is made in vain.
@@ -243,7 +238,7 @@ class Agent:
         # The run id is fixed here, so a run Ray retries after a crash keeps it (and is
         # stored once).
         return self._handle.run.remote(
-            input, session_id, response_model, run_id or uuid.uuid4().hex, tool_context
+            input, session_id, response_model, run_id or uuid.uuid4().hex, with_budget(tool_context)
         )
 
     def run(
@@ -389,6 +384,7 @@ class Agent:
         and what stops it."""
         run_id = run_id or uuid.uuid4().hex
         token = uuid.uuid4().hex
+        tool_context = with_budget(tool_context)
         return (
             lambda: self._handle.run_relayed.options(num_returns="streaming").remote(
                 input, session_id, response_model, run_id, tool_context, token
@@ -479,3 +475,12 @@ def _check_event_bus(bus: EventBus | None) -> EventBus | None:
             hint="create one with EventBus(), subscribe handlers to it, and pass it",
         )
     return bus
+
+
+def with_budget(context: ToolContext | None) -> ToolContext | None:
+    """``context``, carrying the budget the caller's task spends from when that budget can
+    travel (the governor keeps it): the agent's run, in its own process, spends from it too."""
+    spending = current_spending()
+    if spending is None or not spending.travels or (context and context.budget is not None):
+        return context
+    return dataclasses.replace(context or ToolContext(), budget=spending)

@@ -23,6 +23,7 @@ from gecko_actors._actors import pools
 from gecko_actors.agents import directory
 from gecko_actors.agents.dedicated import AgentActor, StreamItem
 from gecko_actors.agents.spec import AgentSpec, from_data
+from gecko_actors.core.tools import ToolContext
 from gecko_actors.exceptions import GeckoError, UserError
 
 __all__ = ["AgentHost", "HostedAgentRef"]
@@ -119,12 +120,14 @@ class AgentHost:
         input: Any,
         session_id: str | None,
         timeout: float | None,
+        context: ToolContext | None = None,
     ) -> list[Any]:
         """Run agents ``names`` (a team's members on this host) on one input at once, each
-        under its run id: each one's output or error, in order. After ``timeout`` seconds
-        the unfinished runs are cancelled and waited for; their outcomes are None."""
+        under its run id (and ``context``: the budget the team spends from): each one's
+        output or error, in order. After ``timeout`` seconds the unfinished runs are
+        cancelled and waited for; their outcomes are None."""
         runs = [
-            asyncio.ensure_future(self.run(name, input, session_id, None, run_id, None))
+            asyncio.ensure_future(self.run(name, input, session_id, None, run_id, context))
             for name, run_id in zip(names, run_ids, strict=True)
         ]
         try:

@@ -77,6 +77,10 @@ class Manifest:
     error: str | None = None
     finished_at: float | None = None
     host: str | None = None  # the actor that drives the run (a workflow host, or dedicated)
+    # The run's budget (a ``Budget`` as a dict; a resume may raise it) and what its model
+    # calls spent as of its last status (a ``Usage`` as a dict), for budgeted runs.
+    budget: dict[str, Any] | None = None
+    spent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,16 @@ class Marker:
     data: bytes | None = None
 
 
-_STATUS_FIELDS = ("status", "result", "error", "updated_at", "finished_at", "epoch")
+_STATUS_FIELDS = (
+    "status",
+    "result",
+    "error",
+    "updated_at",
+    "finished_at",
+    "epoch",
+    "budget",
+    "spent",
+)
 _KEYS = {
     "manifest": frozenset(["type", "version", *(f.name for f in dataclasses.fields(Manifest))]),
     "status": frozenset(("type", "version", "run_id", *_STATUS_FIELDS)),
@@ -141,7 +154,12 @@ _KEYS = {
     "index": frozenset(("type", "version", "run_id", "entries")),
 }
 # Keys a record may lack (written by an earlier release of the same record version).
-_OPTIONAL = {"manifest": frozenset(["host"]), "commit": frozenset(["data"])}
+_SPEND = frozenset(["budget", "spent"])
+_OPTIONAL = {
+    "manifest": frozenset(["host", *_SPEND]),
+    "status": _SPEND,
+    "commit": frozenset(["data"]),
+}
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -314,6 +332,7 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         raise UserError("Manifest.finished_at must be a number or None", run_id=run_id)
     if manifest.host is not None and not isinstance(manifest.host, str):
         raise UserError("Manifest.host must be a str or None", run_id=run_id)
+    _check_spend(manifest.budget, manifest.spent, run_id)
     return {
         **header("manifest", run_id),
         "workflow": str(manifest.workflow),
@@ -325,7 +344,23 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         "error": manifest.error,
         "finished_at": None if manifest.finished_at is None else float(manifest.finished_at),
         "host": manifest.host,
+        "budget": manifest.budget,
+        "spent": manifest.spent,
     }
+
+
+def _check_spend(budget: Any, spent: Any, run_id: str) -> None:
+    for name, value in (("budget", budget), ("spent", spent)):
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"a run's {name} must be a dict or None", run_id=run_id)
+
+
+def _spend_of(rec: dict[str, Any], where: str, run_id: str) -> dict[str, Any]:
+    """A record's budget and spend (``None`` when it has none; what they hold is the
+    engine's to check)."""
+    found = {key: rec.get(key) for key in _SPEND}
+    expect(found, where, run_id, budget=(dict, None), spent=(dict, None))
+    return found
 
 
 def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
@@ -336,6 +371,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     rec.setdefault("host", None)
     expect(rec, where, run_id, host=(str, None))
     return Manifest(
+        **_spend_of(rec, where, run_id),
         run_id=run_id,
         workflow=rec["workflow"],
         fingerprint=rec["fingerprint"],
@@ -350,12 +386,21 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
 
 
 def status_data(
-    run_id: str, status: str, result: Any, error: str | None, epoch: int | None, now: float
+    run_id: str,
+    status: str,
+    result: Any,
+    error: str | None,
+    epoch: int | None,
+    now: float,
+    spend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record map of a run's status, after checking every field."""
+    """The record map of a run's status, after checking every field (``spend``: the run's
+    ``budget`` and ``spent``, for a budgeted run)."""
     validate_status(status)
     if error is not None and not isinstance(error, str):
         raise UserError("error must be a str or None", run_id=run_id)
+    if spend:
+        _check_spend(spend.get("budget"), spend.get("spent"), run_id)
     return {
         **header("status", run_id),
         "status": status,
@@ -364,6 +409,7 @@ def status_data(
         "updated_at": now,
         "finished_at": now if status in TERMINAL else None,
         "epoch": epoch,
+        **{key: value for key, value in (spend or {}).items() if key in _SPEND},
     }
 
 
@@ -372,8 +418,10 @@ def apply_status(manifest: Manifest, rec: dict[str, Any], where: str) -> Manifes
     run_id = manifest.run_id
     expect(rec, where, run_id, status=str, error=(str, None), epoch=(int, None))
     expect(rec, where, run_id, updated_at=(int, float), finished_at=(int, float, None))
+    spend = {k: v for k, v in _spend_of(rec, where, run_id).items() if k in rec}
     return dataclasses.replace(
         manifest,
+        **spend,
         status=_status_of(rec, where, run_id),
         result=decode_at(rec["result"], where, run_id),
         error=rec["error"],

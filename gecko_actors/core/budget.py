@@ -10,23 +10,41 @@ Dollars are known only after a call (the provider's price of its usage), so a do
 stops the calls that would start once it is reached: the overshoot is at most what the calls
 already in flight spend. :class:`BudgetedModel` puts a ledger in front of any chat model.
 
+A budget can also hold for a stretch of work rather than one agent: a workflow run, a team.
+:func:`spending` makes a :class:`Spender` (a ledger here, or one kept by the cluster's budget
+governor) the one every model call in the current task (and the tasks it starts) spends
+from, each call tagged with labels (the node, the agent) so the spend can be told apart.
+
 This module does not import Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gecko_actors.core.messages import Message, Usage
 from gecko_actors.core.models import ModelResponse
 from gecko_actors.core.ratelimit import estimate_tokens
 from gecko_actors.exceptions import BudgetExceededError, UserError
 
-__all__ = ["Budget", "BudgetedModel", "Ledger", "Spend"]
+__all__ = [
+    "Budget",
+    "BudgetedModel",
+    "Ledger",
+    "Spend",
+    "Spender",
+    "Spending",
+    "checked_budget",
+    "current_spending",
+    "spending",
+    "stopped",
+]
 
 _LOCK = threading.Lock()
 
@@ -65,6 +83,17 @@ class Budget:
             )
 
 
+def checked_budget(budget: Any, owner: str) -> Budget | None:
+    """``budget`` if it is a :class:`Budget` or ``None``, else a UserError naming ``owner``
+    (what the budget was given to)."""
+    if budget is not None and not isinstance(budget, Budget):
+        raise UserError(
+            f"budget of {owner} must be a Budget, not {type(budget).__name__}",
+            hint="pass budget=Budget(tokens=..., usd=..., model_calls=...)",
+        )
+    return budget
+
+
 @dataclass(frozen=True)
 class Spend:
     """What settled calls spent (a failed call counts as a call, with no tokens)."""
@@ -73,11 +102,23 @@ class Spend:
     usd: float = 0.0
     model_calls: int = 0
 
+    @classmethod
+    def of(cls, usage: Usage) -> Spend:
+        """The spend ``usage`` records (its ``requests`` are its calls)."""
+        return cls(usage.total_tokens, usage.cost or 0.0, usage.requests)
+
+
+def _as_call(usage: Usage) -> Usage:
+    """One call's usage, counted as one request whatever the provider said (a failed call
+    reports ``Usage()``, and still counts)."""
+    return usage.model_copy(update={"requests": 1})
+
 
 @dataclass
 class _Hold:
     ledgers: tuple[Ledger, ...]
     tokens: int
+    labels: tuple[str, ...] = ()
 
 
 class Ledger:
@@ -87,11 +128,20 @@ class Ledger:
     ledger of the process: a check spans a chain of them, and it is short).
     """
 
-    def __init__(self, budget: Budget, *, scope: str, parent: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        scope: str,
+        parent: Ledger | None = None,
+        spent: Usage | None = None,
+    ) -> None:
         self.budget = budget
         self.scope = scope
         self.parent = parent
-        self._spent = Spend()
+        self._usage = spent or Usage()  # what settled calls used (``spent``: before this ledger)
+        self._spent = Spend.of(self._usage)
+        self._labels: dict[str, Usage] = {}
         self._reserved_tokens = 0
         self._in_flight = 0
 
@@ -103,33 +153,52 @@ class Ledger:
         """What settled calls spent."""
         return self._spent
 
-    def reserve(self, tokens: int) -> _Hold:
+    @property
+    def usage(self) -> Usage:
+        """What settled calls used, as one :class:`Usage` (``requests`` are the calls)."""
+        return self._usage
+
+    def labelled(self, *prefixes: str) -> dict[str, Usage]:
+        """What settled calls used, per label they were reserved with (those starting with
+        one of ``prefixes``, if given)."""
+        with _LOCK:
+            if not prefixes:
+                return dict(self._labels)
+            return {k: u for k, u in self._labels.items() if k.startswith(prefixes)}
+
+    def reserve(self, tokens: int, labels: Sequence[str] = ()) -> _Hold:
         """Count one call of an estimated ``tokens`` against this ledger and its parents, or
         raise :class:`BudgetExceededError` (naming the budget) and count nothing."""
-        chain = self._chain()
-        with _LOCK:
-            for ledger in chain:
-                ledger._check(tokens)
-            for ledger in chain:
-                ledger._reserved_tokens += tokens
-                ledger._in_flight += 1
-        return _Hold(chain, tokens)
+        return reserve_all([self], tokens, labels)
 
     def settle(self, hold: _Hold, usage: Usage) -> None:
         """Replace a reservation with what the call really used (a failed call: ``Usage()``,
-        which still counts the call)."""
+        which still counts the call), under each of its labels too."""
+        call = _as_call(usage)
         with _LOCK:
             for ledger in hold.ledgers:
                 ledger._reserved_tokens -= hold.tokens
                 ledger._in_flight -= 1
-                spent = ledger._spent
-                ledger._spent = Spend(
-                    tokens=spent.tokens + usage.total_tokens,
-                    usd=spent.usd + (usage.cost or 0.0),
-                    model_calls=spent.model_calls + 1,
-                )
+                ledger._usage += call
+                ledger._spent = Spend.of(ledger._usage)
+                for label in hold.labels:
+                    ledger._labels[label] = ledger._labels.get(label, Usage()) + call
 
-    def _chain(self) -> tuple[Ledger, ...]:
+    async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> _Hold:
+        """:meth:`reserve`, as a :class:`Spender`."""
+        return self.reserve(tokens, labels)
+
+    async def release(self, hold: _Hold, usage: Usage) -> None:
+        """:meth:`settle`, as a :class:`Spender`."""
+        self.settle(hold, usage)
+
+    async def report(self, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """What settled calls used, in all and per label (see :meth:`labelled`), as a
+        :class:`Spender`."""
+        return self.usage, self.labelled(*prefixes)
+
+    def chain(self) -> tuple[Ledger, ...]:
+        """This ledger and its parents, innermost first."""
         chain: list[Ledger] = []
         ledger: Ledger | None = self
         while ledger is not None:
@@ -158,6 +227,102 @@ class Ledger:
                 spent=asdict(spent),
                 partial=None,
             )
+
+
+def reserve_all(ledgers: Iterable[Ledger], tokens: int, labels: Sequence[str] = ()) -> _Hold:
+    """Count one call of an estimated ``tokens`` against every ledger of ``ledgers`` and
+    their parents (each once) at once, or raise :class:`BudgetExceededError` naming the
+    first that refuses it, and count nothing."""
+    chain = tuple(dict.fromkeys(ledger for first in ledgers for ledger in first.chain()))
+    with _LOCK:
+        for ledger in chain:
+            ledger._check(tokens)
+        for ledger in chain:
+            ledger._reserved_tokens += tokens
+            ledger._in_flight += 1
+    return _Hold(chain, tokens, tuple(labels))
+
+
+def stopped(error: BudgetExceededError, partial: Any, **context: Any) -> BudgetExceededError:
+    """``error`` again, carrying ``partial`` (what finished before the stop) and ``context``
+    (the run or team it stopped)."""
+    return BudgetExceededError(
+        error.message, hint=error.hint, **{**error.context, **context, "partial": partial}
+    )
+
+
+class Spender(Protocol):
+    """Where a stretch of work's model calls reserve and settle: a :class:`Ledger` in this
+    process, or a budget the cluster's governor keeps (``_actors/budgets.py``)."""
+
+    scope: str
+
+    async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> Any:
+        """Reserve one call of ~``tokens`` (raises ``BudgetExceededError``); returns a hold."""
+
+    async def release(self, hold: Any, usage: Usage) -> None:
+        """Settle ``hold`` with what the call used."""
+
+    async def report(self, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """What settled calls used, in all and per label (those starting with one of
+        ``prefixes``, if given)."""
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What the current task's model calls spend from, and the labels they carry. One whose
+    spender ``travels`` (a budget the governor keeps) goes with a call to an agent in
+    another process, which then spends from it too."""
+
+    spender: Spender
+    labels: tuple[str, ...] = ()
+
+    @property
+    def travels(self) -> bool:
+        return bool(getattr(self.spender, "travels", False))
+
+
+_SPENDING: contextvars.ContextVar[Spending | None] = contextvars.ContextVar(
+    "gecko_spending", default=None
+)
+
+
+def current_spending() -> Spending | None:
+    """What model calls made now spend from (``None``: no budget but their agent's)."""
+    return _SPENDING.get()
+
+
+@contextlib.contextmanager
+def spending(spender: Spender | None, *labels: str) -> Iterator[None]:
+    """Make every model call in this block (and in the tasks it starts) spend from
+    ``spender``, tagged with ``labels`` (``None``: leave things as they are)."""
+    if spender is None:
+        yield
+        return
+    token = _SPENDING.set(Spending(spender, labels))
+    try:
+        yield
+    finally:
+        _SPENDING.reset(token)
+
+
+@contextlib.asynccontextmanager
+async def charged(
+    context: Spending | None, messages: Sequence[Message], max_tokens: int | None, label: str
+) -> AsyncIterator[list[Usage]]:
+    """Reserve one model call of ``messages`` from ``context`` (if any), tagged ``label``
+    too; the block appends the call's usage to the list it is given, which is settled when
+    the block ends (nothing appended: a failed call)."""
+    used: list[Usage] = []
+    if context is None:
+        yield used
+        return
+    tokens = estimate_tokens(messages, max_tokens)
+    hold = await context.spender.acquire(tokens, (*context.labels, label))
+    try:
+        yield used
+    finally:
+        await context.spender.release(hold, used[-1] if used else Usage())
 
 
 class BudgetedModel:
@@ -199,3 +364,71 @@ class BudgetedModel:
                 yield item
         finally:
             self.ledger.settle(hold, usage)
+
+
+class BudgetBook:
+    """The ledgers of many scopes (a run's, a team's), by scope name, with the holds of the
+    calls in flight: what the cluster's budget governor keeps (Ray-free).
+
+    A hold is known by a number, so it can travel back to whoever settles it."""
+
+    def __init__(self) -> None:
+        self.ledgers: dict[str, Ledger] = {}
+        self._holds: dict[int, _Hold] = {}
+        self._next = 0
+
+    def open(
+        self,
+        scope: str,
+        budget: Budget,
+        *,
+        parent: str | None = None,
+        spent: Usage | None = None,
+        fresh: bool = False,
+    ) -> None:
+        """Keep a ledger for ``scope`` (nested in ``parent``'s), unless one is kept; with
+        ``fresh``, start a new one whatever is kept (a run's engine taking it over: its
+        spend so far is ``spent``, and holds of calls lost with the last engine no longer
+        count)."""
+        if scope in self.ledgers and not fresh:
+            return
+        above = None if parent is None else self._ledger(parent)
+        self.ledgers[scope] = Ledger(budget, scope=scope, parent=above, spent=spent)
+
+    def reserve(self, scopes: Sequence[str], tokens: int, labels: Sequence[str] = ()) -> int:
+        """Reserve one call against every scope of ``scopes`` (and their parents); the
+        number of its hold."""
+        hold = reserve_all([self._ledger(scope) for scope in scopes], tokens, labels)
+        self._next += 1
+        self._holds[self._next] = hold
+        return self._next
+
+    def settle(self, hold: int, usage: Usage) -> None:
+        """Settle hold ``hold`` with what its call used (a hold settled twice: once)."""
+        found = self._holds.pop(hold, None)
+        if found is not None:
+            found.ledgers[0].settle(found, usage)
+
+    def usage(self, scope: str, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """What ``scope``'s settled calls used, in all and per label (see
+        ``Ledger.labelled``)."""
+        ledger = self._ledger(scope)
+        return ledger.usage, ledger.labelled(*prefixes)
+
+    def close(self, scope: str) -> None:
+        """Forget ``scope`` (its work is over)."""
+        self.ledgers.pop(scope, None)
+
+    def _ledger(self, scope: str) -> Ledger:
+        ledger = self.ledgers.get(scope)
+        if ledger is None:
+            raise BudgetExceededError(
+                f"the budget of {scope} is not kept any more (the budget governor restarted, "
+                "or the work it was for has ended), so no model call may spend from it",
+                hint="resume the run (or run the team again): its budget is opened again",
+                scope=scope,
+                budget={},
+                spent={},
+                partial=None,
+            )
+        return ledger

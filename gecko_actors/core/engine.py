@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gecko_actors.core.budget import Spending, charged, current_spending
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import (
@@ -81,6 +82,7 @@ class _Run:
     parse_failures: int = 0
     force_output: bool = False
     output: AgentOutput | None = None
+    spending: Spending | None = None  # the budget of the work the run is part of, if any
 
     def add(self, message: Message) -> None:
         self.messages.append(message)
@@ -338,6 +340,17 @@ class ReActEngine:
         }
 
     async def _call_model(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
+        """One model call, reserved first against the budget the run spends from (a
+        workflow run's, a team's: see ``core/budget.spending``), if any."""
+        max_tokens = getattr(self.model, "max_tokens", None)
+        label = f"agent:{self.name}"
+        async with charged(run.spending, run.messages, max_tokens, label) as used:
+            async for item in self._model_items(run, streaming):
+                if isinstance(item, ModelResponse):
+                    used.append(item.usage)
+                yield item
+
+    async def _model_items(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
         options = self._model_options(run)
         if streaming and supports(self.model, "stream"):
             async for item in self.model.stream(run.messages, **options):
@@ -364,12 +377,12 @@ class ReActEngine:
         history = self._history(records, fixed)
         context = tool_context or ToolContext()
         if context.agent is None or context.session_id is None or context.run_id is None:
-            context = ToolContext(
+            context = dataclasses.replace(
+                context,
                 agent=context.agent or self.name,
                 session_id=context.session_id or session_id,
                 run_id=context.run_id or run_id,
-                idempotency_key=context.idempotency_key,
-                attempt=context.attempt,
+                tool_call_id=None,
             )
         messages = ([system] if system else []) + history + user_inputs
         return _Run(
@@ -379,6 +392,8 @@ class ReActEngine:
             new=[],
             response_model=response_model,
             tool_context=context,
+            # In this process's task, else the budget the caller sent (another process's).
+            spending=current_spending() or context.budget,
         )
 
     def _history(self, records: list[Any], fixed: list[Message]) -> list[Message]:

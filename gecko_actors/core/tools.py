@@ -64,6 +64,8 @@ class ToolContext:
             every call of the run. It is a fencing token: a tool whose store remembers the
             highest attempt seen for a key can refuse a write from a lower, stale attempt
             that is still running somewhere.
+        budget: the budget the run's model calls spend from besides its agent's own (a
+            workflow run's, a team's: a ``core.budget.Spending``), set by the runtime.
     """
 
     agent: str | None = None
@@ -72,6 +74,7 @@ class ToolContext:
     tool_call_id: str | None = None
     idempotency_key: str | None = None
     attempt: int = 1
+    budget: Any = None
 
 
 class ToolResult(BaseModel):

@@ -18,9 +18,11 @@ from typing import Any
 
 import ray
 
+from gecko_actors._actors.budgets import open_run_budget
 from gecko_actors._actors.common import create, lookup
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.index import RunIndex
+from gecko_actors.core.budget import Budget, Spending, current_spending, spending
 from gecko_actors.settings import load_settings
 from gecko_actors.workflow.driven import DrivenRun
 from gecko_actors.workflow.engine import RunEngine
@@ -28,12 +30,14 @@ from gecko_actors.workflow.execution import LocalExecutor, Result, TaskAttempt, 
 from gecko_actors.workflow.graph import Node, NodeContext, WorkflowGraph
 
 
-def _node_task(fn: Any, ctx: NodeContext) -> Any:
+def _node_task(fn: Any, ctx: NodeContext, budget: Spending | None = None) -> Any:
     """A function node as a Ray generator task: the first yield says it is running (its
-    timeout counts from there), the second is ``(value, writes)``."""
+    timeout counts from there), the second is ``(value, writes)``. Its model calls spend
+    from ``budget``, the run's."""
     yield None
-    result = call_node(fn, ctx)
-    yield asyncio.run(result) if inspect.iscoroutine(result) else result
+    with spending(budget.spender if budget else None, *(budget.labels if budget else ())):
+        result = call_node(fn, ctx)
+        yield asyncio.run(result) if inspect.iscoroutine(result) else result
 
 
 _node_task_remote = ray.remote(_node_task)
@@ -45,7 +49,9 @@ class RayTaskAttempt:
 
     def __init__(self, node: Node, ctx: NodeContext, on_over: Callable[[], None]) -> None:
         options: dict[str, Any] = {"max_retries": 0, "num_cpus": 0, **node.resources}
-        self._gen = _node_task_remote.options(**options).remote(node.target, ctx)
+        budget = current_spending()  # the run's, if the governor keeps it: it travels
+        budget = budget if budget is not None and budget.travels else None
+        self._gen = _node_task_remote.options(**options).remote(node.target, ctx, budget)
         self._running = False
         self._over = False
         self._on_over = on_over
@@ -154,13 +160,15 @@ class RayExecutor(LocalExecutor):
         return sent, lambda: self.lent.pop(key, None)
 
 
-def launch(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> Any:
+def launch(
+    graph: WorkflowGraph, run_id: str, uri: str, input: Any, budget: Budget | None = None
+) -> Any:
     """The dedicated coordinator of ``run_id``: the live one, or a new one that starts or
     resumes the run from its checkpoint. Blocking (it may read the checkpoint)."""
     return lookup(f"workflow/{run_id}") or create(
         ray.remote(CoordinatorActor),
         f"workflow/{run_id}",
-        (run_id, graph, uri, input, load_settings().workflow_linger),
+        (run_id, graph, uri, input, load_settings().workflow_linger, budget),
         get_if_exists=True,
         max_concurrency=1000,
     )
@@ -172,7 +180,13 @@ class CoordinatorActor:
     ``linger`` seconds."""
 
     def __init__(
-        self, run_id: str, graph: WorkflowGraph, uri: str, input: Any, linger: float = 60.0
+        self,
+        run_id: str,
+        graph: WorkflowGraph,
+        uri: str,
+        input: Any,
+        linger: float = 60.0,
+        budget: Budget | None = None,
     ) -> None:
         self.run_id = run_id
         self.linger = linger
@@ -181,9 +195,12 @@ class CoordinatorActor:
         self.run = DrivenRun(run_id, f"workflow/{run_id}")
         self.run.on_end = self._ended
         status = self.run.open(
-            lambda sink: RunEngine(graph, run_id, store, self.executor, on_event=sink),
+            lambda sink: RunEngine(
+                graph, run_id, store, self.executor, on_event=sink, budgets=open_run_budget
+            ),
             input,
             host=self.run.host,
+            budget=budget,
         )
         self._exit: asyncio.Task[Any] | None = None
         self.index = RunIndex(store)
@@ -219,10 +236,10 @@ class CoordinatorActor:
         # Not exit_actor(): from a call we made to ourselves, it waits for its own reply.
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
-    async def reopen(self) -> None:
-        """Continue a failed or cancelled run from its last committed step; nothing for a run
-        that is running or succeeded."""
-        if await self.run.reopen() and self._exit is not None:
+    async def reopen(self, budget: Budget | None = None) -> None:
+        """Continue a failed or cancelled run from its last committed step (with ``budget``,
+        if given); nothing for a run that is running or succeeded."""
+        if await self.run.reopen(budget) and self._exit is not None:
             self._exit.cancel()
 
     async def result(self) -> Any:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gecko_actors.checkpoint.index import IndexEntry
+from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.workflow.engine import RunEngine
@@ -44,11 +45,14 @@ class DrivenRun:
         created_at: float | None = None,
         host: str | None = None,
         create: bool = True,
+        budget: Budget | None = None,
     ) -> str:
         """Create the engine (given our event sink) and open the run (see
         ``RunEngine.open``); returns its stored status. Blocking: it may read the checkpoint."""
         engine = make_engine(self.event)
-        manifest = engine.open(input, created_at=created_at, host=host, create=create)
+        manifest = engine.open(
+            input, created_at=created_at, host=host, create=create, budget=budget
+        )
         engine.outcome, engine.value = manifest.status, manifest.result
         self.engine = engine
         if manifest.status != "running":
@@ -86,16 +90,19 @@ class DrivenRun:
                 self.settled.set()
         return durable
 
-    async def reopen(self) -> bool:
-        """Drive a failed or cancelled run again from its last committed step, once the
-        last drive's end is recorded; returns once the new drive has begun (``status`` says
-        running). False for a run that is running or succeeded."""
+    async def reopen(self, budget: Budget | None = None) -> bool:
+        """Drive a failed or cancelled run again from its last committed step (with
+        ``budget`` instead of its own, if given), once the last drive's end is recorded;
+        returns once the new drive has begun (``status`` says running). False for a run
+        that is running or succeeded."""
         engine = self.engine
         if engine is None or engine.outcome in ("running", "succeeded"):
             return False  # being driven (never wait for that), or done for good
         await self.settled.wait()  # a drive that just failed: its end is being recorded
         if self._task is not None or engine.outcome in ("running", "succeeded"):
             return False
+        if budget is not None:
+            engine.spend.budget = budget
         if self._reopened is not None and not self._reopened.done():
             return False  # another reopen just began it
         self.events = []  # the stream of this drive, as a new coordinator's would be
@@ -128,7 +135,8 @@ class DrivenRun:
         assert engine is not None
         status = "running" if not self.done.is_set() else engine.outcome
         error = str(engine.failure) if engine.failure else engine.manifest.error
-        return run_status(engine.manifest, status, engine.sched.steps, dict(engine.nodes), error)
+        steps, nodes = engine.sched.steps, dict(engine.nodes)
+        return run_status(engine.manifest, status, steps, nodes, error, engine.spend.status())
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
         """The events from ``index`` on, and whether the run has ended."""

@@ -19,6 +19,10 @@ The rules it keeps (the README's durable-workflow section says them to users):
 - **One writer per run.** The engine takes an owner epoch when it opens the run and commits
   with it; when the store says another engine took over
   (:class:`~gecko_actors.exceptions.OwnershipLost`), it stops driving the run.
+- **A budget stops the run, resumably.** With a budget (``spend.py``), a model call that would
+  go over it is refused before it is sent; the node fails without a retry and the run fails
+  with :class:`~gecko_actors.exceptions.BudgetExceededError`, the committed nodes' outputs in
+  its ``partial``. A resume with a larger budget runs the node again.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from gecko_actors.checkpoint import (
     StepRecord,
 )
 from gecko_actors.checkpoint.store import CREATOR_EPOCH
+from gecko_actors.core.budget import Budget, stopped
 from gecko_actors.core.messages import Usage
 from gecko_actors.exceptions import (
+    BudgetExceededError,
     CheckpointError,
     GeckoError,
     OwnershipLost,
@@ -57,6 +63,7 @@ from gecko_actors.workflow.rules import (
     normalised,
 )
 from gecko_actors.workflow.schedule import Scheduler, Visit
+from gecko_actors.workflow.spend import BudgetOpener, RunSpend
 from gecko_actors.workflow.state import apply, check_conflicts, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
 
@@ -93,6 +100,7 @@ class RunEngine:
         executor: Executor,
         *,
         on_event: EventSink | None = None,
+        budgets: BudgetOpener | None = None,
     ) -> None:
         self.graph = graph
         self.run_id = run_id
@@ -107,6 +115,7 @@ class RunEngine:
         self.value: Any = None  # the run's result once it succeeded
         self._driver: asyncio.Task[Any] | None = None
         self._cancelled = False  # a cancel() that came before the drive began
+        self.spend = RunSpend(run_id, budgets)  # its ledger: a local one unless ``budgets``
 
     # --- opening: load the checkpoint and replay it -------------------------------------
 
@@ -117,18 +126,26 @@ class RunEngine:
         created_at: float | None = None,
         host: str | None = None,
         create: bool = True,
+        budget: Budget | None = None,
     ) -> Manifest:
         """Create the run if absent (or, with ``create=False``, only find it) and replay its
         committed steps, so that ``status`` answers before the run is driven. ``created``
         says afterwards whether this call created it. Given ``created_at``, a run that
         exists with another creation time or host is another start's: ``already_exists``.
+        ``budget`` replaces the run's recorded budget (a resume may raise it).
         Blocking: call it from a thread in an event loop."""
         if create:
             entry = self.graph.entry or "input"
             input = normalised(input, "the run's input", entry)  # as a resumed run will see it
             at = time.time() if created_at is None else created_at
             made = Manifest(
-                self.run_id, self.graph.name, self.graph.fingerprint(), input, at, host=host
+                self.run_id,
+                self.graph.name,
+                self.graph.fingerprint(),
+                input,
+                at,
+                host=host,
+                budget=None if budget is None else dataclasses.asdict(budget),
             )
             self.manifest = self.store.create_manifest(made)
             self.created = self.manifest is made
@@ -150,13 +167,16 @@ class RunEngine:
             self.replay([])
         else:
             self._reload()
+        self.spend.load(self.manifest, budget, self.committed_usage)
         return self.manifest
 
     def take_over(self) -> None:
         """Take an owner epoch, then reload the committed steps: everything committed before
         our claim is seen, and any later commit by an older owner is refused by the store."""
         self.epoch = self.store.claim(self.run_id)
-        self.store.update_status(self.run_id, "running", epoch=self.epoch)
+        self.store.update_status(
+            self.run_id, "running", epoch=self.epoch, spend=self.spend.record()
+        )
         self._reload()
 
     def replay(self, records: list[StepRecord]) -> None:
@@ -166,6 +186,7 @@ class RunEngine:
         self._state: dict[str, Any] = {}  # every committed write, merged in commit order
         self.writers: dict[str, list[tuple[int, str]]] = {}  # key -> (seq, node) that wrote it
         self.output_seqs: dict[str, list[int]] = {}  # node -> the seq of each of its steps
+        self.committed_usage: list[Usage] = []  # of each committed step that used a model
         self.nodes = {}
         self.sched.start(self.manifest.input)
         for record in records:
@@ -204,6 +225,7 @@ class RunEngine:
                 self.epoch = CREATOR_EPOCH
             else:
                 await asyncio.to_thread(self.take_over)
+            await self.spend.open()
         except Exception as exc:
             self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
             self._cancelled = False
@@ -229,6 +251,7 @@ class RunEngine:
         error = None if self.failure is None else str(self.failure)
         durable = not isinstance(self.failure, OwnershipLost)  # the status is the new owner's
         if durable:
+            await self.spend.finish()
             try:
                 await asyncio.to_thread(
                     self.store.update_status,
@@ -237,6 +260,7 @@ class RunEngine:
                     result=self.value,
                     error=error,
                     epoch=self.epoch,
+                    spend=self.spend.record(),
                 )
             except Exception as exc:
                 # Not durable (storage down, or taken over): the run counts as failed here, and
@@ -311,6 +335,10 @@ class RunEngine:
                 value, writes = await self._attempt(node, ctx)
                 duration = time.perf_counter() - start
                 return NodeOutcome(value, writes, attempt, duration, snapshot)
+            except BudgetExceededError as exc:  # no retry: it would be refused again
+                self._failed(visit, attempt, describe(exc), start)
+                partial = {n: copy.deepcopy(v) for n, v in self.sched.outputs.items()}
+                raise stopped(exc, partial, run_id=self.run_id, node=visit.node) from None
             except Exception as exc:
                 error = describe(exc)
                 if attempt == node.retry.attempts:
@@ -341,7 +369,8 @@ class RunEngine:
 
     async def _one(self, node: Node, ctx: NodeContext) -> tuple[Any, tuple[StateWrite, ...]]:
         """One attempt, stopped (and waited for) when it times out or is cancelled."""
-        attempt = self.executor.start(node, ctx)
+        with self.spend.attempt(ctx.node, ctx.visit):  # the attempt's tasks spend from the run
+            attempt = self.executor.start(node, ctx)
         try:
             await attempt.started()
             return await asyncio.wait_for(attempt.result(), node.timeout)
@@ -463,7 +492,8 @@ class RunEngine:
             self.run_id,
         )
         routes = None if jump else await self._routes(visit, output, after)
-        usage = usage_of(output)
+        spent = await self.spend.of_visit(visit.node, visit.visit)  # every attempt's calls
+        usage = usage_of(output) if spent is None else spent
         return StepRecord(
             seq=self.seq,
             node=visit.node,
@@ -521,6 +551,8 @@ class RunEngine:
                 run_id=self.run_id,
             )
         self.history.append(record.writes)
+        if record.usage is not None:
+            self.committed_usage.append(record.usage)
         apply(self._state, record.writes, self.graph.reducers)
         for write in record.writes:
             self.writers.setdefault(write.key, []).append((record.seq, record.node))

@@ -23,6 +23,7 @@ made to its own snapshot (``state.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import json
@@ -138,7 +139,8 @@ class ThreadAttempt(TaskAttempt):
     until it returns (its result is then thrown away)."""
 
     def __init__(self, fn: Callable[[NodeContext], Any], ctx: NodeContext) -> None:
-        self.job = _NODE_THREADS.submit(call_node, fn, ctx)
+        # In a copy of our context: the node's model calls spend from the run's budget.
+        self.job = _NODE_THREADS.submit(contextvars.copy_context().run, call_node, fn, ctx)
         super().__init__(self._run())
 
     async def _run(self) -> Result:

@@ -25,8 +25,10 @@ import ray
 from ray import cloudpickle
 
 from gecko_actors import metrics
+from gecko_actors._actors.budgets import open_run_budget
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.index import IndexEntry, RunIndex
+from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import HostBusy, OwnershipLost, UserError, WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
@@ -88,7 +90,13 @@ class WorkflowHost:
     # --- starting and resuming ----------------------------------------------------------
 
     async def start_run(
-        self, run_id: str, uri: str, graph: GraphRef, input: Any, created_at: float
+        self,
+        run_id: str,
+        uri: str,
+        graph: GraphRef,
+        input: Any,
+        created_at: float,
+        budget: Budget | None = None,
     ) -> dict[str, Any]:
         """Create run ``run_id`` (if absent) and drive it; returns its ``info``. A run id
         that is taken is a UserError; a full host raises HostBusy (nothing is stored). A
@@ -100,19 +108,22 @@ class WorkflowHost:
                 hint="wait for runs to finish, add nodes, or raise GECKO_HOST_MAX_RUNS",
                 host=self.name,
             )
-        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, created_at))
+        run = await self._held(
+            run_id, lambda: self._open(run_id, uri, graph, input, created_at, budget)
+        )
         manifest = run.manifest
         if (manifest.host, manifest.created_at) != (self.name, created_at):
             raise already_exists(run_id, uri)  # another start's run, held here
         return self.info(run_id)
 
     async def resume_run(
-        self, run_id: str, uri: str, graph: GraphRef, input: Any
+        self, run_id: str, uri: str, graph: GraphRef, input: Any, budget: Budget | None = None
     ) -> dict[str, Any]:
         """Continue ``run_id`` from its last committed step: a live run goes on, a failed or
-        cancelled one is driven again, a succeeded one keeps its result."""
-        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, None))
-        await self._continue(run)
+        cancelled one is driven again (with ``budget``, if given), a succeeded one keeps its
+        result."""
+        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, None, budget))
+        await self._continue(run, budget)
         return self.info(run_id)
 
     async def resume_recorded(self) -> None:
@@ -158,7 +169,13 @@ class WorkflowHost:
         return self.runs[run_id]
 
     async def _open(
-        self, run_id: str, uri: str, graph: GraphRef, input: Any, created_at: float | None
+        self,
+        run_id: str,
+        uri: str,
+        graph: GraphRef,
+        input: Any,
+        created_at: float | None,
+        budget: Budget | None = None,
     ) -> DrivenRun:
         """Open the run (creating it only for a start: ``created_at`` given) and drive it."""
         definition = await self._graph(graph)
@@ -168,12 +185,14 @@ class WorkflowHost:
         run.entry = {"uri": uri, "graph": graph.key, "target": graph.target}
 
         def engine(sink: Any) -> RunEngine:
-            return RunEngine(definition, run_id, store, executor, on_event=sink)
+            return RunEngine(
+                definition, run_id, store, executor, on_event=sink, budgets=open_run_budget
+            )
 
         create = created_at is not None  # a resume never makes a run that is gone
 
         def open_and_record() -> None:  # one trip to a thread: the start path's two writes
-            run.open(engine, input, created_at, self.name, create)
+            run.open(engine, input, created_at, self.name, create, budget)
             if not run.done.is_set():  # recorded, so that a restart of this host resumes it
                 directory.record_run(self.name, run_id, run.entry)
 
@@ -202,8 +221,9 @@ class WorkflowHost:
         _keep(asyncio.create_task(run.drive()))
         self._count()
 
-    async def _continue(self, run: DrivenRun) -> None:
-        """Drive a failed or cancelled run again (recorded again first)."""
+    async def _continue(self, run: DrivenRun, budget: Budget | None = None) -> None:
+        """Drive a failed or cancelled run again (recorded again first; with ``budget``
+        instead of its own, if given)."""
         if run.engine is None or run.engine.outcome in ("running", "succeeded"):
             return  # being driven (or about to be), or done for good
         await run.settled.wait()  # the last drive's end is recorded (it forgets the run)
@@ -212,7 +232,7 @@ class WorkflowHost:
         await _starting(directory.record_run, self.name, run.run_id, run.entry)
         self._index(run).add(run.index_entry("running"))
         self.live.add(run.run_id)
-        await run.reopen()
+        await run.reopen(budget)
         self._count()
 
     async def _graph(self, graph: GraphRef) -> WorkflowGraph:
@@ -334,8 +354,8 @@ class WorkflowHost:
     async def cancel(self, run_id: str) -> None:
         await (await self._run(run_id)).cancel()
 
-    async def reopen(self, run_id: str) -> None:
-        await self._continue(await self._run(run_id))
+    async def reopen(self, run_id: str, budget: Budget | None = None) -> None:
+        await self._continue(await self._run(run_id), budget)
 
     async def lent_output(self, key: str, node: str) -> tuple[bool, Any]:
         """The output of ``node`` as the task attempt ``key`` sees it (see LentOutputs)."""

@@ -19,6 +19,7 @@ from ray import cloudpickle
 from gecko_actors._actors import pools
 from gecko_actors._actors.common import unwrap
 from gecko_actors.checkpoint import Manifest
+from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import HostBusy, WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.runtime import ensure_initialized
@@ -91,7 +92,9 @@ def packed(graph: WorkflowGraph) -> GraphRef:
     return ref
 
 
-def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
+def start(
+    graph: WorkflowGraph, run_id: str, uri: str, input: Any, budget: Budget | None = None
+) -> str:
     """Start run ``run_id`` on a host of this job's pool (another one when the preferred one
     is full); returns the host's name."""
     ensure_initialized()
@@ -104,9 +107,9 @@ def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
         known = code._replace(blob=None) if sent in _SENT else code
         try:
             try:
-                call(name, "start_run", run_id, uri, known, input, created_at)
+                call(name, "start_run", run_id, uri, known, input, created_at, budget)
             except GraphMissing:  # it lost the graph it was sent: send it again
-                call(name, "start_run", run_id, uri, code, input, created_at)
+                call(name, "start_run", run_id, uri, code, input, created_at, budget)
         except HostBusy:
             continue
         _SENT.add(sent)
@@ -119,7 +122,7 @@ def start(graph: WorkflowGraph, run_id: str, uri: str, input: Any) -> str:
     )
 
 
-def resume(graph: WorkflowGraph, manifest: Manifest, uri: str) -> str:
+def resume(graph: WorkflowGraph, manifest: Manifest, uri: str, budget: Budget | None = None) -> str:
     """Resume a run on its host when that host is of this job's pool (else on this pool's
     preferred host, which takes the run over); returns the host's name."""
     ensure_initialized()
@@ -127,5 +130,5 @@ def resume(graph: WorkflowGraph, manifest: Manifest, uri: str) -> str:
     recorded = manifest.host or ""
     ours = recorded.startswith(directory.host_name(env, ""))
     name = recorded if ours else directory.candidates(manifest.run_id, env)[0]
-    call(name, "resume_run", manifest.run_id, uri, packed(graph), manifest.input)
+    call(name, "resume_run", manifest.run_id, uri, packed(graph), manifest.input, budget)
     return name

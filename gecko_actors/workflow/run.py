@@ -13,6 +13,7 @@ import ray
 from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.records import validate_run_id
+from gecko_actors.core.budget import Budget, checked_budget
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
@@ -167,10 +168,10 @@ class WorkflowRun:
                 run_id=self.run_id,
             ) from None
 
-    def reopen(self) -> bool:
-        """Continue a failed or cancelled run from its last committed step; False when the
-        coordinator has exited."""
-        return self._ask("reopen") is not _GONE
+    def reopen(self, budget: Budget | None = None) -> bool:
+        """Continue a failed or cancelled run from its last committed step (with ``budget``
+        instead of its own, if given); False when the coordinator has exited."""
+        return self._ask("reopen", budget) is not _GONE
 
     def _ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         handle = self._handle
@@ -222,6 +223,7 @@ class Workflow(WorkflowGraph):
         run_id: str | None = None,
         checkpoint: str | Path | None = None,
         dedicated: bool = False,
+        budget: Budget | None = None,
     ) -> WorkflowRun:
         """Validate, create the run and return its handle once its host has it.
 
@@ -230,17 +232,24 @@ class Workflow(WorkflowGraph):
         its own (``workflow/<run_id>``). A run id that exists is a UserError, and of two
         starts of one run id only one makes the run. An input that cannot be checkpointed is
         a UserError before anything is stored.
+
+        With ``budget``, every model call of the run (its agents', teams', nested runs', in
+        any process) is reserved against it first: one that would go over it is refused
+        before it is sent, and the run fails with ``BudgetExceededError`` (the finished
+        nodes' outputs in ``.partial``), resumable with a larger budget. Its spend is in
+        ``status()["spend"]`` and in the checkpoint.
         """
         self.validate()
+        budget = checked_budget(budget, f"workflow run of {self.name!r}")
         normalised(input, "the run's input", self.entry or self.name)
         run_id = validate_run_id(run_id or f"{self.name}-{uuid.uuid4().hex[:12]}")
         uri = checkpoint_uri(checkpoint)
         if not dedicated:
-            host = hosting.start(self, run_id, uri, input)
+            host = hosting.start(self, run_id, uri, input, budget)
             return WorkflowRun(run_id, None, uri, host=host)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
             raise already_exists(run_id, uri)
-        return self._coordinator(run_id, uri, input)
+        return self._coordinator(run_id, uri, input, budget)
 
     def resume(
         self,
@@ -248,11 +257,15 @@ class Workflow(WorkflowGraph):
         *,
         checkpoint: str | Path | None = None,
         dedicated: bool | None = None,
+        budget: Budget | None = None,
     ) -> WorkflowRun:
         """Continue a run from its last committed step (after its host, a node or the whole
         Ray instance was lost, or it failed or was cancelled); a finished run returns its
-        stored result. ``dedicated`` defaults to how the run was started."""
+        stored result. ``dedicated`` defaults to how the run was started. ``budget``
+        replaces the run's own (a run stopped by its budget goes on with a larger one; what
+        it spent so far still counts)."""
         self.validate()
+        budget = checked_budget(budget, f"run {run_id!r}")
         uri = checkpoint_uri(checkpoint)
         manifest = CheckpointStore(uri).read_manifest(run_id)
         if manifest is None:
@@ -264,13 +277,15 @@ class Workflow(WorkflowGraph):
         if dedicated is None:
             dedicated = (manifest.host or "").startswith("workflow/")
         if not dedicated:
-            host = hosting.resume(self, manifest, uri)
+            host = hosting.resume(self, manifest, uri, budget)
             return WorkflowRun(run_id, None, uri, host=host)
-        return self._coordinator(run_id, uri, manifest.input)
+        return self._coordinator(run_id, uri, manifest.input, budget)
 
-    def _coordinator(self, run_id: str, uri: str, input: Any) -> WorkflowRun:
+    def _coordinator(
+        self, run_id: str, uri: str, input: Any, budget: Budget | None = None
+    ) -> WorkflowRun:
         for _ in range(2):  # twice: a finished run's coordinator may be exiting just then
-            run = WorkflowRun(run_id, launch(self, run_id, uri, input), uri)
-            if run.reopen():  # a failed or cancelled run continues
+            run = WorkflowRun(run_id, launch(self, run_id, uri, input, budget), uri)
+            if run.reopen(budget):  # a failed or cancelled run continues
                 return run
         return run

@@ -11,6 +11,7 @@ from typing import Any
 
 from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
 from gecko_actors.core.messages import AgentOutput, Usage
+from gecko_actors.workflow.spend import status_spend
 
 
 def usage_of(value: Any) -> Usage | None:
@@ -48,6 +49,7 @@ def node_entry(
         "attempts": attempts,
         "duration": duration,
         "tokens": usage.total_tokens if usage is not None else 0,
+        "usd": (usage.cost or 0.0) if usage is not None else 0.0,
         "error": error,
     }
 
@@ -68,7 +70,10 @@ def run_status(
     steps: int,
     nodes: dict[str, dict[str, Any]],
     error: str | None = None,
+    spend: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A run's status: ``spend`` is its budget and what it spent, for a budgeted run (see
+    ``spend.status_spend``)."""
     return {
         "run_id": manifest.run_id,
         "workflow": manifest.workflow,
@@ -80,6 +85,7 @@ def run_status(
         "tokens": sum(n["tokens"] for n in nodes.values()),
         "host": manifest.host,
         "nodes": nodes,
+        "spend": spend,
     }
 
 
@@ -91,7 +97,10 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
         return None
     records = store.load_steps(run_id)
     nodes = {r.node: entry_of(r) for r in records}
-    return run_status(manifest, manifest.status, len(records), nodes, manifest.error)
+    spend = {"budget": manifest.budget, "spent": manifest.spent}
+    return run_status(
+        manifest, manifest.status, len(records), nodes, manifest.error, status_spend(spend)
+    )
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -1,0 +1,153 @@
+"""The budget governor: one named actor (``gecko/budgets``) that keeps the budgets a stretch
+of work spends from across processes (a workflow run's, a team's), and the
+:class:`RemoteLedger` every process reserves and settles with.
+
+Each model call made under such a budget costs two small calls to the governor (reserve
+before, settle after), so the budget is exact across processes: the overshoot is at most
+what the calls in flight use beyond their estimate. A governor that restarts forgets its
+budgets: calls then fail with ``BudgetExceededError`` until the run is resumed (the run's
+spend so far is in its checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from gecko_actors._actors.common import create, unwrap
+from gecko_actors.core.budget import Budget, BudgetBook
+from gecko_actors.core.messages import Usage
+from gecko_actors.runtime import ensure_initialized
+
+GOVERNOR = "gecko/budgets"
+_HANDLES: dict[str, Any] = {}
+
+
+class BudgetActor:
+    """The actor shell of a :class:`BudgetBook` (budgets and usage travel as plain data)."""
+
+    def __init__(self) -> None:
+        self.book = BudgetBook()
+
+    def open(
+        self,
+        scope: str,
+        budget: dict[str, Any],
+        parent: str | None,
+        spent: dict[str, Any] | None,
+        fresh: bool,
+    ) -> None:
+        used = None if spent is None else Usage(**spent)
+        self.book.open(scope, Budget(**budget), parent=parent, spent=used, fresh=fresh)
+
+    def reserve(self, scopes: Sequence[str], tokens: int, labels: Sequence[str]) -> int:
+        return self.book.reserve(scopes, tokens, labels)
+
+    def settle(self, hold: int, usage: dict[str, Any]) -> None:
+        self.book.settle(hold, Usage(**usage))
+
+    def usage(self, scope: str, *prefixes: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        total, labelled = self.book.usage(scope, *prefixes)
+        return total.model_dump(), {label: u.model_dump() for label, u in labelled.items()}
+
+    def close(self, scope: str) -> None:
+        self.book.close(scope)
+
+
+def governor() -> Any:
+    """The governor's handle, made if it does not exist."""
+    ensure_initialized()
+    key = ray.get_runtime_context().gcs_address  # a new Ray in this process: a new governor
+    found = _HANDLES.get(key)
+    if found is None:
+        found = create(ray.remote(BudgetActor), GOVERNOR, (), get_if_exists=True)
+        _HANDLES[key] = found
+    return found
+
+
+async def open_budget(
+    scope: str,
+    budget: Budget,
+    *,
+    parent: str | None = None,
+    spent: Usage | None = None,
+    fresh: bool = False,
+) -> RemoteLedger:
+    """Have the governor keep ``budget`` for ``scope`` (see ``BudgetBook.open``); the
+    ledger to spend from it (with ``parent``'s too)."""
+    used = None if spent is None else spent.model_dump()
+    await _call("open", scope, dataclasses.asdict(budget), parent, used, fresh)
+    return RemoteLedger((scope,))
+
+
+async def open_run_budget(scope: str, budget: Budget, spent: Usage) -> RemoteLedger:
+    """A workflow run's ledger for a drive (a ``workflow.spend.BudgetOpener``): a fresh
+    one, from what the run spent so far."""
+    return await open_budget(scope, budget, spent=spent, fresh=True)
+
+
+def open_budget_blocking(scope: str, budget: Budget) -> RemoteLedger:
+    """:func:`open_budget` from synchronous code (a fresh scope's ledger)."""
+    _call_blocking("open", scope, dataclasses.asdict(budget), None, None, False)
+    return RemoteLedger((scope,))
+
+
+async def _call(method: str, *args: Any) -> Any:
+    try:
+        return await getattr(governor(), method).remote(*args)
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap(exc) from None
+
+
+def _call_blocking(method: str, *args: Any) -> Any:
+    try:
+        return ray.get(getattr(governor(), method).remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        raise unwrap(exc) from None
+
+
+def _usages(total: dict[str, Any], labelled: dict[str, Any]) -> tuple[Usage, dict[str, Usage]]:
+    return Usage(**total), {label: Usage(**u) for label, u in labelled.items()}
+
+
+class RemoteLedger:
+    """A :class:`~gecko_actors.core.budget.Spender` whose ledgers the governor keeps: a
+    call reserves against every scope of ``scopes`` (and their parents) at once. It travels
+    to other processes by its scopes, so an agent host spends from the run that called it."""
+
+    travels = True  # see ``core/budget.Spending``: may be sent with a call to another process
+
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        self.scopes = scopes
+        self.scope = scopes[0]
+
+    def __repr__(self) -> str:
+        return f"RemoteLedger({self.scopes!r})"
+
+    def within(self, outer: Any) -> RemoteLedger:
+        """This ledger, spending from ``outer``'s scopes too when it is a remote one."""
+        if isinstance(outer, RemoteLedger):
+            return RemoteLedger(tuple(dict.fromkeys((*self.scopes, *outer.scopes))))
+        return self
+
+    async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> int:
+        return await _call("reserve", self.scopes, tokens, tuple(labels))
+
+    async def release(self, hold: int, usage: Usage) -> None:
+        await _call("settle", hold, usage.model_dump())
+
+    async def report(self, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """What the first scope's settled calls used, in all and per label (those starting
+        with one of ``prefixes``, if given)."""
+        return _usages(*await _call("usage", self.scope, *prefixes))
+
+    def report_blocking(self, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """:meth:`report` from synchronous code."""
+        return _usages(*_call_blocking("usage", self.scope, *prefixes))
+
+    async def close(self) -> None:
+        """Let the governor forget the first scope."""
+        await _call("close", self.scope)
