@@ -153,17 +153,51 @@ def _input_option(fn: Any) -> Any:
     )(fn)
 
 
+def _budget_option(fn: Any) -> Any:
+    return click.option(
+        "--budget",
+        "budget_",
+        default=None,
+        metavar="LIMITS",
+        help="A hard stop on the run's model calls, e.g. tokens=20000,usd=0.5,model_calls=100 "
+        "(on resume: replaces the run's own).",
+    )(fn)
+
+
+def _budget(text: str | None) -> Any:
+    """The :class:`Budget` that ``--budget`` names (``None`` without one)."""
+    if text is None:
+        return None
+    from gecko_actors.core.budget import Budget
+
+    kinds = {"tokens": int, "usd": float, "model_calls": int}
+    limits: dict[str, Any] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        try:
+            limits[key] = kinds[key](value.strip())
+        except (KeyError, ValueError):
+            raise UserError(
+                f"--budget {text!r:.80}: {part.strip()!r:.40} is not a limit",
+                hint="use tokens=N, usd=X and model_calls=N, separated by commas",
+            ) from None
+    return Budget(**limits)
+
+
 @main.command()
 @click.argument("target")
 @_input_option
 @click.option("--run-id", default=None, help="The run's id (default: <workflow>-<random>).")
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@_budget_option
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
 def run(
     target: str,
     input_: str | None,
     run_id: str | None,
     checkpoint: str | None,
+    budget_: str | None,
     address: str | None,
 ) -> None:
     """Run the workflow TARGET (path/to/file.py:attr or package.module:attr, naming a
@@ -178,8 +212,9 @@ def run(
 
     wf = load_workflow(target)
     value = read_input(input_)
+    budget = _budget(budget_)
     _connect(address)
-    handle = wf.start(value, run_id=run_id, checkpoint=checkpoint)
+    handle = wf.start(value, run_id=run_id, checkpoint=checkpoint, budget=budget)
     _follow(handle, checkpoint)
 
 
@@ -187,8 +222,15 @@ def run(
 @click.argument("run_id")
 @click.argument("target", required=False)
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
+@_budget_option
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
-def resume(run_id: str, target: str | None, checkpoint: str | None, address: str | None) -> None:
+def resume(
+    run_id: str,
+    target: str | None,
+    checkpoint: str | None,
+    budget_: str | None,
+    address: str | None,
+) -> None:
     """Continue RUN_ID from its last committed step (after a crash, a cancel or a failure).
     TARGET is the run's workflow; without it, only a run whose coordinator is still alive on
     the cluster can be continued.
@@ -199,16 +241,17 @@ def resume(run_id: str, target: str | None, checkpoint: str | None, address: str
     """
     from gecko_actors.workflow.run import WorkflowRun
 
+    budget = _budget(budget_)
     if target is None:
         _connect(address)
         handle = WorkflowRun.attach(run_id)
-        handle.reopen()
+        handle.reopen(budget)
     else:
         from gecko_actors.workflow.target import load_workflow
 
         wf = load_workflow(target)
         _connect(address)
-        handle = wf.resume(run_id, checkpoint=checkpoint)
+        handle = wf.resume(run_id, checkpoint=checkpoint, budget=budget)
     _follow(handle, checkpoint)
 
 

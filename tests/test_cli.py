@@ -261,3 +261,38 @@ def test_example_tool_agent_runs() -> None:
     namespace = runpy.run_path(str(ROOT / "examples" / "tool_agent.py"))
     quote = namespace["main"]()
     assert (quote.usd, quote.eur) == (59.97, 55.17)
+
+
+BUDGETED = """
+from gecko_actors import LocalAgent, ScriptedModel
+from gecko_actors.workflow import Workflow
+
+
+def ask(ctx):
+    return LocalAgent(ScriptedModel(["word " * 230]), name=ctx.node).run("go").content
+
+
+workflow = Workflow("{name}").add_node("a", ask).add_node("b", ask).add_edge("a", "b")
+"""
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_and_resume_with_a_budget(tmp_path: Path) -> None:
+    path = tmp_path / "budgeted.py"
+    path.write_text(BUDGETED.replace("{name}", f"budgeted-{uuid.uuid4().hex[:6]}"))
+    runs = str(tmp_path / "runs")
+    code, out = cli("run", f"{path}:workflow", "--checkpoint", runs, "--budget", "tokens=400")
+    assert code == 1 and "BudgetExceededError" in out and "✓ a in" in out, out
+    run_id = re.search(r"run (budgeted-\w+-\w+) \(checkpoint", out).group(1)
+    code, status = cli("status", run_id, "--checkpoint", runs)
+    assert code == 0 and "model calls (budget: tokens=400)" in status, status
+
+    code, out = cli(
+        "resume", run_id, f"{path}:workflow", "--checkpoint", runs, "--budget", "tokens=2000"
+    )
+    assert code == 0, out
+    assert "▶ a" not in out and "✓ b in" in out
+    assert "spent" in out and "2 model calls (budget: tokens=2000)" in out
+
+    code, out = cli("run", f"{path}:workflow", "--checkpoint", runs, "--budget", "dollars=1")
+    assert code == 1 and "'dollars=1' is not a limit" in out and "usd=X" in out

@@ -308,15 +308,12 @@ def spending(spender: Spender | None, *labels: str) -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def charged(
-    context: Spending | None, messages: Sequence[Message], max_tokens: int | None, label: str
+    context: Spending, messages: Sequence[Message], max_tokens: int | None, label: str
 ) -> AsyncIterator[list[Usage]]:
-    """Reserve one model call of ``messages`` from ``context`` (if any), tagged ``label``
-    too; the block appends the call's usage to the list it is given, which is settled when
-    the block ends (nothing appended: a failed call)."""
+    """Reserve one model call of ``messages`` from ``context``, tagged ``label`` too; the
+    block appends the call's usage to the list it is given, which is settled when the block
+    ends (nothing appended: a failed call)."""
     used: list[Usage] = []
-    if context is None:
-        yield used
-        return
     tokens = estimate_tokens(messages, max_tokens)
     hold = await context.spender.acquire(tokens, (*context.labels, label))
     try:

@@ -342,6 +342,10 @@ class ReActEngine:
     async def _call_model(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
         """One model call, reserved first against the budget the run spends from (a
         workflow run's, a team's: see ``core/budget.spending``), if any."""
+        if run.spending is None:  # the common case, without a context manager per call
+            async for item in self._model_items(run, streaming):
+                yield item
+            return
         max_tokens = getattr(self.model, "max_tokens", None)
         label = f"agent:{self.name}"
         async with charged(run.spending, run.messages, max_tokens, label) as used:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,15 +51,23 @@ from gecko_actors.exceptions import (
     UserError,
     WorkflowError,
 )
-from gecko_actors.workflow.execution import Executor, Outputs, describe, stop_all, uncancel
+from gecko_actors.workflow.execution import (
+    Executor,
+    NodeOutcome,
+    Outputs,
+    describe,
+    stop_all,
+    uncancel,
+)
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.rules import (
     already_exists,
     as_gecko,
-    callable_name,
+    checkpointable,
     different_graph,
     merged,
     normalised,
+    routes,
 )
 from gecko_actors.workflow.schedule import Scheduler, Visit
 from gecko_actors.workflow.spend import BudgetOpener, RunSpend
@@ -68,17 +75,6 @@ from gecko_actors.workflow.state import apply, check_conflicts, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
 
 EventSink = Callable[..., None]
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeOutcome:
-    """What a visit's last attempt produced, before it is checked and committed."""
-
-    value: Any
-    writes: tuple[StateWrite, ...]
-    attempts: int
-    duration: float
-    snapshot: dict[str, Any]  # the state the visit started from (the node saw a copy)
 
 
 class RunEngine:
@@ -466,18 +462,12 @@ class RunEngine:
     async def _checked(self, visit: Visit, outcome: NodeOutcome) -> StepRecord:
         """The step record of ``outcome`` once it passed every check, with its values
         normalised to what the checkpoint holds."""
-        jump = outcome.value if isinstance(outcome.value, Next) else None
-        output = None if jump else normalised(outcome.value, "output", visit.node)
-        if jump is not None:
+        output, jump = outcome.value, None
+        if isinstance(output, Next):
             # A node may return any target (a list, None, a typo): checked before the input.
-            target = self.graph.jump_target(visit.node, jump.node, self.run_id)
-            jump = Next(target, normalised(jump.input, "Next input", visit.node))
-        writes = tuple(
-            w
-            if w.deleted
-            else StateWrite(w.key, normalised(w.value, f"state[{w.key!r}]", visit.node))
-            for w in outcome.writes
-        )
+            target = self.graph.jump_target(visit.node, output.node, self.run_id)
+            output, jump = None, Next(target, output.input)
+        output, jump, writes = checkpointable(output, jump, outcome.writes, visit.node)
         self.sched.check(visit.node, jump)
         reducers = self.graph.reducers
         check_conflicts(writes, reducers, self.writers, visit.after, visit.node, self.run_id)
@@ -512,35 +502,13 @@ class RunEngine:
     async def _routes(
         self, visit: Visit, output: Any, state: dict[str, Any]
     ) -> dict[str, bool] | None:
-        """The outcome of each condition on the node's outgoing edges: they see its output as
-        ``input`` and the state as the node left it. One that raises fails the node."""
+        """The outcome of each condition on the node's outgoing edges (see ``routes``)."""
         edges = [e for e in self.graph.successors(visit.node) if e.when is not None]
         if not edges:
             return None
-        seen = NodeContext(
-            output,
-            self.outputs(visit, {visit.node: output}),
-            state,
-            self.run_id,
-            visit.node,
-            visit.visit,
-        )
-        routes = {}
-        for edge in edges:
-            try:
-                verdict = edge.when(seen)
-                if inspect.isawaitable(verdict):
-                    verdict = await verdict
-            except Exception as exc:
-                raise WorkflowError(
-                    f"the condition {callable_name(edge.when)} of edge {edge.source!r} → "
-                    f"{edge.target!r} raised {describe(exc)}",
-                    hint="fix the condition, then resume the run",
-                    run_id=self.run_id,
-                    node=visit.node,
-                ) from None
-            routes[edge.target] = bool(verdict)
-        return routes
+        outputs = self.outputs(visit, {visit.node: output})
+        seen = NodeContext(output, outputs, state, self.run_id, visit.node, visit.visit)
+        return await routes(edges, seen)
 
     def _apply(self, record: StepRecord) -> None:
         """Let a committed step move the run on (live, and when replaying the checkpoint)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
+import dataclasses
 import inspect
 import json
 import re
@@ -47,6 +48,17 @@ Result = tuple[Any, tuple[StateWrite, ...]]
 # threads) would cap a 20-way fan-out at 6 and make commits, which use it, wait behind nodes.
 # Threads are made on demand, up to this many at once; more visits queue.
 _NODE_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="gecko-node")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeOutcome:
+    """What a visit's last attempt produced, before it is checked and committed."""
+
+    value: Any
+    writes: tuple[StateWrite, ...]
+    attempts: int
+    duration: float
+    snapshot: dict[str, Any]  # the state the visit started from (the node saw a copy)
 
 
 class Attempt(Protocol):

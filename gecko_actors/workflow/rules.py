@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gecko_actors.checkpoint import StateWrite, decode_value, encode_value
 from gecko_actors.exceptions import GeckoError, UserError, WorkflowError
 from gecko_actors.workflow.execution import describe
+from gecko_actors.workflow.graph import Edge, Next, NodeContext
 from gecko_actors.workflow.state import apply
 
 
@@ -16,6 +18,44 @@ def as_gecko(exc: Exception, run_id: str) -> GeckoError:
     if isinstance(exc, GeckoError):
         return exc
     return WorkflowError(f"workflow run {run_id!r} failed: {describe(exc)}", run_id=run_id)
+
+
+def checkpointable(
+    output: Any, jump: Next | None, writes: Sequence[StateWrite], node: str
+) -> tuple[Any, Next | None, tuple[StateWrite, ...]]:
+    """A step's output, jump and state writes normalised to what the checkpoint holds (a
+    UserError naming the value that cannot be)."""
+    if jump is not None:
+        jump = Next(jump.node, normalised(jump.input, "Next input", node))
+    return (
+        None if jump else normalised(output, "output", node),
+        jump,
+        tuple(
+            w if w.deleted else StateWrite(w.key, normalised(w.value, f"state[{w.key!r}]", node))
+            for w in writes
+        ),
+    )
+
+
+async def routes(edges: Sequence[Edge], seen: NodeContext) -> dict[str, bool]:
+    """The outcome of each condition of ``edges`` (a node's outgoing edges): they see its
+    output as ``input`` and the state as the node left it. One that raises fails the node."""
+    found = {}
+    for edge in edges:
+        try:
+            verdict = edge.when(seen)  # type: ignore[misc]
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except Exception as exc:
+            raise WorkflowError(
+                f"the condition {callable_name(edge.when)} of edge {edge.source!r} → "
+                f"{edge.target!r} raised {describe(exc)}",
+                hint="fix the condition, then resume the run",
+                run_id=seen.run_id,
+                node=seen.node,
+            ) from None
+        found[edge.target] = bool(verdict)
+    return found
 
 
 def callable_name(fn: Any) -> str:

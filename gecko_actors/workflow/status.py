@@ -127,6 +127,13 @@ def format_status(status: dict[str, Any]) -> str:
         f"{status['steps']} step(s), {status['tokens']} tokens, "
         f"{end - status['created_at']:.1f}s"
     )
+    spend = status.get("spend")
+    if spend:
+        limits = ", ".join(f"{k}={v}" for k, v in spend["budget"].items() if v is not None)
+        lines.append(
+            f"spent {spend['tokens']} tokens, ${spend['usd']:.4f}, {spend['model_calls']} "
+            f"model calls (budget: {limits})"
+        )
     if status.get("error"):
         lines.append(f"error: {status['error']}")
     return "\n".join(line.rstrip() for line in lines)
