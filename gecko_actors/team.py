@@ -120,7 +120,6 @@ class Team:
         self.members = members
         self.name = name
         self.budget = budget
-        self._ledger: RemoteLedger | None = None  # opened at the governor on first use
         self._scope = f"team {name!r} ({uuid.uuid4().hex[:8]})"
 
     def __repr__(self) -> str:
@@ -134,24 +133,27 @@ class Team:
         """What the team's runs spent (``None`` without a budget)."""
         if self.budget is None:
             return None
-        total, _ = self._opened().report_blocking()
+        ledger = self._open()
+        assert ledger is not None
+        total, _ = ledger.report_blocking()
         return Spend.of(total)
 
-    def _opened(self) -> RemoteLedger:
-        if self._ledger is None:
-            assert self.budget is not None
-            self._ledger = open_budget_blocking(self._scope, self.budget)
-        return self._ledger
+    def _open(self) -> RemoteLedger | None:
+        """The team's ledger, kept by the governor from the first use on (opened again at
+        each use: a restarted governor forgot it); ``None`` without a budget. Blocking."""
+        if self.budget is None:
+            return None
+        return open_budget_blocking(self._scope, self.budget, f"team {self.name!r}")
 
     @contextlib.contextmanager
-    def _spending(self) -> Iterator[None]:
-        """Every model call of the block spends from the team's budget (and from the one
-        the caller spends from, if the governor keeps it)."""
-        if self.budget is None:
+    def _spending(self, ledger: RemoteLedger | None) -> Iterator[None]:
+        """Every model call of the block spends from ``ledger``, the team's (and from the
+        budget the caller spends from, if the governor keeps it)."""
+        if ledger is None:
             yield
             return
         outer = current_spending()
-        ledger = self._opened().within(outer.spender if outer else None)
+        ledger = ledger.within(outer.spender if outer else None)
         labels = (*(outer.labels if outer else ()), f"team:{self.name}")
         with spending(ledger, *labels):
             yield
@@ -175,7 +177,7 @@ class Team:
         leaves its error in its slot; ``raise_on_error=True`` raises :class:`TeamError`
         (carrying the result) instead.
         """
-        with self._spending():
+        with self._spending(self._open()):
             result, jobs = self._start(input, strategy, session_id, timeout)
         by_ref = {job.ref: job for job in jobs}
         pending = list(by_ref)
@@ -216,9 +218,8 @@ class Team:
         them have stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
         the caller; members cancelled by ``"first"`` or by ``timeout`` are waited for too.
         """
-        if self.budget is not None:
-            await asyncio.to_thread(self._opened)  # a call to the governor: not in the loop
-        with self._spending():
+        ledger = await asyncio.to_thread(self._open)  # a call to the governor: not in the loop
+        with self._spending(ledger):
             result, jobs = self._start(input, strategy, session_id, timeout)
         refs = [job.ref for job in jobs]
         slots = {asyncio.ensure_future(_resolve(job.ref)): job for job in jobs}
@@ -380,7 +381,7 @@ class Team:
         show = sys.stderr.isatty() if progress is None else progress
         over: BudgetExceededError | None = None
         with (
-            self._spending(),
+            self._spending(self._open()),
             tqdm(total=len(inputs), desc=self.name, disable=not show, unit="run") as bar,
         ):
             next_input = 0

@@ -179,3 +179,93 @@ def test_the_ledger_counts_every_call_made_from_many_threads() -> None:
     assert ledger.spent.model_calls == 500 and ledger.spent.tokens == 500
     with pytest.raises(BudgetExceededError):
         ledger.reserve(1)
+
+
+# --- the governor's book (no Ray) -------------------------------------------------------------
+
+
+def test_a_book_keeps_ledgers_by_key_and_names_them_in_errors() -> None:
+    from gecko_actors.core.budget import BudgetBook
+
+    book = BudgetBook()
+    book.open("run 'r' in file:///a", Budget(model_calls=1), name="run 'r'", owner=2)
+    book.reserve(["run 'r' in file:///a"], 10, ["node:a/1"], "h1")
+    book.settle("h1", usage(10))
+    book.settle("h1", usage(10))  # settled twice: once
+    with pytest.raises(BudgetExceededError) as caught:
+        book.reserve(["run 'r' in file:///a"], 10, [], "h2")
+    assert caught.value.scope == "run 'r'"
+    total, labelled = book.usage("run 'r' in file:///a", "node:")
+    assert total.requests == 1 and labelled["node:a/1"].total_tokens == 10
+
+    book.close("run 'r' in file:///a", owner=1)  # an older engine: not its ledger to close
+    assert book.usage("run 'r' in file:///a")[0].requests == 1
+    book.close("run 'r' in file:///a", owner=2)
+    with pytest.raises(BudgetExceededError, match="not kept any more"):
+        book.reserve(["run 'r' in file:///a"], 10, [], "h3")
+
+
+def test_a_fresh_ledger_keeps_what_the_last_engine_counted_beyond_the_record() -> None:
+    from gecko_actors.core.budget import BudgetBook
+
+    book = BudgetBook()
+    book.open("k", Budget(tokens=1000), spent=usage(100), owner=2)
+    book.reserve(["k"], 50, [], "lost")  # a call of an engine that then crashed
+    book.reserve(["k"], 50, [], "done")
+    book.settle("done", usage(400))  # settled, but never committed in a step
+    book.open("k", Budget(tokens=1000), spent=usage(100), fresh=True, owner=3)
+    total, _ = book.usage("k")
+    assert total.total_tokens == 500  # more than the record says: what was counted
+    book.reserve(["k"], 500, [], "next")  # the lost hold no longer counts
+
+
+def test_a_reservation_cancelled_on_its_way_back_is_taken_back(monkeypatch) -> None:
+    """A caller cancelled while the governor's answer is on its way (a team's "first", a
+    node's timeout) must not leave its reservation counted for ever."""
+    from gecko_actors._actors import budgets
+    from gecko_actors.core.budget import BudgetBook
+
+    book = BudgetBook()
+    book.open("team", Budget(model_calls=2))
+    answered = asyncio.Event()
+
+    async def call(method: str, *args: Any) -> Any:
+        getattr(book, method)(*args)  # the governor acts at once...
+        await answered.wait()  # ...and its answer is slow to come back
+
+    class Method:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def remote(self, *args: Any) -> None:
+            getattr(book, self.name)(*args)
+
+    class Governor:
+        def __getattr__(self, name: str) -> Method:
+            return Method(name)
+
+    monkeypatch.setattr(budgets, "_call", call)
+    monkeypatch.setattr(budgets, "governor", Governor)
+    ledger = budgets.RemoteLedger(("team",))
+
+    async def main() -> None:
+        task = asyncio.create_task(ledger.acquire(10))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    book.reserve(["team"], 10, [], "a")  # two calls still fit a budget of two
+    book.reserve(["team"], 10, [], "b")
+    assert book.usage("team")[0].requests == 0
+
+
+def test_a_manifest_without_a_budget_is_written_as_before() -> None:
+    from gecko_actors.checkpoint import Manifest
+    from gecko_actors.checkpoint.records import manifest_data
+
+    plain = manifest_data(Manifest("r1", "wf", "f" * 64, "in", 1.0))
+    assert "budget" not in plain and "spent" not in plain  # readable by older releases
+    budgeted = manifest_data(Manifest("r1", "wf", "f" * 64, "in", 1.0, budget={"tokens": 5}))
+    assert budgeted["budget"] == {"tokens": 5}

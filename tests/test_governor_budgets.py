@@ -69,6 +69,7 @@ def test_a_run_over_hosted_agents_stops_at_its_budget_then_resumes(tmp_path: Pat
         final = resumed.status()["spend"]
         assert final["budget"]["tokens"] == 5000 and final["model_calls"] == 5
         assert final["tokens"] > spend["tokens"]  # the spend before the resume still counts
+        assert set(final["agents"]) == {a.name for a in agents}  # before the resume too
     finally:
         kill(agents)
 

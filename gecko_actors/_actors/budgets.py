@@ -11,7 +11,9 @@ spend so far is in its checkpoint).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,29 +34,26 @@ class BudgetActor:
     def __init__(self) -> None:
         self.book = BudgetBook()
 
-    def open(
-        self,
-        scope: str,
-        budget: dict[str, Any],
-        parent: str | None,
-        spent: dict[str, Any] | None,
-        fresh: bool,
-    ) -> None:
+    def open(self, key: str, budget: dict[str, Any], options: dict[str, Any]) -> None:
+        spent = options.pop("spent", None)
         used = None if spent is None else Usage(**spent)
-        self.book.open(scope, Budget(**budget), parent=parent, spent=used, fresh=fresh)
+        self.book.open(key, Budget(**budget), spent=used, **options)
 
-    def reserve(self, scopes: Sequence[str], tokens: int, labels: Sequence[str]) -> int:
-        return self.book.reserve(scopes, tokens, labels)
+    def reserve(self, keys: Sequence[str], tokens: int, labels: Sequence[str], hold: str) -> None:
+        self.book.reserve(keys, tokens, labels, hold)
 
-    def settle(self, hold: int, usage: dict[str, Any]) -> None:
+    def settle(self, hold: str, usage: dict[str, Any]) -> None:
         self.book.settle(hold, Usage(**usage))
+
+    def cancel(self, hold: str) -> None:
+        self.book.cancel(hold)
 
     def usage(self, scope: str, *prefixes: str) -> tuple[dict[str, Any], dict[str, Any]]:
         total, labelled = self.book.usage(scope, *prefixes)
         return total.model_dump(), {label: u.model_dump() for label, u in labelled.items()}
 
-    def close(self, scope: str) -> None:
-        self.book.close(scope)
+    def close(self, key: str, owner: Any) -> None:
+        self.book.close(key, owner)
 
 
 def governor() -> Any:
@@ -68,36 +67,35 @@ def governor() -> Any:
     return found
 
 
-async def open_budget(
-    scope: str,
-    budget: Budget,
-    *,
-    parent: str | None = None,
-    spent: Usage | None = None,
-    fresh: bool = False,
+async def open_budget(key: str, budget: Budget, **options: Any) -> RemoteLedger:
+    """Have the governor keep ``budget`` under ``key`` (``options``: see
+    ``BudgetBook.open``); the ledger to spend from it."""
+    spent = options.get("spent")
+    options["spent"] = None if spent is None else spent.model_dump()
+    await _call("open", key, dataclasses.asdict(budget), options)
+    return RemoteLedger((key,), owner=options.get("owner"))
+
+
+async def open_run_budget(
+    key: str, name: str, budget: Budget, spent: Usage, owner: int
 ) -> RemoteLedger:
-    """Have the governor keep ``budget`` for ``scope`` (see ``BudgetBook.open``); the
-    ledger to spend from it (with ``parent``'s too)."""
-    used = None if spent is None else spent.model_dump()
-    await _call("open", scope, dataclasses.asdict(budget), parent, used, fresh)
-    return RemoteLedger((scope,))
+    """A workflow run's ledger for a drive by the engine of epoch ``owner`` (a
+    ``workflow.spend.BudgetOpener``): a fresh one, from what the run spent so far."""
+    return await open_budget(key, budget, name=name, spent=spent, fresh=True, owner=owner)
 
 
-async def open_run_budget(scope: str, budget: Budget, spent: Usage) -> RemoteLedger:
-    """A workflow run's ledger for a drive (a ``workflow.spend.BudgetOpener``): a fresh
-    one, from what the run spent so far."""
-    return await open_budget(scope, budget, spent=spent, fresh=True)
-
-
-def open_budget_blocking(scope: str, budget: Budget) -> RemoteLedger:
-    """:func:`open_budget` from synchronous code (a fresh scope's ledger)."""
-    _call_blocking("open", scope, dataclasses.asdict(budget), None, None, False)
-    return RemoteLedger((scope,))
+def open_budget_blocking(key: str, budget: Budget, name: str) -> RemoteLedger:
+    """Keep ``budget`` under ``key`` unless it is kept (a team's, from synchronous code)."""
+    _call_blocking("open", key, dataclasses.asdict(budget), {"name": name})
+    return RemoteLedger((key,))
 
 
 async def _call(method: str, *args: Any) -> Any:
+    handle = _HANDLES.get(ray.get_runtime_context().gcs_address)
+    if handle is None:  # made (or looked up) once per process: not in the event loop
+        handle = await asyncio.to_thread(governor)
     try:
-        return await getattr(governor(), method).remote(*args)
+        return await getattr(handle, method).remote(*args)
     except ray.exceptions.RayTaskError as exc:
         raise unwrap(exc) from None
 
@@ -120,12 +118,16 @@ class RemoteLedger:
 
     travels = True  # see ``core/budget.Spending``: may be sent with a call to another process
 
-    def __init__(self, scopes: tuple[str, ...]) -> None:
+    def __init__(self, scopes: tuple[str, ...], owner: Any = None) -> None:
         self.scopes = scopes
         self.scope = scopes[0]
+        self.owner = owner  # who opened the first scope (a run's engine: its epoch)
 
     def __repr__(self) -> str:
         return f"RemoteLedger({self.scopes!r})"
+
+    def __reduce__(self) -> Any:  # travels by its scopes alone
+        return (RemoteLedger, (self.scopes,))
 
     def within(self, outer: Any) -> RemoteLedger:
         """This ledger, spending from ``outer``'s scopes too when it is a remote one."""
@@ -133,10 +135,17 @@ class RemoteLedger:
             return RemoteLedger(tuple(dict.fromkeys((*self.scopes, *outer.scopes))))
         return self
 
-    async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> int:
-        return await _call("reserve", self.scopes, tokens, tuple(labels))
+    async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> str:
+        hold = uuid.uuid4().hex
+        try:
+            await _call("reserve", self.scopes, tokens, tuple(labels), hold)
+        except asyncio.CancelledError:
+            # The reservation may be made already: take it back (after it, in call order).
+            governor().cancel.remote(hold)
+            raise
+        return hold
 
-    async def release(self, hold: int, usage: Usage) -> None:
+    async def release(self, hold: str, usage: Usage) -> None:
         await _call("settle", hold, usage.model_dump())
 
     async def report(self, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
@@ -149,5 +158,5 @@ class RemoteLedger:
         return _usages(*_call_blocking("usage", self.scope, *prefixes))
 
     async def close(self) -> None:
-        """Let the governor forget the first scope."""
-        await _call("close", self.scope)
+        """Let the governor forget the first scope, if we opened it last."""
+        await _call("close", self.scope, self.owner)

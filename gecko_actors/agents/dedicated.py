@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
+import msgpack
 from pydantic import BaseModel
 
 from gecko_actors import metrics
@@ -87,6 +88,14 @@ class AgentActor:
             tool_context=tool_context,
         )
         return await self._counted(run)
+
+    async def run_packed(self, call: bytes) -> bytes:
+        """:meth:`run` of a plain call (text input, no response model, no tool context),
+        as msgpack both ways: Ray passes one bytes argument and one bytes result for much
+        less than five arguments and a pydantic object (see ``handle.packed_call``)."""
+        input, session_id, run_id = msgpack.unpackb(call)
+        output = await self.run(input, session_id, None, run_id, None)
+        return output.to_msgpack()
 
     async def stream(
         self,

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import ray
 from pydantic import BaseModel
 
@@ -241,6 +242,22 @@ class Agent:
             input, session_id, response_model, run_id or uuid.uuid4().hex, with_budget(tool_context)
         )
 
+    def _start(
+        self,
+        input: MessageInput,
+        session_id: str | None,
+        response_model: type[BaseModel] | None,
+        run_id: str | None,
+        tool_context: ToolContext | None,
+    ) -> tuple[Any, bool]:
+        """Start a run: its ref, and whether it went as a packed call (see ``run_packed``:
+        a plain call, text in and an output with no structured part back)."""
+        tool_context = with_budget(tool_context)
+        if isinstance(input, str) and response_model is None and tool_context is None:
+            call = msgpack.packb([input, session_id, run_id or uuid.uuid4().hex])
+            return self._handle.run_packed.remote(call), True
+        return self._submit(input, session_id, response_model, run_id, tool_context), False
+
     def run(
         self,
         input: MessageInput,
@@ -263,9 +280,9 @@ class Agent:
             run = self._relayed_run(input, session_id, response_model, run_id, tool_context)
             items = relay_blocking(*run, self.event_bus, grace=cancel_grace, timeout=timeout)
             return final_output(items)
-        ref = self._submit(input, session_id, response_model, run_id, tool_context)
+        ref, packed = self._start(input, session_id, response_model, run_id, tool_context)
         try:
-            return ray.get(ref, timeout=timeout)
+            return unpacked(ray.get(ref, timeout=timeout), packed)
         except ray.exceptions.GetTimeoutError:
             cancel_and_wait_blocking([ref], grace=cancel_grace)
             raise
@@ -296,9 +313,9 @@ class Agent:
             run = self._relayed_run(input, session_id, response_model, run_id, tool_context)
             items = relay_async(*run, self.event_bus, grace=cancel_grace)
             return await afinal_output(items)
-        ref = self._submit(input, session_id, response_model, run_id, tool_context)
+        ref, packed = self._start(input, session_id, response_model, run_id, tool_context)
         try:
-            return await await_cancellable(ref, grace=cancel_grace)
+            return unpacked(await await_cancellable(ref, grace=cancel_grace), packed)
         except ray.exceptions.RayTaskError as exc:
             raise unwrap(exc) from None
 
@@ -475,6 +492,11 @@ def _check_event_bus(bus: EventBus | None) -> EventBus | None:
             hint="create one with EventBus(), subscribe handlers to it, and pass it",
         )
     return bus
+
+
+def unpacked(result: Any, packed: bool) -> AgentOutput:
+    """The output of a run started by ``Agent._start``."""
+    return AgentOutput.from_msgpack(result) if packed else result
 
 
 def with_budget(context: ToolContext | None) -> ToolContext | None:

@@ -113,6 +113,9 @@ class AgentHost:
     async def run(self, name: str, *args: Any) -> Any:
         return await (await self._agent(name)).run(*args)
 
+    async def run_packed(self, name: str, call: bytes) -> bytes:
+        return await (await self._agent(name)).run_packed(call)
+
     async def run_batch(
         self,
         names: list[str],

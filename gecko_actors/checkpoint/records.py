@@ -344,8 +344,8 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         "error": manifest.error,
         "finished_at": None if manifest.finished_at is None else float(manifest.finished_at),
         "host": manifest.host,
-        "budget": manifest.budget,
-        "spent": manifest.spent,
+        # Only when set: a manifest without them is read by releases that know neither.
+        **{k: v for k, v in (("budget", manifest.budget), ("spent", manifest.spent)) if v},
     }
 
 

@@ -184,6 +184,13 @@ class Ledger:
                 for label in hold.labels:
                     ledger._labels[label] = ledger._labels.get(label, Usage()) + call
 
+    def cancel(self, hold: _Hold) -> None:
+        """Take back a reservation whose call was never sent: nothing is counted."""
+        with _LOCK:
+            for ledger in hold.ledgers:
+                ledger._reserved_tokens -= hold.tokens
+                ledger._in_flight -= 1
+
     async def acquire(self, tokens: int, labels: Sequence[str] = ()) -> _Hold:
         """:meth:`reserve`, as a :class:`Spender`."""
         return self.reserve(tokens, labels)
@@ -364,68 +371,84 @@ class BudgetedModel:
 
 
 class BudgetBook:
-    """The ledgers of many scopes (a run's, a team's), by scope name, with the holds of the
-    calls in flight: what the cluster's budget governor keeps (Ray-free).
+    """The ledgers of many scopes (a run's, a team's), by key, with the holds of the calls in
+    flight: what the cluster's budget governor keeps (Ray-free).
 
-    A hold is known by a number, so it can travel back to whoever settles it."""
+    A hold is named by its caller (a random id), so a caller cancelled while its
+    reservation was on its way can still take it back (:meth:`cancel`)."""
 
     def __init__(self) -> None:
         self.ledgers: dict[str, Ledger] = {}
-        self._holds: dict[int, _Hold] = {}
-        self._next = 0
+        self._owners: dict[str, Any] = {}
+        self._holds: dict[str, _Hold] = {}
 
     def open(
         self,
-        scope: str,
+        key: str,
         budget: Budget,
         *,
+        name: str | None = None,
         parent: str | None = None,
         spent: Usage | None = None,
         fresh: bool = False,
+        owner: Any = None,
     ) -> None:
-        """Keep a ledger for ``scope`` (nested in ``parent``'s), unless one is kept; with
-        ``fresh``, start a new one whatever is kept (a run's engine taking it over: its
-        spend so far is ``spent``, and holds of calls lost with the last engine no longer
-        count)."""
-        if scope in self.ledgers and not fresh:
+        """Keep a ledger for ``key`` (errors call it ``name``; nested in ``parent``'s),
+        unless one is kept. With ``fresh``, start a new one whatever is kept, for ``owner``
+        (a run's engine taking it over, by its epoch): its spend so far is ``spent``, or
+        what the kept ledger counted if that is more (calls of the last engine that were
+        not committed), and holds of calls lost with the last engine no longer count."""
+        kept = self.ledgers.get(key)
+        if kept is not None and not fresh:
             return
+        if kept is not None and spent is not None and _more(kept.usage, spent):
+            spent = kept.usage
         above = None if parent is None else self._ledger(parent)
-        self.ledgers[scope] = Ledger(budget, scope=scope, parent=above, spent=spent)
+        self.ledgers[key] = Ledger(budget, scope=name or key, parent=above, spent=spent)
+        self._owners[key] = owner
 
-    def reserve(self, scopes: Sequence[str], tokens: int, labels: Sequence[str] = ()) -> int:
-        """Reserve one call against every scope of ``scopes`` (and their parents); the
-        number of its hold."""
-        hold = reserve_all([self._ledger(scope) for scope in scopes], tokens, labels)
-        self._next += 1
-        self._holds[self._next] = hold
-        return self._next
+    def reserve(self, keys: Sequence[str], tokens: int, labels: Sequence[str], hold: str) -> None:
+        """Reserve one call against every ledger of ``keys`` (and their parents), as hold
+        ``hold``."""
+        self._holds[hold] = reserve_all([self._ledger(key) for key in keys], tokens, labels)
 
-    def settle(self, hold: int, usage: Usage) -> None:
+    def settle(self, hold: str, usage: Usage) -> None:
         """Settle hold ``hold`` with what its call used (a hold settled twice: once)."""
         found = self._holds.pop(hold, None)
         if found is not None:
             found.ledgers[0].settle(found, usage)
 
-    def usage(self, scope: str, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
-        """What ``scope``'s settled calls used, in all and per label (see
+    def cancel(self, hold: str) -> None:
+        """Take back hold ``hold`` of a call that was never sent (nothing is counted)."""
+        found = self._holds.pop(hold, None)
+        if found is not None:
+            found.ledgers[0].cancel(found)
+
+    def usage(self, key: str, *prefixes: str) -> tuple[Usage, dict[str, Usage]]:
+        """What ``key``'s settled calls used, in all and per label (see
         ``Ledger.labelled``)."""
-        ledger = self._ledger(scope)
+        ledger = self._ledger(key)
         return ledger.usage, ledger.labelled(*prefixes)
 
-    def close(self, scope: str) -> None:
-        """Forget ``scope`` (its work is over)."""
-        self.ledgers.pop(scope, None)
+    def close(self, key: str, owner: Any = None) -> None:
+        """Forget ``key`` (its work is over), if ``owner`` opened it last."""
+        if key in self.ledgers and self._owners.get(key) == owner:
+            del self.ledgers[key], self._owners[key]
 
-    def _ledger(self, scope: str) -> Ledger:
-        ledger = self.ledgers.get(scope)
+    def _ledger(self, key: str) -> Ledger:
+        ledger = self.ledgers.get(key)
         if ledger is None:
             raise BudgetExceededError(
-                f"the budget of {scope} is not kept any more (the budget governor restarted, "
+                f"the budget {key} is not kept any more (the budget governor restarted, "
                 "or the work it was for has ended), so no model call may spend from it",
                 hint="resume the run (or run the team again): its budget is opened again",
-                scope=scope,
+                scope=key,
                 budget={},
                 spent={},
                 partial=None,
             )
         return ledger
+
+
+def _more(first: Usage, second: Usage) -> bool:
+    return (first.total_tokens, first.requests) > (second.total_tokens, second.requests)

@@ -200,7 +200,9 @@ class CoordinatorActor:
             ),
             input,
             host=self.run.host,
-            budget=budget,
+            # Ray gives a restarted actor its first arguments: the budget it was launched
+            # with may have been raised since (the run's record holds the latest).
+            budget=None if ray.get_runtime_context().was_current_actor_reconstructed else budget,
         )
         self._exit: asyncio.Task[Any] | None = None
         self.index = RunIndex(store)

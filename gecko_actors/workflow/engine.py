@@ -111,7 +111,7 @@ class RunEngine:
         self.value: Any = None  # the run's result once it succeeded
         self._driver: asyncio.Task[Any] | None = None
         self._cancelled = False  # a cancel() that came before the drive began
-        self.spend = RunSpend(run_id, budgets)  # its ledger: a local one unless ``budgets``
+        self.spend = RunSpend(run_id, store.uri, budgets)  # a local ledger unless ``budgets``
 
     # --- opening: load the checkpoint and replay it -------------------------------------
 
@@ -221,7 +221,7 @@ class RunEngine:
                 self.epoch = CREATOR_EPOCH
             else:
                 await asyncio.to_thread(self.take_over)
-            await self.spend.open()
+            await self.spend.open(self.epoch)
         except Exception as exc:
             self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
             self._cancelled = False
@@ -237,6 +237,9 @@ class RunEngine:
                 hint="resume it with wf.resume(run_id, checkpoint=...)",
                 run_id=self.run_id,
             )
+        except BudgetExceededError as exc:  # with what was committed (nothing is, now)
+            partial = {n: copy.deepcopy(v) for n, v in self.sched.outputs.items()}
+            self.outcome, self.failure = "failed", stopped(exc, partial)
         except Exception as exc:
             self.outcome, self.failure = "failed", as_gecko(exc, self.run_id)
         finally:
@@ -333,8 +336,7 @@ class RunEngine:
                 return NodeOutcome(value, writes, attempt, duration, snapshot)
             except BudgetExceededError as exc:  # no retry: it would be refused again
                 self._failed(visit, attempt, describe(exc), start)
-                partial = {n: copy.deepcopy(v) for n, v in self.sched.outputs.items()}
-                raise stopped(exc, partial, run_id=self.run_id, node=visit.node) from None
+                raise stopped(exc, None, run_id=self.run_id, node=visit.node) from None
             except Exception as exc:
                 error = describe(exc)
                 if attempt == node.retry.attempts:

@@ -20,14 +20,15 @@ from gecko_actors.core.budget import Budget, Ledger, Spend, Spender, spending
 from gecko_actors.core.messages import Usage
 from gecko_actors.exceptions import CheckpointError
 
-#: Opens a run's ledger: ``(scope, budget, spent so far)`` → the spender its calls use.
-BudgetOpener = Callable[[str, Budget, Usage], Awaitable[Spender]]
+#: Opens a run's ledger for one drive: ``(key, name, budget, spent so far, owner epoch)`` →
+#: the spender its calls use. The key names the run in its store (unique in a cluster).
+BudgetOpener = Callable[[str, str, Budget, Usage, int], Awaitable[Spender]]
 _AGENT = "agent:"
 
 
-async def local_ledger(scope: str, budget: Budget, spent: Usage) -> Ledger:
+async def local_ledger(key: str, name: str, budget: Budget, spent: Usage, owner: int) -> Ledger:
     """A ledger in this process: for runs whose calls are all made here (tests)."""
-    return Ledger(budget, scope=scope, spent=spent)
+    return Ledger(budget, scope=name, spent=spent)
 
 
 def visit_label(node: str, visit: int) -> str:
@@ -38,9 +39,10 @@ def visit_label(node: str, visit: int) -> str:
 class RunSpend:
     """The budget of run ``run_id`` and what it spent, kept by its engine."""
 
-    def __init__(self, run_id: str, opener: BudgetOpener | None = None) -> None:
+    def __init__(self, run_id: str, where: str, opener: BudgetOpener | None = None) -> None:
         self.run_id = run_id
         self.scope = f"run {run_id!r}"
+        self.key = f"run {run_id!r} in {where}"  # the same run id in two stores: two runs
         self.opener = opener or local_ledger
         self.budget: Budget | None = None
         self.ledger: Spender | None = None
@@ -67,11 +69,13 @@ class RunSpend:
         self.total = max(total, committed, key=lambda u: (u.total_tokens, u.requests))
         self.agents = dict(self._before)
 
-    async def open(self) -> None:
-        """Open the run's ledger for a drive (nothing without a budget)."""
+    async def open(self, owner: int) -> None:
+        """Open the run's ledger for a drive by the engine of epoch ``owner`` (nothing
+        without a budget)."""
         self.ledger = None
+        self._before = dict(self.agents)  # the ledger counts this drive's calls only
         if self.budget is not None:
-            self.ledger = await self.opener(self.scope, self.budget, self.total)
+            self.ledger = await self.opener(self.key, self.scope, self.budget, self.total, owner)
 
     @contextlib.contextmanager
     def attempt(self, node: str, visit: int) -> Iterator[None]:
