@@ -25,7 +25,7 @@ from gecko_actors._actors.common import (
 )
 from gecko_actors.agents import batch
 from gecko_actors.agents.batch import Job
-from gecko_actors.agents.handle import Agent
+from gecko_actors.agents.handle import Agent, unpacked
 from gecko_actors.core.budget import (
     Budget,
     Spend,
@@ -69,7 +69,8 @@ class TeamResult:
 @dataclass
 class _MapState:
     results: list[Any]
-    pending: dict[Any, tuple[int, int]] = field(default_factory=dict)  # ref → (input, member)
+    # ref → (input, member, whether the run went as a packed call: see Agent._start)
+    pending: dict[Any, tuple[int, int, bool]] = field(default_factory=dict)
     load: list[int] = field(default_factory=list)
     # (load, member) entries, the least loaded (then the first) member on top; an entry whose
     # load is no longer the member's is stale and skipped. A scan per input would cost
@@ -419,15 +420,15 @@ class Team:
     def _dispatch(self, state: _MapState, i: int, item: MessageInput, session_id: str | None):
         member = state.least_loaded()
         state.change(member, +1)
-        ref = self.members[member].submit(item, session_id=session_id)
-        state.pending[ref] = (i, member)
+        ref, packed = self.members[member]._start(item, session_id, None, None, None)
+        state.pending[ref] = (i, member, packed)
 
     def _collect(self, state: _MapState, ref: Any) -> BaseException | None:
         """Put one run's output in its slot; its error, if it failed."""
-        i, member = state.pending.pop(ref)
+        i, member, packed = state.pending.pop(ref)
         state.change(member, -1)
         try:
-            state.results[i] = ray.get(ref)
+            state.results[i] = unpacked(ray.get(ref), packed)
         except Exception as exc:
             state.results[i] = unwrap(exc)
             return state.results[i]

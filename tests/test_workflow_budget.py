@@ -192,3 +192,24 @@ async def test_a_bad_budget_is_a_user_error_before_anything_is_stored() -> None:
         Budget(tokens=0)
     with pytest.raises(UserError, match="usd"):
         Budget(usd=float("nan"))
+
+
+async def test_a_tool_that_asks_another_agent_spends_from_the_run_s_budget() -> None:
+    store = memory_store()
+    helper = LocalAgent(ScriptedModel([ANSWER] * 3), name="helper")
+
+    async def consult(question: str) -> str:
+        """Ask the helper agent."""
+        return (await helper.arun(question)).content
+
+    caller = LocalAgent(
+        ScriptedModel([ScriptedModel.call("consult", question="why?"), "done"]),
+        tools=[consult],
+        name="caller",
+    )
+    graph = WorkflowGraph("tools").add_node("ask", agent_node(caller))
+    eng = engine(graph, store, budget=Budget(tokens=100_000))
+    await eng.run()
+    assert eng.outcome == "succeeded", eng.failure
+    agents = eng.spend.status()["agents"]
+    assert agents["helper"]["model_calls"] == 1 and agents["caller"]["model_calls"] == 2

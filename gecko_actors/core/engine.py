@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gecko_actors.core.budget import Spending, charged, current_spending
+from gecko_actors.core.budget import Spending, charged, current_spending, spending
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import (
@@ -302,7 +302,10 @@ class ReActEngine:
         for call in calls:
             await self._emit("tool_started", run, tool=call.name, tool_call_id=call.id)
         # A cancellation here reaches every call in flight and returns once they stopped.
-        results = await self.toolbox.execute_many(calls, contexts)
+        # A tool that asks another agent spends from the run's budget too.
+        budget = run.spending
+        with spending(budget.spender if budget else None, *(budget.labels if budget else ())):
+            results = await self.toolbox.execute_many(calls, contexts)
         for call, result in zip(calls, results, strict=True):
             await _call_hook(self.hooks.on_tool_execute, call, result)
             await self._emit(
