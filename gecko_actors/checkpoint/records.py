@@ -151,6 +151,7 @@ _KEYS = {
         ["type", "version", "run_id", *(f.name for f in dataclasses.fields(Marker))]
     ),
     "owner": frozenset(("type", "version", "run_id", "epoch", "claimed_at", "holder")),
+    "journal": frozenset(("type", "version", "run_id", "key", "value", "epoch", "at")),
     "index": frozenset(("type", "version", "run_id", "entries")),
 }
 # Keys a record may lack (written by an earlier release of the same record version).

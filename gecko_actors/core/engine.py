@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from gecko_actors.core.budget import Spending, charged, current_spending, spending
 from gecko_actors.core.events import Event, EventBus
+from gecko_actors.core.journaled import execute_journaled
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import (
     AgentOutput,
@@ -304,8 +305,12 @@ class ReActEngine:
         # A cancellation here reaches every call in flight and returns once they stopped.
         # A tool that asks another agent spends from the run's budget too.
         budget = run.spending
+        journal = run.tool_context.journal  # a workflow run's: each result is recorded once
         with spending(budget.spender if budget else None, *(budget.labels if budget else ())):
-            results = await self.toolbox.execute_many(calls, contexts)
+            if journal is None:
+                results = await self.toolbox.execute_many(calls, contexts)
+            else:
+                results = await execute_journaled(self.toolbox, calls, contexts, journal)
         for call, result in zip(calls, results, strict=True):
             await _call_hook(self.hooks.on_tool_execute, call, result)
             await self._emit(

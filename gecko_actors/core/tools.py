@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -66,6 +66,8 @@ class ToolContext:
             that is still running somewhere.
         budget: the budget the run's model calls spend from besides its agent's own (a
             workflow run's, a team's: a ``core.budget.Spending``), set by the runtime.
+        journal: the workflow run's effect journal (``checkpoint.journal.Journal``), set by
+            the runtime in a workflow node: a call recorded there is not run again.
     """
 
     agent: str | None = None
@@ -75,6 +77,7 @@ class ToolContext:
     idempotency_key: str | None = None
     attempt: int = 1
     budget: Any = None
+    journal: Any = field(default=None, repr=False)
 
 
 class ToolResult(BaseModel):

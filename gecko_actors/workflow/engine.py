@@ -40,6 +40,7 @@ from gecko_actors.checkpoint import (
     StateWrite,
     StepRecord,
 )
+from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.checkpoint.store import CREATOR_EPOCH
 from gecko_actors.core.budget import Budget, stopped
 from gecko_actors.core.messages import Usage
@@ -416,6 +417,7 @@ class RunEngine:
             visit.node,
             visit.visit,
             attempt,
+            journal=Journal(self.store, self.run_id, self.epoch),
         )
 
     def outputs(self, visit: Visit, extra: Mapping[str, Any] | None = None) -> Outputs:

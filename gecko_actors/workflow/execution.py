@@ -190,7 +190,10 @@ class LocalExecutor:
 
     async def _agent(self, node: Node, ctx: NodeContext) -> Result:
         context = ToolContext(
-            run_id=ctx.run_id, idempotency_key=ctx.idempotency_key, attempt=ctx.attempt
+            run_id=ctx.run_id,
+            idempotency_key=ctx.idempotency_key,
+            attempt=ctx.attempt,
+            journal=ctx.journal,
         )
         return await node.target.arun(agent_input(ctx.input), tool_context=context), ()
 

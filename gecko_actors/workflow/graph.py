@@ -21,7 +21,9 @@ Semantics, in short:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import re
 import reprlib
@@ -83,7 +85,8 @@ class NodeContext:
     in it is its update, merged into the run's state when the step commits (see the README's
     state rules). ``idempotency_key`` is the same for every attempt of this visit, across
     restarts; in a map node each item (``item`` is its index) has its own. ``attempt`` counts
-    from 1: a fencing token with which a side effect can refuse a stale attempt.
+    from 1: a fencing token with which a side effect can refuse a stale attempt. ``step``
+    (``astep`` in async code) runs a side effect once per visit, however often it runs.
     """
 
     input: Any
@@ -94,11 +97,54 @@ class NodeContext:
     visit: int = 0
     attempt: int = 1
     item: int | None = None
+    journal: Any = field(default=None, repr=False, compare=False)  # the run's effect journal
+    # Steps made so far per name (not an argument: each item of a map node counts its own).
+    _steps: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def idempotency_key(self) -> str:
         key = f"{self.run_id}/{self.node}/{self.visit}"
         return key if self.item is None else f"{key}/{self.item}"
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, run once per visit: its result is journaled in the
+        checkpoint, and a re-run of the visit (a retry, a restarted host, a resume) gets the
+        recorded result without calling ``fn``. Steps are told apart by ``name`` and by how
+        many steps of that name the visit made before (so a loop's steps are each their
+        own). The result must be checkpointable. Blocking: in async code, ``await
+        ctx.astep(...)``.
+
+        Example:
+            >>> receipt = ctx.step("charge", payments.charge, order_id, amount)
+        """
+        key, journal = self._step_key(name)
+        found = journal.get(key)
+        if found is not journal.MISSING:
+            return found
+        return journal.put(key, fn(*args, **kwargs))
+
+    async def astep(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """:meth:`step` in async code: ``fn`` may be async; the journal is read and written
+        in a thread."""
+        key, journal = self._step_key(name)
+        found = await asyncio.to_thread(journal.get, key)
+        if found is not journal.MISSING:
+            return found
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        return await asyncio.to_thread(journal.put, key, value)
+
+    def _step_key(self, name: str) -> tuple[str, Any]:
+        if self.journal is None:
+            raise UserError(
+                f"ctx.step({name!r}) was called outside a workflow run",
+                hint="call it from a node of a run (wf.start): it journals to the run's checkpoint",
+                node=self.node,
+            )
+        count = self._steps.get(name, 0) + 1
+        self._steps[name] = count
+        return f"{self.idempotency_key}/step/{name}/{count}", self.journal
 
 
 @dataclass
