@@ -257,6 +257,30 @@ def resume(
 
 @main.command()
 @click.argument("run_id")
+@click.argument("node")
+@click.argument("value")
+@click.option("--by", default=None, help="Who answers (kept with the answer).")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def respond(run_id: str, node: str, value: str, by: str | None, address: str | None) -> None:
+    """Answer the interrupt that node NODE of run RUN_ID waits on with VALUE (text, or
+    @file.json for JSON data): the node runs again and gets it. A run whose cluster is gone
+    is resumed first (`gecko-actors resume`), and waits again.
+
+    \b
+    Example:
+        gecko-actors respond approve-3f2a9c1e0b7d draft yes --by ana --address auto
+        gecko-actors respond approve-3f2a9c1e0b7d draft @edits.json
+    """
+    from gecko_actors.workflow.run import WorkflowRun
+
+    answer = read_input(value)
+    _connect(address)
+    WorkflowRun.attach(run_id).respond(node, answer, by=by)
+    click.echo(f"answered {node} of {run_id}")
+
+
+@main.command()
+@click.argument("run_id")
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
 def cancel(run_id: str, address: str | None) -> None:
     """Cancel the run RUN_ID (its committed steps stay; `resume` continues it).
@@ -532,6 +556,10 @@ def _follow(handle: Any, checkpoint: str | None) -> None:
         line = format_event(event)
         if line:
             click.echo(line)
+    if handle.status()["status"] == "waiting":  # it goes on once answered: say how
+        click.echo(handle.summary())
+        click.echo(f"answer with: gecko-actors respond {handle.run_id} NODE VALUE")
+        return
     try:
         result = handle.result()
     finally:

@@ -63,7 +63,8 @@ def cli(*args: str) -> tuple[int, str]:
 
 def test_version_and_every_help_shows_an_example() -> None:
     assert __version__ in cli("--version")[1]
-    for command in ("demo", "run", "submit", "status", "list", "resume", "cancel", "graph"):
+    commands = ("demo", "run", "submit", "status", "list", "resume", "respond", "cancel", "graph")
+    for command in commands:
         code, text = cli(command, "--help")
         assert code == 0 and "Example:" in text and f"gecko-actors {command}" in text, command
 

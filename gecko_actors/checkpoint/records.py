@@ -50,7 +50,7 @@ __all__ = [
 #: 2: content-addressed step data, owner epochs, typed step records with state writes.
 RECORD_VERSION = 2
 #: The statuses a run can have.
-STATUSES = ("running", "succeeded", "failed", "cancelled")
+STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 #: The statuses of a finished run.
 TERMINAL = frozenset(("succeeded", "failed", "cancelled"))
 #: Sequence numbers and epochs are written with 8 digits in object names.
@@ -81,6 +81,8 @@ class Manifest:
     # calls spent as of its last status (a ``Usage`` as a dict), for budgeted runs.
     budget: dict[str, Any] | None = None
     spent: dict[str, Any] | None = None
+    # The parked nodes of a waiting run: node -> {"key": its interrupt, "payload": ...}.
+    waiting: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ _STATUS_FIELDS = (
     "epoch",
     "budget",
     "spent",
+    "waiting",
 )
 _KEYS = {
     "manifest": frozenset(["type", "version", *(f.name for f in dataclasses.fields(Manifest))]),
@@ -157,8 +160,8 @@ _KEYS = {
 # Keys a record may lack (written by an earlier release of the same record version).
 _SPEND = frozenset(["budget", "spent"])
 _OPTIONAL = {
-    "manifest": frozenset(["host", *_SPEND]),
-    "status": _SPEND,
+    "manifest": frozenset(["host", "waiting", *_SPEND]),
+    "status": _SPEND | {"waiting"},
     "commit": frozenset(["data"]),
 }
 
@@ -393,15 +396,17 @@ def status_data(
     error: str | None,
     epoch: int | None,
     now: float,
-    spend: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The record map of a run's status, after checking every field (``spend``: the run's
-    ``budget`` and ``spent``, for a budgeted run)."""
+    """The record map of a run's status, after checking every field (``extra``: a budgeted
+    run's ``budget`` and ``spent``, a waiting run's parked nodes as ``waiting``)."""
     validate_status(status)
     if error is not None and not isinstance(error, str):
         raise UserError("error must be a str or None", run_id=run_id)
-    if spend:
-        _check_spend(spend.get("budget"), spend.get("spent"), run_id)
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    _check_spend(extra.get("budget"), extra.get("spent"), run_id)
+    if "waiting" in extra:
+        extra["waiting"] = encode_field(extra["waiting"], "waiting", run_id=run_id)
     return {
         **header("status", run_id),
         "status": status,
@@ -410,7 +415,7 @@ def status_data(
         "updated_at": now,
         "finished_at": now if status in TERMINAL else None,
         "epoch": epoch,
-        **{key: value for key, value in (spend or {}).items() if key in _SPEND},
+        **{key: value for key, value in extra.items() if key in (*_SPEND, "waiting")},
     }
 
 
@@ -420,9 +425,13 @@ def apply_status(manifest: Manifest, rec: dict[str, Any], where: str) -> Manifes
     expect(rec, where, run_id, status=str, error=(str, None), epoch=(int, None))
     expect(rec, where, run_id, updated_at=(int, float), finished_at=(int, float, None))
     spend = {k: v for k, v in _spend_of(rec, where, run_id).items() if k in rec}
+    waiting = decode_at(rec.get("waiting"), where, run_id)
+    if waiting is not None and not isinstance(waiting, dict):
+        raise corrupt(where, run_id, "has an invalid 'waiting' (expected a map)")
     return dataclasses.replace(
         manifest,
         **spend,
+        waiting=waiting,
         status=_status_of(rec, where, run_id),
         result=decode_at(rec["result"], where, run_id),
         error=rec["error"],

@@ -194,11 +194,12 @@ class CheckpointStore:
         result: Any = None,
         error: str | None = None,
         epoch: int | None = None,
-        spend: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> int:
-        """Record the run's status (and its result or error; ``spend``: its ``budget`` and
-        ``spent``, for a budgeted run) in a small object of its own — the manifest and the
-        steps are not rewritten. Returns the bytes written.
+        """Record the run's status (and its result or error; ``extra``: a budgeted run's
+        ``budget`` and ``spent``, a waiting run's parked nodes as ``waiting``) in a small
+        object of its own — the manifest and the steps are not rewritten. Returns the bytes
+        written.
 
         With ``epoch`` (the caller's owner epoch), :class:`OwnershipLost` is raised, and
         nothing written, if a newer claim exists. The check and the write are two requests:
@@ -208,7 +209,7 @@ class CheckpointStore:
         validate_status(status)
         if epoch is not None:
             validate_epoch(epoch)
-        data = pack(status_data(run_id, status, result, error, epoch, time.time(), spend))
+        data = pack(status_data(run_id, status, result, error, epoch, time.time(), extra))
         if epoch is not None:
             self._check_owner(run_id, epoch, f"set its status to {status!r}")
         self._put(self._path(run_id, _STATUS), data, run_id)

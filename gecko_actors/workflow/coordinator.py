@@ -223,6 +223,8 @@ class CoordinatorActor:
         await self.run.drive()
 
     async def _ended(self, durable: bool) -> None:
+        if durable and self.engine.outcome == "waiting":
+            return  # held for its answer (a dedicated run keeps its process)
         if durable:  # handles find the outcome in the checkpoint once we are gone
             entry = self.run.index_entry(self.engine.outcome)
             await asyncio.to_thread(self.index.append, [entry], "dedicated")
@@ -246,6 +248,11 @@ class CoordinatorActor:
 
     async def result(self) -> Any:
         return await self.run.result()
+
+    async def respond(self, node: str, value: Any, by: str | None) -> None:
+        """Answer ``node``'s interrupt (see ``DrivenRun.respond``)."""
+        if not await self.run.respond(node, value, by):
+            await self.reopen()
 
     def status(self) -> dict[str, Any]:
         return self.run.status()

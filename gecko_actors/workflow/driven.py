@@ -53,11 +53,14 @@ class DrivenRun:
         manifest = engine.open(
             input, created_at=created_at, host=host, create=create, budget=budget
         )
-        engine.outcome, engine.value = manifest.status, manifest.result
+        # A waiting run is driven again (as running): its parked nodes park again, so that
+        # they can be answered; until then it says running.
+        status = "running" if manifest.status == "waiting" else manifest.status
+        engine.outcome, engine.value = status, manifest.result
         self.engine = engine
-        if manifest.status != "running":
+        if status != "running":
             self.done.set()
-        return manifest.status
+        return status
 
     @property
     def manifest(self) -> Any:
@@ -81,7 +84,8 @@ class DrivenRun:
         try:
             durable = await self.engine.run()
         finally:
-            self.done.set()
+            if self.engine.outcome != "waiting":  # a waiting run has not ended
+                self.done.set()
             try:
                 if self.on_end is not None:
                     await self.on_end(durable)
@@ -133,10 +137,12 @@ class DrivenRun:
         """What ``WorkflowRun.status`` answers while the run is here."""
         engine = self.engine
         assert engine is not None
-        status = "running" if not self.done.is_set() else engine.outcome
+        over = self.done.is_set() or engine.outcome == "waiting"
+        status = engine.outcome if over else "running"
         error = str(engine.failure) if engine.failure else engine.manifest.error
         steps, nodes = engine.sched.steps, dict(engine.nodes)
-        return run_status(engine.manifest, status, steps, nodes, error, engine.spend.status())
+        found = run_status(engine.manifest, status, steps, nodes, error, engine.spend.status())
+        return {**found, "waiting": engine.waiting.status()}
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
         """The events from ``index`` on, and whether the run has ended."""
@@ -144,9 +150,19 @@ class DrivenRun:
 
     async def cancel(self) -> None:
         """Stop the run; returns once its running attempts have stopped."""
-        if self.engine is not None:
-            self.engine.cancel()
+        engine = self.engine
+        if engine is not None and engine.outcome == "waiting" and not self.driving:
+            await engine.give_up()  # nothing runs: only its status changes
+            self.done.set()
+        elif engine is not None:
+            engine.cancel()
         await self.done.wait()
+
+    async def respond(self, node: str, value: Any, by: str | None = None) -> bool:
+        """Answer ``node``'s interrupt; True when the drive under way takes the answer,
+        False when the run must be driven again (``reopen``) for it."""
+        assert self.engine is not None
+        return await self.engine.respond(node, value, by)
 
     def index_entry(self, status: str) -> IndexEntry:
         """The run's entry in its store's run index, now."""

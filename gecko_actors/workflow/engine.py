@@ -60,7 +60,7 @@ from gecko_actors.workflow.execution import (
     stop_all,
     uncancel,
 )
-from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
+from gecko_actors.workflow.graph import Next, Node, NodeContext, NodeInterrupt, WorkflowGraph
 from gecko_actors.workflow.rules import (
     already_exists,
     as_gecko,
@@ -74,6 +74,7 @@ from gecko_actors.workflow.schedule import Scheduler, Visit
 from gecko_actors.workflow.spend import BudgetOpener, RunSpend
 from gecko_actors.workflow.state import apply, check_conflicts, fold
 from gecko_actors.workflow.status import entry_of, node_entry, usage_of
+from gecko_actors.workflow.waiting import WAITING, Parked, Waiting
 
 EventSink = Callable[..., None]
 
@@ -113,6 +114,7 @@ class RunEngine:
         self._driver: asyncio.Task[Any] | None = None
         self._cancelled = False  # a cancel() that came before the drive began
         self.spend = RunSpend(run_id, store.uri, budgets)  # a local ledger unless ``budgets``
+        self.waiting = Waiting(run_id)
 
     # --- opening: load the checkpoint and replay it -------------------------------------
 
@@ -172,7 +174,7 @@ class RunEngine:
         our claim is seen, and any later commit by an older owner is refused by the store."""
         self.epoch = self.store.claim(self.run_id)
         self.store.update_status(
-            self.run_id, "running", epoch=self.epoch, spend=self.spend.record()
+            self.run_id, "running", epoch=self.epoch, extra=self.spend.record()
         )
         self._reload()
 
@@ -185,6 +187,7 @@ class RunEngine:
         self.output_seqs: dict[str, list[int]] = {}  # node -> the seq of each of its steps
         self.committed_usage: list[Usage] = []  # of each committed step that used a model
         self.nodes = {}
+        self.waiting.reset()
         self.sched.start(self.manifest.input)
         for record in records:
             self.sched.take_ready()
@@ -229,7 +232,9 @@ class RunEngine:
             return await self._record_outcome()
         self.on_event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
         try:
-            self.value, self.outcome = await self.drive(), "succeeded"
+            value = await self.drive()
+            self.outcome = "waiting" if value is WAITING else "succeeded"
+            self.value = None if value is WAITING else value
         except asyncio.CancelledError:
             uncancel()
             self.outcome = "cancelled"
@@ -260,36 +265,47 @@ class RunEngine:
                     result=self.value,
                     error=error,
                     epoch=self.epoch,
-                    spend=self.spend.record(),
+                    extra={**(self.spend.record() or {}), "waiting": self._parked()},
                 )
             except Exception as exc:
                 # Not durable (storage down, or taken over): the run counts as failed here, and
                 # a resume finishes it from the committed steps. The first error says most.
                 self.failure = self.failure or as_gecko(exc, self.run_id)
                 self.outcome, error, durable = "failed", str(self.failure), False
-        kind = {"succeeded": "workflow_completed", "cancelled": "workflow_cancelled"}
+        kind = {
+            "succeeded": "workflow_completed",
+            "cancelled": "workflow_cancelled",
+            "waiting": "workflow_waiting",
+        }
         self.on_event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
         return durable
 
     async def drive(self) -> Any:
-        """Run ready visits until none is left; returns the run's result. Raises the node's
-        WorkflowError when a node fails, and OwnershipLost when another engine took over."""
+        """Run ready visits until none is left; returns the run's result, or ``WAITING``
+        when only parked branches are left. Raises the node's WorkflowError when a node
+        fails, and OwnershipLost when another engine took over."""
         self._driver = asyncio.current_task()
         if self._cancelled:
             raise asyncio.CancelledError
-        running: dict[asyncio.Task[NodeOutcome], Visit] = {}
+        running: dict[asyncio.Task[NodeOutcome | Parked], Visit] = {}
+        self.waiting.listening = True
         try:
             while True:
-                for visit in self.sched.take_ready():
+                for visit in [*self.sched.take_ready(), *self.waiting.take_answered()]:
                     running[asyncio.create_task(self._attempts(visit))] = visit
                 if not running:
-                    return self.sched.result()
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    self.waiting.listening = False  # an answer from now on drives it again
+                    return WAITING if self.waiting.parked else self.sched.result()
+                done = await self.waiting.wait(set(running))
                 try:
                     for task in sorted(done, key=lambda t: running[t].node):
-                        visit = running.pop(task)
-                        if self.sched.is_current(visit):  # else void: see _stop_void
-                            await self._commit(visit, task.result())
+                        visit, outcome = running.pop(task), task.result()
+                        if not self.sched.is_current(visit):
+                            pass  # void: see _stop_void
+                        elif isinstance(outcome, Parked):
+                            self._park(visit, outcome)
+                        else:
+                            await self._commit(visit, outcome)
                         await self._stop_void(running, task)
                 except _Behind:
                     # The engine we replaced committed a step just before it saw our claim:
@@ -298,7 +314,34 @@ class RunEngine:
                     running.clear()
                     await asyncio.to_thread(self._reload)
         finally:
+            self.waiting.listening = False
             await stop_all(running)
+
+    def _park(self, visit: Visit, parked: Parked) -> None:
+        self.waiting.park(visit, parked)
+        entry = self.nodes[visit.node]
+        self.nodes[visit.node] = {**entry, "state": "waiting"}
+        self.on_event("node_waiting", node=visit.node, visit=visit.visit, payload=parked.payload)
+
+    def _parked(self) -> dict[str, Any] | None:
+        return self.waiting.record() if self.outcome == "waiting" else None
+
+    async def respond(self, node: str, value: Any, by: str | None = None) -> bool:
+        """Answer the interrupt ``node`` is parked on (see ``waiting.py``); True when the
+        drive under way runs it again, False when the run must be driven again."""
+        value = normalised(value, "the answer", node)
+        journal = Journal(self.store, self.run_id, self.epoch)
+        return await self.waiting.answer(node, value, by, journal)
+
+    async def give_up(self) -> None:
+        """Cancel a run that waits (no drive is under way): its status says cancelled."""
+        self.outcome = "cancelled"
+        self.failure = WorkflowError(
+            f"workflow run {self.run_id!r} was cancelled while it waited for an answer",
+            hint="resume it with wf.resume(run_id, checkpoint=...)",
+            run_id=self.run_id,
+        )
+        await self._record_outcome()
 
     async def _stop_void(
         self, running: dict[asyncio.Task[NodeOutcome], Visit], *finished: asyncio.Task[Any]
@@ -319,7 +362,7 @@ class RunEngine:
         if self._driver is not None:
             self._driver.cancel()
 
-    async def _attempts(self, visit: Visit) -> NodeOutcome:
+    async def _attempts(self, visit: Visit) -> NodeOutcome | Parked:
         node = self.graph.nodes[visit.node]
         start = time.perf_counter()
         self.nodes[visit.node] = node_entry("running", visit.visit)
@@ -335,6 +378,12 @@ class RunEngine:
                 value, writes = await self._attempt(node, ctx)
                 duration = time.perf_counter() - start
                 return NodeOutcome(value, writes, attempt, duration, snapshot)
+            except NodeInterrupt as exc:  # no retry: the branch waits for its answer
+                exc = getattr(exc, "cause", None) or exc  # inside a Ray task's error
+                try:
+                    return Parked(exc.key, normalised(exc.payload, "interrupt payload", node.name))
+                except GeckoError as bad:
+                    raise self._failed(visit, attempt, describe(bad), start) from None
             except BudgetExceededError as exc:  # no retry: it would be refused again
                 self._failed(visit, attempt, describe(exc), start)
                 raise stopped(exc, None, run_id=self.run_id, node=visit.node) from None

@@ -142,9 +142,56 @@ class NodeContext:
                 hint="call it from a node of a run (wf.start): it journals to the run's checkpoint",
                 node=self.node,
             )
-        count = self._steps.get(name, 0) + 1
-        self._steps[name] = count
+        count = self._steps.get(f"step/{name}", 0) + 1
+        self._steps[f"step/{name}"] = count
         return f"{self.idempotency_key}/step/{name}/{count}", self.journal
+
+    def interrupt(self, payload: Any) -> Any:
+        """Ask a human (or any outside party) and wait for the answer, parking this branch
+        only: the first time, the node stops here, ``payload`` (checkpointable data: a
+        question, a draft, a call to approve) shows in ``run.status()["waiting"]``, and
+        every other branch keeps running. Once ``run.respond(node, answer)`` answers it,
+        the node runs again from the top and this call returns the answer. Several
+        interrupts in one node are answered in order. Blocking: in async code, ``await
+        ctx.ainterrupt(...)``. Side effects before it run again: put them in :meth:`step`.
+
+        Example:
+            >>> approved = ctx.interrupt({"question": "send this mail?", "draft": draft})
+        """
+        key, journal = self._interrupt_key()
+        found = journal.get(key)
+        if found is not journal.MISSING:
+            return found["answer"]
+        raise NodeInterrupt(key, payload)
+
+    async def ainterrupt(self, payload: Any) -> Any:
+        """:meth:`interrupt` in async code (the journal is read in a thread)."""
+        key, journal = self._interrupt_key()
+        found = await asyncio.to_thread(journal.get, key)
+        if found is not journal.MISSING:
+            return found["answer"]
+        raise NodeInterrupt(key, payload)
+
+    def _interrupt_key(self) -> tuple[str, Any]:
+        if self.journal is None:
+            raise UserError(
+                "ctx.interrupt() was called outside a workflow run",
+                hint="call it from a node of a run (wf.start): its answer is kept in the "
+                "run's checkpoint",
+                node=self.node,
+            )
+        count = self._steps.get("interrupt", 0) + 1
+        self._steps["interrupt"] = count
+        return f"{self.idempotency_key}/interrupt/{count}", self.journal
+
+
+class NodeInterrupt(Exception):
+    """Raised by ``ctx.interrupt`` to park its node until it is answered; the engine catches
+    it (do not catch it in a node). ``key`` names the interrupt in the run's journal."""
+
+    def __init__(self, key: str, payload: Any) -> None:
+        super().__init__(key, payload)
+        self.key, self.payload = key, payload
 
 
 @dataclass

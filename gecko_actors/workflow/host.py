@@ -222,12 +222,12 @@ class WorkflowHost:
         self._count()
 
     async def _continue(self, run: DrivenRun, budget: Budget | None = None) -> None:
-        """Drive a failed or cancelled run again (recorded again first; with ``budget``
-        instead of its own, if given)."""
+        """Drive a failed, cancelled or waiting run again (recorded again first; with
+        ``budget`` instead of its own, if given)."""
         if run.engine is None or run.engine.outcome in ("running", "succeeded"):
             return  # being driven (or about to be), or done for good
         await run.settled.wait()  # the last drive's end is recorded (it forgets the run)
-        if run.driving or run.engine.outcome not in ("failed", "cancelled"):
+        if run.driving or run.engine.outcome not in ("failed", "cancelled", "waiting"):
             return
         await _starting(directory.record_run, self.name, run.run_id, run.entry)
         self._index(run).add(run.index_entry("running"))
@@ -264,7 +264,11 @@ class WorkflowHost:
         engine = run.engine
         assert engine is not None
         self.live.discard(run.run_id)
-        if isinstance(engine.failure, OwnershipLost):
+        if engine.outcome == "waiting" and durable:
+            # Held (a respond continues it) and recorded (a restart of this host drives it
+            # again, and its parked nodes park again), listed as waiting.
+            self._index(run).add(run.index_entry("waiting"))
+        elif isinstance(engine.failure, OwnershipLost):
             # Another engine drives the run now: its index entries and directory entry are
             # its own (a restarted host of our name writes the same key), so touch neither.
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)
@@ -353,6 +357,12 @@ class WorkflowHost:
 
     async def cancel(self, run_id: str) -> None:
         await (await self._run(run_id)).cancel()
+
+    async def respond(self, run_id: str, node: str, value: Any, by: str | None) -> None:
+        """Answer ``node``'s interrupt in run ``run_id`` (see ``DrivenRun.respond``)."""
+        run = await self._run(run_id)
+        if not await run.respond(node, value, by):
+            await self._continue(run)
 
     async def reopen(self, run_id: str, budget: Budget | None = None) -> None:
         await self._continue(await self._run(run_id), budget)

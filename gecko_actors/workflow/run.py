@@ -138,8 +138,8 @@ class WorkflowRun:
 
     def events(self, poll: float = 0.2) -> Iterator[dict[str, Any]]:
         """Events as they happen (Gecko's names: workflow_started, node_started, node_retried,
-        node_completed, node_error, workflow_completed / workflow_error / workflow_cancelled),
-        until the run ends."""
+        node_completed, node_error, node_waiting, workflow_completed / workflow_error /
+        workflow_cancelled / workflow_waiting), until the run ends or waits for answers."""
         seen = 0
         while True:
             answer = self._ask("events_since", seen)
@@ -148,7 +148,8 @@ class WorkflowRun:
             batch, finished = answer
             yield from batch
             seen += len(batch)
-            if finished and not batch:
+            waits = any(event["type"] == "workflow_waiting" for event in batch)
+            if waits or (finished and not batch):
                 return
             time.sleep(0 if batch else poll)
 
@@ -167,6 +168,20 @@ class WorkflowRun:
                 "nodes a timeout so that they run as killable Ray tasks",
                 run_id=self.run_id,
             ) from None
+
+    def respond(self, node: str, value: Any, *, by: str | None = None) -> None:
+        """Answer the interrupt ``node`` waits on (``status()["waiting"]`` lists them) with
+        ``value`` (checkpointable data), given ``by`` whom (kept with the answer). The node
+        runs again from the top and its ``ctx.interrupt`` returns ``value``. A node that is
+        not waiting is a UserError naming those that are; the first answer holds. A run
+        whose host is gone (after the whole cluster was lost): ``wf.resume`` it first."""
+        if self._ask("respond", node, value, by) is _GONE:
+            raise WorkflowError(
+                f"run {self.run_id!r} is not held by a live host or coordinator",
+                hint="resume it with wf.resume(run_id, checkpoint=...) (it waits again), "
+                "then respond through the handle that returns",
+                run_id=self.run_id,
+            )
 
     def reopen(self, budget: Budget | None = None) -> bool:
         """Continue a failed or cancelled run from its last committed step (with ``budget``

@@ -6,6 +6,7 @@ shape from the checkpoint alone, so a run can be inspected after its cluster is 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -98,9 +99,13 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
     records = store.load_steps(run_id)
     nodes = {r.node: entry_of(r) for r in records}
     spend = {"budget": manifest.budget, "spent": manifest.spent}
-    return run_status(
+    found = run_status(
         manifest, manifest.status, len(records), nodes, manifest.error, status_spend(spend)
     )
+    parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
+    for node in parked:
+        nodes[node] = node_entry("waiting", 0)
+    return {**found, "waiting": {node: entry["payload"] for node, entry in parked.items()}}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -134,6 +139,8 @@ def format_status(status: dict[str, Any]) -> str:
             f"spent {spend['tokens']} tokens, ${spend['usd']:.4f}, {spend['model_calls']} "
             f"model calls (budget: {limits})"
         )
+    for node, payload in (status.get("waiting") or {}).items():
+        lines.append(f"waiting: {node}: {_clip(json.dumps(payload, default=str), 100)}")
     if status.get("error"):
         lines.append(f"error: {status['error']}")
     return "\n".join(line.rstrip() for line in lines)
@@ -155,4 +162,6 @@ def format_event(event: dict[str, Any]) -> str | None:
         return f"  ↻ {node}: attempt {event['attempt']} failed: {_clip(event['error'], 100)}"
     if kind == "node_error":
         return f"  ✗ {node}: {_clip(event['error'], 100)}"
+    if kind == "node_waiting":
+        return f"  ⏸ {node} waits: {_clip(json.dumps(event['payload'], default=str), 100)}"
     return None
