@@ -147,3 +147,74 @@ async def test_a_bad_payload_fails_the_node_and_a_waiting_run_can_be_cancelled()
     await waiting.give_up()
     assert waiting.outcome == "cancelled"
     assert waiting.store.read_manifest("r1").status == "cancelled"
+
+
+# --- tools that need a human's approval --------------------------------------------------------
+
+
+def mail_graph(sent: list[dict[str, str]]) -> WorkflowGraph:
+    from gecko_actors import LocalAgent, ScriptedModel, tool
+
+    @tool(approval=True)
+    def send_mail(to: str, body: str) -> str:
+        """Send a mail."""
+        sent.append({"to": to, "body": body})
+        return f"sent to {to}"
+
+    def model(messages: list[Any], tools: Any) -> Any:
+        if messages[-1].role == "tool":
+            return f"done: {messages[-1].text}"
+        return ScriptedModel.call("send_mail", to="a@example.com", body="hello")
+
+    async def mailer(ctx: NodeContext) -> str:
+        agent = LocalAgent(ScriptedModel(model), tools=[send_mail])
+        return (await agent.arun("mail them", tool_context=_context(ctx))).content
+
+    return WorkflowGraph("mail").add_node("mail", mailer)
+
+
+def _context(ctx: NodeContext) -> Any:
+    """What an agent node gives its agent (a function node asking an agent does it by hand)."""
+    from gecko_actors.core.tools import ToolContext
+
+    return ToolContext(run_id=ctx.run_id, idempotency_key=ctx.idempotency_key, journal=ctx.journal)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reply", "mails"),
+    [
+        (True, "done: sent to a@example.com", [{"to": "a@example.com", "body": "hello"}]),
+        ({"reject": "too curt"}, "rejected it: too curt", []),
+        (
+            {"arguments": {"to": "b@example.com", "body": "hello, dear"}},
+            "done: sent to b@example.com",
+            [{"to": "b@example.com", "body": "hello, dear"}],
+        ),
+    ],
+)
+async def test_a_call_to_an_approval_tool_parks_until_approved_rejected_or_edited(
+    answer: Any, reply: str, mails: list[dict[str, str]]
+) -> None:
+    sent: list[dict[str, str]] = []
+    engine = open_engine(mail_graph(sent), memory_store())
+    await engine.run()
+    assert engine.outcome == "waiting", engine.failure
+    payload = {"tool": "send_mail", "arguments": {"to": "a@example.com", "body": "hello"}}
+    assert engine.waiting.status() == {"mail": payload} and sent == []
+    await engine.respond("mail", answer)
+    await engine.run()
+    assert engine.outcome == "succeeded", engine.failure
+    assert reply in engine.value and sent == mails
+
+
+async def test_outside_a_workflow_an_approval_tool_is_refused_and_the_model_told() -> None:
+    from gecko_actors import LocalAgent, ScriptedModel, tool
+
+    @tool(approval=True)
+    def wipe_disk() -> str:
+        """Wipe the disk."""
+        raise AssertionError("must not run")
+
+    model = ScriptedModel([ScriptedModel.call("wipe_disk"), "ok"])
+    await LocalAgent(model, tools=[wipe_disk]).arun("clean up")
+    assert "needs a human's approval" in model.calls[1].messages[-1].text

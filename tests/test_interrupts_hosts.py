@@ -108,3 +108,37 @@ def test_a_dedicated_run_waits_across_a_coordinator_kill_and_takes_its_answer(
     waiting(run, deadline)
     run.respond("draft", "ok")
     assert run.result(timeout=120) == "sent: ok"
+
+
+def test_an_agent_node_s_approval_tool_parks_its_branch_until_approved(tmp_path: Path) -> None:
+    from gecko_actors import Agent, ScriptedModel, tool
+
+    ledger = tmp_path / "ledger"
+
+    @tool(approval=True)
+    def pay(amount: int) -> str:
+        """Pay an amount."""
+        with open(ledger, "a") as out:
+            out.write(f"{amount}\n")
+        return "paid"
+
+    def model(messages: list[Any], tools: Any) -> Any:
+        if messages[-1].role == "tool":
+            return f"result: {messages[-1].text}"
+        return ScriptedModel.call("pay", amount=30)
+
+    agent = Agent.spawn(f"payer-{uuid.uuid4().hex[:8]}", model=ScriptedModel(model), tools=[pay])
+    try:
+        run = (
+            Workflow(f"pay-{uuid.uuid4().hex[:8]}")
+            .add_node("pay", agent)
+            .start("pay", checkpoint=tmp_path)
+        )
+        status = waiting(run, time.monotonic() + 120)
+        assert status["waiting"] == {"pay": {"tool": "pay", "arguments": {"amount": 30}}}
+        assert not ledger.exists()
+        run.respond("pay", {"arguments": {"amount": 25}}, by="ana")
+        assert run.result(timeout=120).content == "result: paid"
+        assert ledger.read_text().splitlines() == ["25"]
+    finally:
+        agent.kill()

@@ -185,6 +185,7 @@ def _tool_data(tool: Tool) -> dict[str, Any]:
         "name": tool.name,
         "description": tool.description,
         "timeout": tool.timeout,
+        "approval": tool.approval,
         "args_model": None if custom is None else _ref(custom, f"{part} args_model"),
     }
 
@@ -355,6 +356,7 @@ def _tools(data: dict[str, Any] | None, agent: str) -> Any:
                 if item["args_model"] is None
                 else _resolve(item["args_model"], agent),
                 timeout=item["timeout"],
+                approval=item.get("approval", False),
             )
         )
     return box

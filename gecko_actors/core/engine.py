@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gecko_actors.core.approval import run_calls
 from gecko_actors.core.budget import Spending, charged, current_spending, spending
 from gecko_actors.core.events import Event, EventBus
-from gecko_actors.core.journaled import execute_journaled
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import (
     AgentOutput,
@@ -307,10 +307,7 @@ class ReActEngine:
         budget = run.spending
         journal = run.tool_context.journal  # a workflow run's: each result is recorded once
         with spending(budget.spender if budget else None, *(budget.labels if budget else ())):
-            if journal is None:
-                results = await self.toolbox.execute_many(calls, contexts)
-            else:
-                results = await execute_journaled(self.toolbox, calls, contexts, journal)
+            results = await run_calls(self.toolbox, calls, contexts, journal)
         for call, result in zip(calls, results, strict=True):
             await _call_hook(self.hooks.on_tool_execute, call, result)
             await self._emit(

@@ -114,8 +114,10 @@ class Tool:
         description: str | None = None,
         args_model: type[BaseModel] | None = None,
         timeout: float | None = None,
+        approval: bool = False,
     ) -> None:
         self.fn = fn
+        self.approval = approval  # a call waits for a human's answer (in a workflow node)
         self.name = fn.__name__ if name is None else name
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
             raise UserError(
@@ -144,7 +146,14 @@ class Tool:
         # rebuild it from the function on the other side (Ray ships tools to actors).
         return (
             _restore_tool,
-            (self.fn, self.name, self.description, self._custom_args_model, self.timeout),
+            (
+                self.fn,
+                self.name,
+                self.description,
+                self._custom_args_model,
+                self.timeout,
+                self.approval,
+            ),
         )
 
     def __repr__(self) -> str:
@@ -332,7 +341,11 @@ async def _wait_for_thread(finished: asyncio.Event, deadline: float | None, name
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    approval: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -343,12 +356,16 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    approval: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a typed sync or async function into a :class:`Tool`.
 
     The schema comes from the signature (types, defaults) and the docstring (the summary
     becomes the description; ``Args:`` / ``:param x:`` entries describe the parameters). A
-    parameter annotated :class:`ToolContext` is injected and hidden from the model.
+    parameter annotated :class:`ToolContext` is injected and hidden from the model. With
+    ``approval=True``, a call made in a workflow node first parks the node's branch with
+    ``{"tool", "arguments"}`` until ``run.respond`` approves it, rejects it or edits its
+    arguments (see ``core/approval.py``).
 
     Example:
         >>> @tool
@@ -363,7 +380,7 @@ def tool(
     """
 
     def build(func: Callable[..., Any]) -> Tool:
-        return Tool(func, name=name, description=description, timeout=timeout)
+        return Tool(func, name=name, description=description, timeout=timeout, approval=approval)
 
     return build(fn) if fn is not None else build
 
@@ -381,8 +398,15 @@ def _import_tool(module: str, qualname: str) -> Tool:
     return lookup_qualname(module, qualname)
 
 
-def _restore_tool(fn, name, description, args_model, timeout) -> Tool:
-    return Tool(fn, name=name, description=description, args_model=args_model, timeout=timeout)
+def _restore_tool(fn, name, description, args_model, timeout, approval=False) -> Tool:
+    return Tool(
+        fn,
+        name=name,
+        description=description,
+        args_model=args_model,
+        timeout=timeout,
+        approval=approval,
+    )
 
 
 def _describe_function(

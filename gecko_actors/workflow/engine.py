@@ -48,6 +48,7 @@ from gecko_actors.exceptions import (
     BudgetExceededError,
     CheckpointError,
     GeckoError,
+    NodeInterrupt,
     OwnershipLost,
     UserError,
     WorkflowError,
@@ -60,7 +61,7 @@ from gecko_actors.workflow.execution import (
     stop_all,
     uncancel,
 )
-from gecko_actors.workflow.graph import Next, Node, NodeContext, NodeInterrupt, WorkflowGraph
+from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
 from gecko_actors.workflow.rules import (
     already_exists,
     as_gecko,

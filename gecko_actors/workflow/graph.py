@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gecko_actors.exceptions import UserError, WorkflowError
+from gecko_actors.exceptions import NodeInterrupt, UserError, WorkflowError
 
 NodeKind = Literal["agent", "team", "function", "workflow"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
@@ -183,15 +183,6 @@ class NodeContext:
         count = self._steps.get("interrupt", 0) + 1
         self._steps["interrupt"] = count
         return f"{self.idempotency_key}/interrupt/{count}", self.journal
-
-
-class NodeInterrupt(Exception):
-    """Raised by ``ctx.interrupt`` to park its node until it is answered; the engine catches
-    it (do not catch it in a node). ``key`` names the interrupt in the run's journal."""
-
-    def __init__(self, key: str, payload: Any) -> None:
-        super().__init__(key, payload)
-        self.key, self.payload = key, payload
 
 
 @dataclass
