@@ -58,3 +58,15 @@ def test_rag_agent_answers_from_the_right_document() -> None:
         "Deploys to production happen on Tuesdays and Thursdays, never on Fridays. "
         "(source: deploys.md)"
     )
+
+
+def test_approval_waits_for_the_human_then_sends_the_edited_mail(tmp_path: Path) -> None:
+    result = run_example("approval", checkpoint=str(tmp_path))
+    assert result["asked"] == {
+        "tool": "send_mail",
+        "arguments": {"to": "ann@example.com", "body": "Your refund for order 42 is on its way."},
+    }
+    assert result["result"] == (
+        "order 42: paid by card, refundable; refund of order 42 paid; "
+        "Done: sent to ann@example.com."
+    )
