@@ -206,3 +206,30 @@ async def test_a_call_with_other_arguments_or_a_failed_call_runs_again() -> None
     assert await call(1) == "10"  # ...so the call runs again
     assert await call(1) == "10" and runs == [1, 1]  # then it is replayed
     assert await call(2) == "20" and runs == [1, 1, 2]  # other arguments: a call of its own
+
+
+@pytest.mark.parametrize("journal_models", [True, False])
+async def test_a_workflow_that_journals_model_calls_does_not_ask_the_model_again(
+    journal_models: bool,
+) -> None:
+    from gecko_actors import LocalAgent, ScriptedModel
+    from gecko_actors.core.tools import ToolContext
+
+    model = ScriptedModel(lambda messages, tools: f"answer {len(messages)}")
+
+    def ask(ctx: NodeContext) -> str:
+        context = ToolContext(
+            run_id=ctx.run_id, idempotency_key=ctx.idempotency_key, journal=ctx.journal
+        )
+        output = LocalAgent(model).run("question", tool_context=context)
+        if ctx.attempt == 1:
+            raise RuntimeError("after the model answered")
+        return output.content
+
+    graph = WorkflowGraph("models", journal_models=journal_models)
+    graph.add_node("ask", ask, retry=RetryPolicy(attempts=2, backoff=0))
+    engine = open_engine(graph, memory_store())
+    await engine.run()
+    assert engine.outcome == "succeeded", engine.failure
+    assert engine.value == "answer 1"
+    assert len(model.calls) == (1 if journal_models else 2)

@@ -26,12 +26,13 @@ _FOLDER = "journal"
 
 
 class Journal:
-    """The journal of run ``run_id`` in ``store``, written by the engine of ``epoch``."""
+    """The journal of run ``run_id`` in ``store``, written by the engine of ``epoch``;
+    ``models``: whether model calls are journaled too (tool calls and steps always are)."""
 
     MISSING = MISSING
 
-    def __init__(self, store: Any, run_id: str, epoch: int) -> None:
-        self.store, self.run_id, self.epoch = store, run_id, epoch
+    def __init__(self, store: Any, run_id: str, epoch: int, *, models: bool = False) -> None:
+        self.store, self.run_id, self.epoch, self.models = store, run_id, epoch, models
 
     def __repr__(self) -> str:
         return f"Journal({self.store.uri!r}, {self.run_id!r})"

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from gecko_actors.core.approval import run_calls
 from gecko_actors.core.budget import Spending, charged, current_spending, spending
 from gecko_actors.core.events import Event, EventBus
+from gecko_actors.core.journaled import model_key, through_journal
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import (
     AgentOutput,
@@ -84,6 +85,7 @@ class _Run:
     force_output: bool = False
     output: AgentOutput | None = None
     spending: Spending | None = None  # the budget of the work the run is part of, if any
+    model_calls: int = 0  # made so far (a journaled call's key counts them)
 
     def add(self, message: Message) -> None:
         self.messages.append(message)
@@ -345,6 +347,18 @@ class ReActEngine:
         }
 
     async def _call_model(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
+        """One model call, taken from the workflow run's journal when it journals model
+        calls and holds this one (see ``journaled.py``)."""
+        run.model_calls += 1
+        items = self._charged(run, streaming)
+        journal = run.tool_context.journal
+        if journal is not None and journal.models:
+            key = model_key(run.tool_context, run.model_calls, run.messages)
+            items = through_journal(journal, key, streaming, items)
+        async for item in items:
+            yield item
+
+    async def _charged(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
         """One model call, reserved first against the budget the run spends from (a
         workflow run's, a team's: see ``core/budget.spending``), if any."""
         if run.spending is None:  # the common case, without a context manager per call

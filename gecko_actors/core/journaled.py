@@ -6,16 +6,23 @@ Inside a workflow node, each tool call has an idempotency key (``run/node/visit/
 A call whose key, tool and arguments match a journaled one returns the recorded result
 without running the tool; any other call runs, and its result is journaled before it goes
 back to the model. Only results are journaled, not errors: a call that failed runs again.
+
+A run that journals model calls too (``Workflow(..., journal_models=True)``) records each
+response under the call's number in the agent run and a hash of the conversation sent: a
+re-run that sends the same conversation gets the recorded response, with no provider call
+and no spend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from gecko_actors.core.messages import ToolCall
+from gecko_actors.core.messages import Message, ToolCall
+from gecko_actors.core.models import ModelResponse
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import ToolContext, ToolResult
 
@@ -64,3 +71,35 @@ def _record(journal: Any, records: list[tuple[str | None, ToolResult]]) -> None:
     for key, result in records:
         if key is not None and not result.is_error:
             journal.put(key, {"content": result.content})
+
+
+def model_key(context: ToolContext, count: int, messages: Sequence[Message]) -> str | None:
+    """The journal key of a run's ``count``-th model call on ``messages`` (``None``: a run
+    without an idempotency key). Another conversation is another call."""
+    if context.idempotency_key is None:
+        return None
+    sent = json.dumps([m.model_dump(mode="json") for m in messages], sort_keys=True)
+    digest = hashlib.sha256(sent.encode()).hexdigest()[:32]
+    return f"{context.idempotency_key}/model/{count}/{digest}"
+
+
+async def through_journal(
+    journal: Any, key: str | None, streaming: bool, live: AsyncIterator[Any]
+) -> AsyncIterator[Any]:
+    """``live`` (a model call's text chunks, then its response), or the response recorded
+    under ``key`` without making the call; a response made is recorded."""
+    if key is None:
+        async for item in live:
+            yield item
+        return
+    found = await asyncio.to_thread(journal.get, key)
+    if found is not journal.MISSING:
+        response = ModelResponse.model_validate(found)
+        if streaming and response.message.text:
+            yield response.message.text
+        yield response
+        return
+    async for item in live:
+        if isinstance(item, ModelResponse):
+            await asyncio.to_thread(journal.put, key, item.model_dump(mode="json"))
+        yield item

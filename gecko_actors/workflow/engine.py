@@ -467,7 +467,7 @@ class RunEngine:
             visit.node,
             visit.visit,
             attempt,
-            journal=Journal(self.store, self.run_id, self.epoch),
+            journal=Journal(self.store, self.run_id, self.epoch, models=self.graph.journal_models),
         )
 
     def outputs(self, visit: Visit, extra: Mapping[str, Any] | None = None) -> Outputs:

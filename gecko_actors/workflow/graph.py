@@ -205,7 +205,16 @@ class Edge:
 
 class WorkflowGraph:
     """Nodes, edges and an entry point; build it with the chaining methods, then
-    :meth:`validate`."""
+    :meth:`validate`.
+
+    Args:
+        name: the workflow's name (runs are ``<name>-<random>`` unless named).
+        max_steps: how many steps a run may commit (a loop's guard).
+        reducers: how concurrent writes to a state key merge, per key.
+        journal_models: journal its agent nodes' model calls too (tool calls and
+            ``ctx.step`` always are): a visit run again gets the recorded responses, with no
+            provider call and no spend, and a finished run can be replayed offline.
+    """
 
     def __init__(
         self,
@@ -213,6 +222,7 @@ class WorkflowGraph:
         *,
         max_steps: int = 100,
         reducers: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+        journal_models: bool = False,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UserError(
@@ -230,6 +240,8 @@ class WorkflowGraph:
                 )
         self.name = name
         self.max_steps = max_steps
+        # Model calls of its agent nodes journaled too (tool calls and steps always are).
+        self.journal_models = journal_models
         self.reducers: dict[str, Callable[[Any, Any], Any]] = dict(reducers or {})
         self.nodes: dict[str, Node] = {}
         self.edges: list[Edge] = []
