@@ -233,3 +233,14 @@ async def test_a_workflow_that_journals_model_calls_does_not_ask_the_model_again
     assert engine.outcome == "succeeded", engine.failure
     assert engine.value == "answer 1"
     assert len(model.calls) == (1 if journal_models else 2)
+
+
+async def test_the_status_read_from_the_checkpoint_counts_the_journal() -> None:
+    from gecko_actors.workflow.status import format_status, status_from_checkpoint
+
+    store = memory_store()
+    graph = WorkflowGraph("count").add_node("n", lambda ctx: ctx.step("a", len, "xy"))
+    engine = open_engine(graph, store)
+    await engine.run()
+    status = status_from_checkpoint(store, "r1")
+    assert status["journal"] == 1 and "journal: 1 recorded effects" in format_status(status)

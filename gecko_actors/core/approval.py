@@ -23,6 +23,7 @@ from typing import Any
 
 from gecko_actors.core.journaled import execute_journaled
 from gecko_actors.core.messages import ToolCall
+from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import ToolContext, ToolResult
 from gecko_actors.exceptions import NodeInterrupt, UserError
 
@@ -51,8 +52,9 @@ async def run_calls(
 
 
 def _asks(toolbox: Any, call: ToolCall) -> bool:
-    tools = getattr(toolbox, "_tools", {})  # a RemoteToolBox's tools live elsewhere: none ask
-    found = tools.get(call.name)
+    if not isinstance(toolbox, ToolBox):  # a RemoteToolBox's tools live elsewhere: none ask
+        return False
+    found = toolbox._tools.get(call.name)
     return bool(getattr(found, "approval", False))
 
 

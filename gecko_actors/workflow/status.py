@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
+from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.core.messages import AgentOutput, Usage
 from gecko_actors.workflow.spend import status_spend
 
@@ -92,7 +93,9 @@ def run_status(
 
 def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any] | None:
     """The status of a run as its checkpoint records it (``None`` for an unknown run). Nodes
-    that were running when the record was last written do not appear: only committed work."""
+    that were running when the record was last written do not appear: only committed work.
+    ``journal`` counts its effect journal's entries (read here only: a live run's status
+    does not list its journal)."""
     manifest = store.read_manifest(run_id)
     if manifest is None:
         return None
@@ -105,7 +108,8 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
     parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
     for node in parked:
         nodes[node] = node_entry("waiting", 0)
-    return {**found, "waiting": {node: entry["payload"] for node, entry in parked.items()}}
+    waiting = {node: entry["payload"] for node, entry in parked.items()}
+    return {**found, "waiting": waiting, "journal": Journal(store, run_id, 0).count()}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -141,6 +145,8 @@ def format_status(status: dict[str, Any]) -> str:
         )
     for node, payload in (status.get("waiting") or {}).items():
         lines.append(f"waiting: {node}: {_clip(json.dumps(payload, default=str), 100)}")
+    if status.get("journal"):
+        lines.append(f"journal: {status['journal']} recorded effects (steps, tool and model calls)")
     if status.get("error"):
         lines.append(f"error: {status['error']}")
     return "\n".join(line.rstrip() for line in lines)
