@@ -260,11 +260,25 @@ def resume(
 @click.argument("node")
 @click.argument("value")
 @click.option("--by", default=None, help="Who answers (kept with the answer).")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help=_CHECKPOINT_HELP + " Given, a run that no live host holds gets the answer there "
+    "(and goes on with it once resumed).",
+)
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
-def respond(run_id: str, node: str, value: str, by: str | None, address: str | None) -> None:
+def respond(
+    run_id: str,
+    node: str,
+    value: str,
+    by: str | None,
+    checkpoint: str | None,
+    address: str | None,
+) -> None:
     """Answer the interrupt that node NODE of run RUN_ID waits on with VALUE (text, or
-    @file.json for JSON data): the node runs again and gets it. A run whose cluster is gone
-    is resumed first (`gecko-actors resume`), and waits again.
+    @file.json for JSON data): the node runs again and gets it. For a run whose cluster is
+    gone, give its --checkpoint: the answer is recorded there, and `gecko-actors resume`
+    continues the run.
 
     \b
     Example:
@@ -272,10 +286,20 @@ def respond(run_id: str, node: str, value: str, by: str | None, address: str | N
         gecko-actors respond approve-3f2a9c1e0b7d draft @edits.json
     """
     from gecko_actors.workflow.run import WorkflowRun
+    from gecko_actors.workflow.waiting import answer_in_checkpoint
 
     answer = read_input(value)
     _connect(address)
-    WorkflowRun.attach(run_id).respond(node, answer, by=by)
+    try:
+        handle = WorkflowRun.attach(run_id)
+    except UserError:
+        if checkpoint is None:
+            raise
+        store = _store(checkpoint)
+        answer_in_checkpoint(store, run_id, node, answer, by)
+        click.echo(f"answered {node} of {run_id} in {store.uri}: resume the run to go on")
+        return
+    handle.respond(node, answer, by=by)
     click.echo(f"answered {node} of {run_id}")
 
 

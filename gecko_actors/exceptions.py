@@ -205,18 +205,8 @@ class OwnershipLost(CheckpointError):
     error_code = "ownership_lost"
 
 
-class NodeInterrupt(Exception):
-    """Raised by ``ctx.interrupt`` to park its node until it is answered; the engine catches
-    it (do not catch it in a node). ``key`` names the interrupt in the run's journal."""
-
-    def __init__(self, key: str, payload: Any) -> None:
-        super().__init__(key, payload)
-        self.key, self.payload = key, payload
-
-
 __all__ = [
     "BudgetExceededError",
-    "NodeInterrupt",
     "CalculatorError",
     "CheckpointError",
     "ConfigurationError",

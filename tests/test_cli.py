@@ -297,3 +297,27 @@ def test_run_and_resume_with_a_budget(tmp_path: Path) -> None:
 
     code, out = cli("run", f"{path}:workflow", "--checkpoint", runs, "--budget", "dollars=1")
     assert code == 1 and "'dollars=1' is not a limit" in out and "usd=X" in out
+
+
+@pytest.mark.usefixtures("ray_session")
+async def test_respond_to_a_run_no_host_holds_through_its_checkpoint(tmp_path: Path) -> None:
+    from gecko_actors.checkpoint import CheckpointStore
+    from gecko_actors.workflow import WorkflowGraph
+    from gecko_actors.workflow.engine import RunEngine
+    from gecko_actors.workflow.execution import LocalExecutor
+
+    graph = WorkflowGraph("ask").add_node("ask", lambda ctx: f"got {ctx.interrupt('why?')}")
+    store = CheckpointStore(f"file://{tmp_path}")
+    engine = RunEngine(graph, "offline-1", store, LocalExecutor(store))
+    engine.open(None)
+    await engine.run()  # it waits, and no host holds it
+    (tmp_path / "answer.json").write_text('{"because": 42}')
+    code, out = cli("respond", "offline-1", "ask", "@" + str(tmp_path / "answer.json"),
+                    "--checkpoint", str(tmp_path))  # fmt: skip
+    assert code == 0 and "resume the run to go on" in out, out
+    again = RunEngine(graph, "offline-1", store, LocalExecutor(store))
+    again.open(None, create=False)
+    await again.run()
+    assert again.value == "got {'because': 42}"
+    code, out = cli("respond", "offline-1", "ask", "x", "--checkpoint", str(tmp_path))
+    assert code == 1 and "not waiting" in out

@@ -218,3 +218,17 @@ async def test_outside_a_workflow_an_approval_tool_is_refused_and_the_model_told
     model = ScriptedModel([ScriptedModel.call("wipe_disk"), "ok"])
     await LocalAgent(model, tools=[wipe_disk]).arun("clean up")
     assert "needs a human's approval" in model.calls[1].messages[-1].text
+
+
+async def test_a_run_no_host_holds_gets_its_answer_in_the_checkpoint() -> None:
+    from gecko_actors.workflow.waiting import answer_in_checkpoint
+
+    store, ran = memory_store(), []
+    graph = approval_graph(ran)
+    await open_engine(graph, store).run()  # waits; then its cluster is gone
+    with pytest.raises(UserError, match=r"'research' .* \(waiting: 'draft'\)"):
+        answer_in_checkpoint(store, "r1", "research", "no", None)
+    answer_in_checkpoint(store, "r1", "draft", "yes", "ana")
+    resumed = open_engine(graph, store, create=False)
+    await resumed.run()
+    assert resumed.outcome == "succeeded" and "sent: yes" in resumed.value

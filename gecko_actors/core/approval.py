@@ -21,11 +21,12 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from gecko_actors.core.interrupt import NodeInterrupt
 from gecko_actors.core.journaled import execute_journaled
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.toolbox import ToolBox
 from gecko_actors.core.tools import ToolContext, ToolResult
-from gecko_actors.exceptions import NodeInterrupt, UserError
+from gecko_actors.exceptions import UserError
 
 __all__ = ["run_calls"]
 

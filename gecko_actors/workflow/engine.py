@@ -43,12 +43,12 @@ from gecko_actors.checkpoint import (
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.checkpoint.store import CREATOR_EPOCH
 from gecko_actors.core.budget import Budget, stopped
+from gecko_actors.core.interrupt import NodeInterrupt
 from gecko_actors.core.messages import Usage
 from gecko_actors.exceptions import (
     BudgetExceededError,
     CheckpointError,
     GeckoError,
-    NodeInterrupt,
     OwnershipLost,
     UserError,
     WorkflowError,

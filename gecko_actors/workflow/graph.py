@@ -31,7 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gecko_actors.exceptions import NodeInterrupt, UserError, WorkflowError
+from gecko_actors.core.interrupt import NodeInterrupt
+from gecko_actors.exceptions import UserError, WorkflowError
 
 NodeKind = Literal["agent", "team", "function", "workflow"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")

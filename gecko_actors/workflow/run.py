@@ -21,6 +21,7 @@ from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.host import RunNotHosted
 from gecko_actors.workflow.rules import already_exists, different_graph, normalised
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
+from gecko_actors.workflow.waiting import answer_in_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"
 
@@ -173,15 +174,11 @@ class WorkflowRun:
         """Answer the interrupt ``node`` waits on (``status()["waiting"]`` lists them) with
         ``value`` (checkpointable data), given ``by`` whom (kept with the answer). The node
         runs again from the top and its ``ctx.interrupt`` returns ``value``. A node that is
-        not waiting is a UserError naming those that are; the first answer holds. A run
-        whose host is gone (after the whole cluster was lost): ``wf.resume`` it first."""
+        not waiting is a UserError naming those that are; the first answer holds. A run that
+        no live host holds (its cluster is gone) gets the answer in its checkpoint, and goes
+        on with it once resumed (``wf.resume``)."""
         if self._ask("respond", node, value, by) is _GONE:
-            raise WorkflowError(
-                f"run {self.run_id!r} is not held by a live host or coordinator",
-                hint="resume it with wf.resume(run_id, checkpoint=...) (it waits again), "
-                "then respond through the handle that returns",
-                run_id=self.run_id,
-            )
+            answer_in_checkpoint(self._store(), self.run_id, node, value, by)
 
     def reopen(self, budget: Budget | None = None) -> bool:
         """Continue a failed or cancelled run from its last committed step (with ``budget``

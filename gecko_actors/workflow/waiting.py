@@ -94,3 +94,26 @@ class Waiting:
     def record(self) -> dict[str, Any]:
         """The parked nodes as the run's status records them."""
         return {node: {"key": p.key, "payload": p.payload} for node, (_, p) in self.parked.items()}
+
+
+def answer_in_checkpoint(store: Any, run_id: str, node: str, value: Any, by: str | None) -> None:
+    """Answer ``node`` of a waiting run that no live host holds (its cluster is gone): the
+    answer is recorded in the run's journal, under the interrupt its status recorded, and
+    the run continues with it once resumed. A node that is not waiting is a UserError."""
+    from gecko_actors.checkpoint.journal import Journal  # checkpoint imports workflow.graph
+    from gecko_actors.workflow.rules import normalised
+
+    manifest = store.read_manifest(run_id)
+    if manifest is None:
+        raise UserError(f"no run {run_id!r} in {store.uri}", hint="check the run id and checkpoint")
+    parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
+    if node not in parked:
+        waiting = ", ".join(repr(n) for n in sorted(parked)) or "none"
+        raise UserError(
+            f"node {node!r} of run {run_id!r} is not waiting for an answer (waiting: {waiting})",
+            hint="answer a node that `gecko-actors status RUN_ID --checkpoint URI` lists",
+            run_id=run_id,
+            node=node,
+        )
+    answer = {"answer": normalised(value, "the answer", node), "by": by, "at": time.time()}
+    Journal(store, run_id, store.current_epoch(run_id)).put(parked[node]["key"], answer)
