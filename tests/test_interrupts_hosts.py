@@ -110,6 +110,21 @@ def test_a_dedicated_run_waits_across_a_coordinator_kill_and_takes_its_answer(
     assert run.result(timeout=120) == "sent: ok"
 
 
+def test_a_waiting_hosted_run_can_be_cancelled(tmp_path: Path) -> None:
+    from gecko_actors import WorkflowError
+
+    run = (
+        Workflow(f"ask-{uuid.uuid4().hex[:8]}")
+        .add_node("draft", draft)
+        .start("x", checkpoint=tmp_path)
+    )
+    waiting(run, time.monotonic() + 120)
+    run.cancel(timeout=60)
+    with pytest.raises(WorkflowError, match="cancelled while it waited"):
+        run.result(timeout=60)
+    assert run.status()["status"] == "cancelled"
+
+
 def test_an_agent_node_s_approval_tool_parks_its_branch_until_approved(tmp_path: Path) -> None:
     from gecko_actors import Agent, ScriptedModel, tool
 

@@ -95,7 +95,7 @@ class DrivenRun:
         return durable
 
     async def reopen(self, budget: Budget | None = None) -> bool:
-        """Drive a failed or cancelled run again from its last committed step (with
+        """Drive a failed, cancelled or waiting run again from its last committed step (with
         ``budget`` instead of its own, if given), once the last drive's end is recorded;
         returns once the new drive has begun (``status`` says running). False for a run
         that is running or succeeded."""
@@ -154,6 +154,8 @@ class DrivenRun:
         if engine is not None and engine.outcome == "waiting" and not self.driving:
             await engine.give_up()  # nothing runs: only its status changes
             self.done.set()
+            if self.on_end is not None:  # its holder lets it go, as after a drive
+                await self.on_end(True)
         elif engine is not None:
             engine.cancel()
         await self.done.wait()
