@@ -82,6 +82,7 @@ def main(checkpoint: str | None = None) -> dict[str, Any]:
             time.sleep(0.05)
         committed = sorted(n for n, s in run.status()["nodes"].items() if s["state"] == "done")
         ray.kill(run.actor, no_restart=True)  # the coordinator is gone, mid-run
+        _wait_until_dead(run.actor)
         print(f"killed the coordinator after {committed}")
         resumed = workflow.resume(run.run_id, checkpoint=checkpoint)
         rerun = [e["node"] for e in resumed.events() if e["type"] == "node_started"]
@@ -93,6 +94,17 @@ def main(checkpoint: str | None = None) -> dict[str, Any]:
     finally:
         if info["new"]:
             gecko_actors.shutdown()
+
+
+def _wait_until_dead(actor: Any) -> None:
+    """``ray.kill`` returns before the process is gone: a resume sent meanwhile could still
+    reach it. Wait until calls to it fail."""
+    while True:
+        try:
+            ray.get(actor.__ray_call__.remote(lambda self: None), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
