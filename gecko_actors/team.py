@@ -219,7 +219,8 @@ class Team:
         them have stopped (at most ``cancel_grace`` seconds) before CancelledError reaches
         the caller; members cancelled by ``"first"`` or by ``timeout`` are waited for too.
         """
-        ledger = await asyncio.to_thread(self._open)  # a call to the governor: not in the loop
+        # A call to the governor (only with a budget): not in the event loop.
+        ledger = None if self.budget is None else await asyncio.to_thread(self._open)
         with self._spending(ledger):
             result, jobs = self._start(input, strategy, session_id, timeout)
         refs = [job.ref for job in jobs]
