@@ -151,6 +151,8 @@ class DrivenRun:
     async def cancel(self) -> None:
         """Stop the run; returns once its running attempts have stopped."""
         engine = self.engine
+        if engine is not None and engine.outcome == "waiting":
+            await self.settled.wait()  # a drive that just parked is still recording its end
         if engine is not None and engine.outcome == "waiting" and not self.driving:
             await engine.give_up()  # nothing runs: only its status changes
             self.done.set()
