@@ -19,8 +19,8 @@ from gecko_actors import Message
 from gecko_actors.checkpoint import CheckpointStore, Manifest, StateWrite, StepRecord
 
 
-def bytes_per_step(steps: int = 1000) -> None:
-    store = CheckpointStore(f"file://{tempfile.mkdtemp()}")
+def bytes_per_step(root: str, steps: int = 1000) -> None:
+    store = CheckpointStore(f"file://{root}/bytes")
     store.create_manifest(Manifest("loop", "bench", "fp", input="hi", created_at=time.time()))
     epoch = store.claim("loop")
     written: dict[int, int] = {}
@@ -69,6 +69,7 @@ def commit_overhead(uri: str, steps: int = 300) -> None:
 
 
 if __name__ == "__main__":
-    bytes_per_step()
-    commit_overhead(f"file://{tempfile.mkdtemp()}")
+    with tempfile.TemporaryDirectory(prefix="gecko-bench-checkpoint-") as root:
+        bytes_per_step(root)
+        commit_overhead(f"file://{root}/overhead")
     commit_overhead("memory://bench")

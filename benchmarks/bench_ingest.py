@@ -49,6 +49,15 @@ class CpuEmbedder(HashEmbedder):
         return await super().embed(texts)
 
 
+# removed when the benchmark exits: a run writes a corpus and three vector stores
+SCRATCH = tempfile.TemporaryDirectory(prefix="gecko-bench-ingest-")
+
+
+def scratch() -> Path:
+    """A new empty folder under SCRATCH."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH.name))
+
+
 def corpus(folder: Path, files: int) -> None:
     for i in range(files):
         words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(400)]
@@ -56,11 +65,11 @@ def corpus(folder: Path, files: int) -> None:
 
 
 def throughput(files: int) -> None:
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch()
     corpus(folder, files)
     rates = {}
     for actors in (1, 2):
-        store = LanceVectorStore(Path(tempfile.mkdtemp()), embedder=CpuEmbedder(64))
+        store = LanceVectorStore(scratch(), embedder=CpuEmbedder(64))
         summary = ingest(
             folder,
             store=store,
@@ -78,7 +87,7 @@ def throughput(files: int) -> None:
 
 
 async def search_latency(chunks: int, queries: int = 50) -> None:
-    store = LanceVectorStore(Path(tempfile.mkdtemp()), embedder=HashEmbedder(256))
+    store = LanceVectorStore(scratch(), embedder=HashEmbedder(256))
     texts = [
         " ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(30)) + f" item{i}"
         for i in range(chunks)

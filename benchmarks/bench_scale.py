@@ -253,7 +253,11 @@ def ray_memory() -> int:
 
 
 def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="gecko-bench-scale-"))
+    with tempfile.TemporaryDirectory(prefix="gecko-bench-scale-") as folder:
+        run_all(Path(folder))
+
+
+def run_all(root: Path) -> None:
     os.environ["GECKO_STORAGE_URL"] = f"sqlite:///{root}/sessions.db"
     ga.init(num_cpus=2)
     if not ONLY_AGENTS:

@@ -426,7 +426,7 @@ def main() -> None:
     warm_up(root)
     bench_chain(root)
     print("2. ", end="")
-    bytes_per_step()
+    bytes_per_step(root)
     bench_dispatch(root)
     bench_fan_out(root)
     ga.shutdown()

@@ -10,6 +10,7 @@ full-text) search and hands the model the best passages with their sources.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ def main() -> dict[str, Any]:
         print(f"question: {QUESTION}\nanswer: {answer}")
         return {"answer": answer}
     finally:
+        shutil.rmtree(folder, ignore_errors=True)
         if info["new"]:
             gecko_actors.shutdown()
 
