@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     agent_hosts_per_node: int = Field(default=2, gt=0)
     """Agent hosts per alive node in a job's pool (new agents spread over them by name). A
     host is one Python process, so it uses one core: more hosts use more of a node's."""
+    journal_models: bool = False
+    """Whether runs journal their model calls when neither the run nor its workflow says
+    (``wf.start(..., journal_models=)``, ``Workflow(..., journal_models=)``). The tests turn
+    it on, so that every run they make can be replayed offline."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     log_format: Literal["console", "json"] = "console"
     secrets: list[SecretStr] = Field(default_factory=list)

@@ -5,6 +5,7 @@ write loses; racing attempts agree on the first value. Plain asyncio over ``memo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from typing import Any
 
@@ -244,3 +245,54 @@ async def test_the_status_read_from_the_checkpoint_counts_the_journal() -> None:
     await engine.run()
     status = status_from_checkpoint(store, "r1")
     assert status["journal"] == 1 and "journal: 1 recorded effects" in format_status(status)
+
+
+@pytest.mark.parametrize(
+    ("asked", "default", "setting", "expected"),
+    [
+        (True, False, "0", True),  # the run's say wins
+        (False, True, "1", False),
+        (None, True, "0", True),  # then the workflow's default
+        (None, None, "1", True),  # then the setting
+        (None, None, "0", False),
+    ],
+)
+def test_whether_a_run_journals_model_calls_is_the_run_s_then_the_workflow_s_then_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+    asked: bool | None,
+    default: bool | None,
+    setting: str,
+    expected: bool,
+) -> None:
+    monkeypatch.setenv("GECKO_JOURNAL_MODELS", setting)
+    graph = WorkflowGraph("models", journal_models=default)
+    assert graph.models_journaled(asked) is expected
+
+
+async def test_a_run_keeps_the_model_journaling_it_was_created_with_when_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = memory_store()
+    graph = WorkflowGraph("kept").add_node("n", lambda ctx: ctx.journal.models)
+    monkeypatch.setenv("GECKO_JOURNAL_MODELS", "1")
+    first = open_engine(graph, store)
+    assert first.manifest.journal_models is True
+    assert store.read_manifest("r1").journal_models is True  # recorded in the checkpoint
+    monkeypatch.setenv("GECKO_JOURNAL_MODELS", "0")  # the setting changed meanwhile...
+    resumed = open_engine(graph, store, create=False)
+    resumed.take_over()
+    await resumed.run()
+    assert resumed.value is True  # ...the run journals as it was created to
+
+
+def test_a_manifest_without_journal_models_reads_as_not_journaling() -> None:
+    from gecko_actors.checkpoint.records import Manifest, manifest_data, manifest_from
+
+    made = Manifest("r1", "wf", "fp", None, 1.0, journal_models=True)
+    data = manifest_data(made)
+    assert data["journal_models"] is True and manifest_from(dict(data), "m", "r1") == made
+    older = manifest_data(dataclasses.replace(made, journal_models=False))
+    assert "journal_models" not in older  # an earlier release reads it as before
+    assert manifest_from(older, "m", "r1").journal_models is False
+    with pytest.raises(UserError, match="journal_models"):
+        manifest_data(dataclasses.replace(made, journal_models="yes"))

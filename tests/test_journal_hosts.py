@@ -1,5 +1,6 @@
-"""The effect journal on Ray: a function node's ``ctx.step`` side effect runs once across a
-SIGKILL of its workflow host (Ray restarts the host, which resumes the run)."""
+"""The effect journal on Ray: a function node's ``ctx.step`` side effect, and an agent node's
+tool call, run once across a SIGKILL of their workflow host (Ray restarts the host, which
+resumes the run), on file:// and s3://."""
 
 from __future__ import annotations
 
@@ -81,8 +82,13 @@ def gated_model(gate: str):
     return reply
 
 
-def test_an_agent_node_s_tool_call_runs_once_across_a_host_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_an_agent_node_s_tool_call_runs_once_across_a_host_kill(
+    tmp_path: Path, where: str, request
+) -> None:
     from gecko_actors import Agent, ScriptedModel
+
+    uri = f"file://{tmp_path}" if where == "file" else request.getfixturevalue("s3").uri()
 
     ledger, gate = tmp_path / "ledger", tmp_path / "gate"
     agent = Agent.spawn(
@@ -92,15 +98,27 @@ def test_an_agent_node_s_tool_call_runs_once_across_a_host_kill(tmp_path: Path) 
     )
     try:
         wf = Workflow(f"agent-pay-{uuid.uuid4().hex[:8]}").add_node("pay", agent)
-        run = wf.start("pay the order", checkpoint=tmp_path)
-        journal = Journal(CheckpointStore(f"file://{tmp_path}"), run.run_id, 1)
+        run = wf.start("pay the order", checkpoint=uri, journal_models=True)
+        journal = Journal(CheckpointStore(uri), run.run_id, 1)
         deadline = time.monotonic() + 120
-        while journal.count() < 1:  # the tool ran and its result is journaled
+        while journal.count() < 2:  # the model's call of the tool, then the tool's result
             assert time.monotonic() < deadline, "the tool did not run"
             time.sleep(0.05)
+        assert run.status()["journal"] == 2  # a live run's status counts them too
         ray.kill(run.actor, no_restart=False)  # SIGKILL before the node commits
         gate.touch()
         assert run.result(timeout=120).content == "done"
         assert ledger.read_text().splitlines() == ["paid"]  # the visit ran again: no new line
     finally:
         agent.kill()
+
+
+def test_a_run_journals_model_calls_as_its_start_says(tmp_path: Path) -> None:
+    store = CheckpointStore(f"file://{tmp_path}")
+    wf = Workflow(f"say-{uuid.uuid4().hex[:8]}").add_node("n", lambda ctx: ctx.input)
+    assert os.environ["GECKO_JOURNAL_MODELS"] == "1"  # the pytest plugin's default
+    for asked, expected in ((None, True), (False, False), (False, False), (True, True)):
+        run = wf.start("x", checkpoint=tmp_path, journal_models=asked)
+        assert run.result(timeout=120) == "x"
+        assert store.read_manifest(run.run_id).journal_models is expected, asked
+    assert wf.journal_models is None  # the workflow's own default is unchanged

@@ -7,7 +7,9 @@ name (its actor is ``agent/<name>``), so both kinds share one namespace.
 An entry is created only if absent, so of two spawns of one name exactly one makes the agent.
 A host activates an agent from its entry on the first call it gets for it, and again after
 Ray restarted the host, so the entry outlives the host and its node; it does not outlive the
-whole cluster (unless Ray's GCS is made fault tolerant, with an external Redis).
+whole cluster (unless Ray's GCS is made fault tolerant, with an external Redis), but a spec of
+data is also archived in the session store (``archive.py``), from which ``Agent.get`` records
+the agent again on a new cluster.
 """
 
 from __future__ import annotations

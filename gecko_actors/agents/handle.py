@@ -21,7 +21,7 @@ from gecko_actors._actors.common import (
     known,
     unwrap,
 )
-from gecko_actors.agents import directory, placement
+from gecko_actors.agents import archive, directory, placement
 from gecko_actors.agents.dedicated import AgentActor
 from gecko_actors.agents.host import HostedAgentRef
 from gecko_actors.agents.placement import ToolsArg
@@ -209,10 +209,12 @@ class Agent:
     @classmethod
     def get(cls, name: str, *, event_bus: EventBus | None = None) -> Agent:
         """Attach to a live agent (from any driver); an unknown name lists the known ones.
+        A hosted agent whose spec is all data comes back this way after the whole cluster
+        was lost, when its spec was kept in a durable session store (``GECKO_STORAGE_URL``).
         ``event_bus`` receives the events of the runs started through this handle."""
         _check_event_bus(event_bus)
         check_name("agent", name)
-        handle = placement.existing(name)
+        handle = placement.existing(name) or placement.revived(name)
         if handle is None:
             raise UserError(
                 f"no agent named {name!r}; known agents: {Agent.list()}",
@@ -425,6 +427,7 @@ class Agent:
         if isinstance(self._handle, HostedAgentRef):
             if no_restart:
                 directory.remove(self.name)
+                archive.forget(self.name)
                 ray.get(self._handle.actor.remove.remote(self.name))
             else:
                 ray.kill(self._handle.actor, no_restart=False)

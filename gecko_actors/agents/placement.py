@@ -12,7 +12,7 @@ import ray
 from gecko_actors._actors import pools
 from gecko_actors._actors.common import lookup
 from gecko_actors._actors.toolbox import MeteredToolBox
-from gecko_actors.agents import directory
+from gecko_actors.agents import archive, directory
 from gecko_actors.agents.host import AgentHost, HostedAgentRef
 from gecko_actors.agents.spec import AgentSpec, LiveCode, foreign_modules, to_data
 from gecko_actors.core.sessions import SessionStore
@@ -30,6 +30,7 @@ __all__ = [
     "hosted",
     "place_tools",
     "recorded",
+    "revived",
     "session_store",
     "taken",
     "warm",
@@ -87,14 +88,32 @@ def hosted(spec: AgentSpec, get_if_exists: bool) -> Any:
     """Record agent ``spec.name`` on this job's preferred agent host (made if need be); of
     two spawns of one name, the second gets the first's agent or a UserError."""
     data, code = recorded(spec)
-    host = pools.candidates(spec.name, pools.code_env(), "agents")[0]
-    pools.handle(host, AgentHost)
-    if directory.create(spec.name, host, data, code):
-        return HostedAgentRef(host, spec.name)
+    made = _record(spec.name, data, code)
+    if made is not None:
+        if data is not None:  # its parts are data or named code: it may outlive the cluster
+            archive.keep(spec.name, data)
+        return made
     found = existing(spec.name)  # hosted or dedicated
     if found is not None and get_if_exists:
         return found
     raise taken(spec.name)
+
+
+def _record(name: str, data: dict[str, Any] | None, code: bytes) -> HostedAgentRef | None:
+    """Record agent ``name`` on this job's preferred agent host (made if need be), unless
+    an agent of that name exists; its reference if this call recorded it."""
+    host = pools.candidates(name, pools.code_env(), "agents")[0]
+    pools.handle(host, AgentHost)
+    return HostedAgentRef(host, name) if directory.create(name, host, data, code) else None
+
+
+def revived(name: str) -> Any | None:
+    """Agent ``name`` recorded again from its archived spec (after the cluster that ran it
+    was lost), or None when no spec of that name is archived."""
+    data = archive.kept(name)
+    if data is None:
+        return None
+    return _record(name, data, b"") or existing(name)  # or another driver revived it first
 
 
 def recorded(spec: AgentSpec) -> tuple[dict[str, Any] | None, bytes]:

@@ -39,14 +39,26 @@ class Journal:
 
     def get(self, key: str) -> Any:
         """The value recorded under ``key``, or :data:`MISSING`."""
-        path = self._path(key)
+        found = self._read(self._path(key))
+        return MISSING if found is None else found["value"]
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry (``key``, ``value``, ``at``: when it was recorded), oldest first; the
+        reads overlap on object stores."""
+        folder = self.store._path(self.run_id, _FOLDER)
+        names = [e.name for e in self.store._list(folder, self.run_id) if not e.is_dir]
+        paths = [self.store._path(self.run_id, _FOLDER, name) for name in names]
+        found = [entry for entry in self.store._map(self._read, paths) if entry is not None]
+        return sorted(found, key=lambda entry: entry["at"])
+
+    def _read(self, path: str) -> dict[str, Any] | None:
         raw = self.store._get(path, self.run_id)
         if raw is None:
-            return MISSING
+            return None
         where = self.store._where(path)
         rec = unpack(raw, "journal", self.run_id, where)
         expect(rec, where, self.run_id, key=str, epoch=int, at=(int, float))
-        return decode_value(rec["value"])
+        return {"key": rec["key"], "value": decode_value(rec["value"]), "at": rec["at"]}
 
     def put(self, key: str, value: Any) -> Any:
         """Record ``value`` under ``key`` unless an entry exists; returns the value that is

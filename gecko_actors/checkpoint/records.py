@@ -83,6 +83,8 @@ class Manifest:
     spent: dict[str, Any] | None = None
     # The parked nodes of a waiting run: node -> {"key": its interrupt, "payload": ...}.
     waiting: dict[str, Any] | None = None
+    # Whether the run journals its model calls (decided when it starts, kept on a resume).
+    journal_models: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ class StepRecord:
     routes: dict[str, bool] | None = None
     epoch: int = 0
     finished_at: float = 0.0
+    # What the visit was given, shortened (its history shows it; the input itself is the
+    # output it came from, already in the checkpoint).
+    input_summary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,9 +165,10 @@ _KEYS = {
 # Keys a record may lack (written by an earlier release of the same record version).
 _SPEND = frozenset(["budget", "spent"])
 _OPTIONAL = {
-    "manifest": frozenset(["host", "waiting", *_SPEND]),
+    "manifest": frozenset(["host", "waiting", "journal_models", *_SPEND]),
     "status": _SPEND | {"waiting"},
     "commit": frozenset(["data"]),
+    "step": frozenset(["input_summary"]),
 }
 
 
@@ -336,6 +342,8 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         raise UserError("Manifest.finished_at must be a number or None", run_id=run_id)
     if manifest.host is not None and not isinstance(manifest.host, str):
         raise UserError("Manifest.host must be a str or None", run_id=run_id)
+    if not isinstance(manifest.journal_models, bool):
+        raise UserError("Manifest.journal_models must be a bool", run_id=run_id)
     _check_spend(manifest.budget, manifest.spent, run_id)
     return {
         **header("manifest", run_id),
@@ -350,6 +358,7 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         "host": manifest.host,
         # Only when set: a manifest without them is read by releases that know neither.
         **{k: v for k, v in (("budget", manifest.budget), ("spent", manifest.spent)) if v},
+        **({"journal_models": True} if manifest.journal_models else {}),
     }
 
 
@@ -373,7 +382,8 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     expect(rec, where, run_id, created_at=(int, float))
     expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
     rec.setdefault("host", None)
-    expect(rec, where, run_id, host=(str, None))
+    rec.setdefault("journal_models", False)
+    expect(rec, where, run_id, host=(str, None), journal_models=bool)
     return Manifest(
         **_spend_of(rec, where, run_id),
         run_id=run_id,
@@ -386,6 +396,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
         error=rec["error"],
         finished_at=rec["finished_at"],
         host=rec["host"],
+        journal_models=rec["journal_models"],
     )
 
 

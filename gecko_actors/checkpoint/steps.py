@@ -73,6 +73,8 @@ def step_data(run_id: str, r: StepRecord) -> dict[str, Any]:
         raise bad("routes", "None or a dict of target node -> bool")
     if not isinstance(r.writes, (tuple, list)):
         raise bad("writes", "a tuple of StateWrite")
+    if r.input_summary is not None and not isinstance(r.input_summary, str):
+        raise bad("input_summary", "a str or None")
     at = {"run_id": run_id, "node": r.node}
     writes = []
     for i, write in enumerate(r.writes):
@@ -104,6 +106,8 @@ def step_data(run_id: str, r: StepRecord) -> dict[str, Any]:
         "routes": None if routes is None else {str(k): bool(v) for k, v in routes.items()},
         "epoch": r.epoch,
         "finished_at": float(r.finished_at),
+        # Only when set: a step without it is read by releases that do not know it.
+        **({} if r.input_summary is None else {"input_summary": str(r.input_summary)}),
     }
 
 
@@ -113,7 +117,8 @@ def step_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> StepRec
     expect(rec, where, run_id, seq=int, node=str, visit=int, attempts=int, epoch=int)
     expect(rec, where, run_id, duration=(int, float), finished_at=(int, float))
     expect(rec, where, run_id, writes=list, usage=(dict, None), next=(dict, None))
-    expect(rec, where, run_id, routes=(dict, None))
+    rec.setdefault("input_summary", None)
+    expect(rec, where, run_id, routes=(dict, None), input_summary=(str, None))
     if rec["seq"] != seq:
         raise corrupt(where, run_id, f"holds step {rec['seq']}, not {seq}")
     writes = []
@@ -155,6 +160,7 @@ def step_from(rec: dict[str, Any], where: str, run_id: str, seq: int) -> StepRec
         routes=routes,
         epoch=rec["epoch"],
         finished_at=rec["finished_at"],
+        input_summary=rec["input_summary"],
     )
 
 

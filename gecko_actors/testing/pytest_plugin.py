@@ -15,10 +15,15 @@ then script the model in a test::
             messages=[{"role": "user", "content": "Capital of France?"}],
         )
         assert response.choices[0].message.content == "Paris"
+
+Under it, workflow runs journal their model calls by default (``GECKO_JOURNAL_MODELS``), so
+that a run a test makes can be replayed offline; set ``GECKO_JOURNAL_MODELS=0`` to turn that
+off, or say so per run (``wf.start(..., journal_models=False)``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,6 +32,8 @@ import pytest
 from gecko_actors.testing.fake_server import FakeLLMServer, FakeReply
 
 __all__ = ["fake_llm_server", "make_fake_llm_server"]
+
+os.environ.setdefault("GECKO_JOURNAL_MODELS", "1")  # before Ray starts: its workers inherit it
 
 #: Signature of the factory returned by :func:`make_fake_llm_server`.
 FakeLLMServerFactory = Callable[..., FakeLLMServer]

@@ -62,6 +62,7 @@ from gecko_actors.workflow.execution import (
     uncancel,
 )
 from gecko_actors.workflow.graph import Next, Node, NodeContext, WorkflowGraph
+from gecko_actors.workflow.history import summary
 from gecko_actors.workflow.rules import (
     already_exists,
     as_gecko,
@@ -146,6 +147,7 @@ class RunEngine:
                 at,
                 host=host,
                 budget=None if budget is None else dataclasses.asdict(budget),
+                journal_models=self.graph.models_journaled(),
             )
             self.manifest = self.store.create_manifest(made)
             self.created = self.manifest is made
@@ -331,8 +333,7 @@ class RunEngine:
         """Answer the interrupt ``node`` is parked on (see ``waiting.py``); True when the
         drive under way runs it again, False when the run must be driven again."""
         value = normalised(value, "the answer", node)
-        journal = Journal(self.store, self.run_id, self.epoch)
-        return await self.waiting.answer(node, value, by, journal)
+        return await self.waiting.answer(node, value, by, self.journal())
 
     async def give_up(self) -> None:
         """Cancel a run that waits (no drive is under way): its status says cancelled."""
@@ -467,8 +468,12 @@ class RunEngine:
             visit.node,
             visit.visit,
             attempt,
-            journal=Journal(self.store, self.run_id, self.epoch, models=self.graph.journal_models),
+            journal=self.journal(),
         )
+
+    def journal(self) -> Journal:
+        """The run's journal, as this engine writes it."""
+        return Journal(self.store, self.run_id, self.epoch, models=self.manifest.journal_models)
 
     def outputs(self, visit: Visit, extra: Mapping[str, Any] | None = None) -> Outputs:
         """The latest output of each node in ``visit``'s causal past (what ``ctx.outputs``
@@ -551,6 +556,7 @@ class RunEngine:
             routes=routes,
             epoch=self.epoch,
             finished_at=time.time(),
+            input_summary=summary(visit.input),
         )
 
     async def _routes(

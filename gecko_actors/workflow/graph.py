@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from gecko_actors.core.interrupt import NodeInterrupt
 from gecko_actors.exceptions import UserError, WorkflowError
+from gecko_actors.settings import load_settings
 
 NodeKind = Literal["agent", "team", "function", "workflow"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
@@ -214,7 +215,9 @@ class WorkflowGraph:
         reducers: how concurrent writes to a state key merge, per key.
         journal_models: journal its agent nodes' model calls too (tool calls and
             ``ctx.step`` always are): a visit run again gets the recorded responses, with no
-            provider call and no spend, and a finished run can be replayed offline.
+            provider call and no spend, and a finished run can be replayed offline. The
+            default for its runs (a run may say otherwise); ``None``: the
+            ``GECKO_JOURNAL_MODELS`` setting.
     """
 
     def __init__(
@@ -223,7 +226,7 @@ class WorkflowGraph:
         *,
         max_steps: int = 100,
         reducers: Mapping[str, Callable[[Any, Any], Any]] | None = None,
-        journal_models: bool = False,
+        journal_models: bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UserError(
@@ -241,7 +244,8 @@ class WorkflowGraph:
                 )
         self.name = name
         self.max_steps = max_steps
-        # Model calls of its agent nodes journaled too (tool calls and steps always are).
+        # Whether its runs journal model calls too, by default (tool calls and steps always
+        # are); a run records what it was started with in its manifest.
         self.journal_models = journal_models
         self.reducers: dict[str, Callable[[Any, Any], Any]] = dict(reducers or {})
         self.nodes: dict[str, Node] = {}
@@ -456,10 +460,19 @@ class WorkflowGraph:
             self.entry,
             self.max_steps,
             self.target,
+            self.journal_models,
             nodes,
             tuple(self.edges),
             reducers,
         )
+
+    def models_journaled(self, asked: bool | None = None) -> bool:
+        """Whether a run started now journals its model calls: as ``asked`` (the run's
+        say), else as the graph's default, else as the ``GECKO_JOURNAL_MODELS`` setting."""
+        for say in (asked, self.journal_models):
+            if say is not None:
+                return bool(say)
+        return load_settings().journal_models
 
     def fingerprint(self) -> str:
         """A hash of the graph's structure: nodes (name, kind, target), edges (with their

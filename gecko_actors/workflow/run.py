@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,18 +14,24 @@ import ray
 
 from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors.checkpoint import CheckpointStore
+from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.core.budget import Budget, checked_budget
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
 from gecko_actors.workflow.graph import WorkflowGraph
+from gecko_actors.workflow.history import run_history
 from gecko_actors.workflow.host import RunNotHosted
 from gecko_actors.workflow.rules import already_exists, different_graph, normalised
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 from gecko_actors.workflow.waiting import answer_in_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"
+# A workflow's copies with another journal_models, and the shape each was made at.
+_VARIANTS: weakref.WeakKeyDictionary[Workflow, dict[bool, tuple[tuple[Any, ...], Workflow]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def checkpoint_uri(checkpoint: str | Path | None) -> str:
@@ -127,11 +135,30 @@ class WorkflowRun:
 
     def status(self) -> dict[str, Any]:
         """The run's state, steps, tokens and error, and per node: state, visit, attempts,
-        duration, tokens and error."""
+        duration, tokens and error; ``journal``: how many effects its journal records."""
         status = self._ask("status")
         if status is _GONE:
-            status = status_from_checkpoint(self._store(), self.run_id)
+            return status_from_checkpoint(self._store(), self.run_id)
+        if self._checkpoint is not None:  # counted here: killable nodes journal elsewhere
+            status["journal"] = Journal(self._store(), self.run_id, 0).count()
         return status
+
+    def history(self) -> dict[str, Any]:
+        """Every committed step in order, read from the checkpoint (so also after the cluster
+        is gone): per step ``seq``, ``node``, ``visit``, ``input`` and ``output`` (short
+        summaries), ``state`` (the keys it wrote, ``None`` for a deletion), ``tokens``,
+        ``usd``, ``duration``, ``attempts``, ``finished_at``, ``effects`` (its journal's
+        entries by kind) and ``answers`` (each interrupt's question, answer, who gave it and
+        when); and the run's ``workflow``, ``status``, ``input`` and ``waiting`` nodes.
+        :func:`~gecko_actors.workflow.history.format_history` prints it."""
+        found = run_history(self._store(), self.run_id)
+        if found is None:
+            raise UserError(
+                f"no run {self.run_id!r} in {self._checkpoint}",
+                hint="check the run id and checkpoint",
+                run_id=self.run_id,
+            )
+        return found
 
     def summary(self) -> str:
         """Gecko's execution summary: a table of the nodes, then the run's outcome."""
@@ -236,6 +263,7 @@ class Workflow(WorkflowGraph):
         checkpoint: str | Path | None = None,
         dedicated: bool = False,
         budget: Budget | None = None,
+        journal_models: bool | None = None,
     ) -> WorkflowRun:
         """Validate, create the run and return its handle once its host has it.
 
@@ -250,18 +278,38 @@ class Workflow(WorkflowGraph):
         before it is sent, and the run fails with ``BudgetExceededError`` (the finished
         nodes' outputs in ``.partial``), resumable with a larger budget. Its spend is in
         ``status()["spend"]`` and in the checkpoint.
+
+        ``journal_models=True`` journals the run's model calls as well as its tool calls and
+        steps (a visit run again gets the recorded responses, and the run can be replayed
+        offline); by default, as the workflow says (``Workflow(..., journal_models=)``), else
+        as the ``GECKO_JOURNAL_MODELS`` setting. The run keeps it when resumed.
         """
         self.validate()
         budget = checked_budget(budget, f"workflow run of {self.name!r}")
         normalised(input, "the run's input", self.entry or self.name)
         run_id = validate_run_id(run_id or f"{self.name}-{uuid.uuid4().hex[:12]}")
         uri = checkpoint_uri(checkpoint)
+        graph = self._journaling(self.models_journaled(journal_models))
         if not dedicated:
-            host = hosting.start(self, run_id, uri, input, budget)
+            host = hosting.start(graph, run_id, uri, input, budget)
             return WorkflowRun(run_id, None, uri, host=host)
         if CheckpointStore(uri).read_manifest(run_id) is not None:
             raise already_exists(run_id, uri)
-        return self._coordinator(run_id, uri, input, budget)
+        return graph._coordinator(run_id, uri, input, budget)
+
+    def _journaling(self, models: bool) -> Workflow:
+        """This workflow with ``journal_models`` set to ``models``: the graph a host creates
+        a run from records it in the run's manifest (a copy made once per shape, so that it
+        is pickled once, like the workflow itself)."""
+        if self.journal_models is models:
+            return self
+        shape = self.shape()
+        found = _VARIANTS.setdefault(self, {}).get(models)
+        if found is None or found[0] != shape:
+            variant = copy.copy(self)  # shares its nodes and edges: one graph, two defaults
+            variant.journal_models = models
+            found = _VARIANTS[self][models] = (shape, variant)
+        return found[1]
 
     def resume(
         self,

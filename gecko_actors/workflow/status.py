@@ -94,8 +94,7 @@ def run_status(
 def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any] | None:
     """The status of a run as its checkpoint records it (``None`` for an unknown run). Nodes
     that were running when the record was last written do not appear: only committed work.
-    ``journal`` counts its effect journal's entries (read here only: a live run's status
-    does not list its journal)."""
+    ``journal`` counts its effect journal's entries."""
     manifest = store.read_manifest(run_id)
     if manifest is None:
         return None

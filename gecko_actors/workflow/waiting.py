@@ -78,7 +78,7 @@ class Waiting:
                 node=node,
             )
         visit, parked = self.parked[node]
-        answer = {"answer": value, "by": by, "at": time.time()}
+        answer = {"answer": value, "by": by, "at": time.time(), "payload": parked.payload}
         await asyncio.to_thread(journal.put, parked.key, answer)  # the first answer holds
         del self.parked[node]
         if not self.listening:
@@ -115,5 +115,6 @@ def answer_in_checkpoint(store: Any, run_id: str, node: str, value: Any, by: str
             run_id=run_id,
             node=node,
         )
-    answer = {"answer": normalised(value, "the answer", node), "by": by, "at": time.time()}
+    value = normalised(value, "the answer", node)
+    answer = {"answer": value, "by": by, "at": time.time(), "payload": parked[node]["payload"]}
     Journal(store, run_id, store.current_epoch(run_id)).put(parked[node]["key"], answer)
