@@ -1,8 +1,8 @@
 """A hosted agent outlives its whole Ray instance when its spec is data and its conversations
 are in a durable store: spawn it over a SQLite session store, talk to it, shut the instance
 down (its GCS, and the directory in it, are gone), start a new Ray in the same driver,
-``Agent.get`` it and talk again. Run in its own process by tests/test_agent_archive.py: ``agent_ray_restart.py WORKDIR``.
-Prints "RESULT <json>"."""
+``Agent.get`` it and talk again. Run in its own process by tests/test_agent_archive.py:
+``agent_ray_restart.py WORKDIR``. Prints "RESULT <json>"."""
 
 from __future__ import annotations
 
