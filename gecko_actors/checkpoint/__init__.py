@@ -14,12 +14,19 @@ messages come back as plain dicts, and a tampered, truncated or unknown object i
 """
 
 from gecko_actors.checkpoint.codec import decode_value, encode_value
-from gecko_actors.checkpoint.records import RECORD_VERSION, Manifest, StateWrite, StepRecord
+from gecko_actors.checkpoint.records import (
+    RECORD_VERSION,
+    Fork,
+    Manifest,
+    StateWrite,
+    StepRecord,
+)
 from gecko_actors.checkpoint.store import CheckpointStore
 
 __all__ = [
     "RECORD_VERSION",
     "CheckpointStore",
+    "Fork",
     "Manifest",
     "StateWrite",
     "StepRecord",

@@ -29,6 +29,7 @@ __all__ = [
     "RECORD_VERSION",
     "STATUSES",
     "TERMINAL",
+    "Fork",
     "Manifest",
     "Marker",
     "StateWrite",
@@ -62,6 +63,19 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class Fork:
+    """Where a forked run comes from. Its first ``at_step`` steps are run ``parent``'s, read
+    from there (never copied); then ``state`` is written (through the workflow's reducers),
+    and, with ``node``, that node's pending visit is given ``input`` instead of its own."""
+
+    parent: str
+    at_step: int
+    state: dict[str, Any] | None = None
+    node: str | None = None
+    input: Any = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What a run is: created once when it starts. Its status lives in a separate small
     object (see ``CheckpointStore.update_status``), merged in by
@@ -85,6 +99,7 @@ class Manifest:
     waiting: dict[str, Any] | None = None
     # Whether the run journals its model calls (decided when it starts, kept on a resume).
     journal_models: bool = False
+    fork: Fork | None = None  # a forked run's parent, and what the fork changed
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,7 @@ _KEYS = {
 # Keys a record may lack (written by an earlier release of the same record version).
 _SPEND = frozenset(["budget", "spent"])
 _OPTIONAL = {
-    "manifest": frozenset(["host", "waiting", "journal_models", *_SPEND]),
+    "manifest": frozenset(["host", "waiting", "journal_models", "fork", *_SPEND]),
     "status": _SPEND | {"waiting"},
     "commit": frozenset(["data"]),
     "step": frozenset(["input_summary"]),
@@ -359,7 +374,45 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         # Only when set: a manifest without them is read by releases that know neither.
         **{k: v for k, v in (("budget", manifest.budget), ("spent", manifest.spent)) if v},
         **({"journal_models": True} if manifest.journal_models else {}),
+        **({} if manifest.fork is None else {"fork": _fork_data(manifest.fork, run_id)}),
     }
+
+
+def _fork_data(fork: Fork, run_id: str) -> dict[str, Any]:
+    validate_run_id(fork.parent)
+    if not is_count(fork.at_step):
+        raise UserError("Fork.at_step must be an int >= 0", run_id=run_id)
+    if fork.state is not None and not (
+        isinstance(fork.state, dict) and all(isinstance(k, str) for k in fork.state)
+    ):
+        raise UserError("Fork.state must be a dict with str keys, or None", run_id=run_id)
+    if fork.node is not None and not isinstance(fork.node, str):
+        raise UserError("Fork.node must be a str or None", run_id=run_id)
+    return {
+        "parent": fork.parent,
+        "at_step": fork.at_step,
+        "state": encode_field(fork.state, "the fork's state", run_id=run_id),
+        "node": fork.node,
+        "input": encode_field(fork.input, "the fork's input", run_id=run_id),
+    }
+
+
+def _fork_from(data: Any, where: str, run_id: str) -> Fork | None:
+    if data is None:
+        return None
+    if type(data) is not dict or set(data) != {"parent", "at_step", "state", "node", "input"}:
+        raise corrupt(where, run_id, "has a malformed 'fork'")
+    expect(data, where, run_id, parent=str, at_step=int, node=(str, None))
+    state = decode_at(data["state"], where, run_id)
+    if state is not None and type(state) is not dict:
+        raise corrupt(where, run_id, "has a malformed 'fork' state")
+    return Fork(
+        data["parent"],
+        data["at_step"],
+        state,
+        data["node"],
+        decode_at(data["input"], where, run_id),
+    )
 
 
 def _check_spend(budget: Any, spent: Any, run_id: str) -> None:
@@ -383,6 +436,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     expect(rec, where, run_id, error=(str, None), finished_at=(int, float, None))
     rec.setdefault("host", None)
     rec.setdefault("journal_models", False)
+    rec.setdefault("fork", None)
     expect(rec, where, run_id, host=(str, None), journal_models=bool)
     return Manifest(
         **_spend_of(rec, where, run_id),
@@ -397,6 +451,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
         finished_at=rec["finished_at"],
         host=rec["host"],
         journal_models=rec["journal_models"],
+        fork=_fork_from(rec["fork"], where, run_id),
     )
 
 

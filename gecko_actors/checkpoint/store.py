@@ -42,6 +42,7 @@ from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.checkpoint.records import (
     MAX_EPOCH,
     MAX_SEQ,
+    Fork,
     Manifest,
     Marker,
     StepRecord,
@@ -136,6 +137,7 @@ class CheckpointStore:
         self.inline_limit = inline_limit
         self._io: Backend | None = None
         self._lock = threading.Lock()
+        self._forks: dict[str, Fork | None] = {}  # what each run read is forked from (fixed)
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.uri!r})"
@@ -160,6 +162,7 @@ class CheckpointStore:
         data = pack(manifest_data(manifest))  # raises before anything is written
         run_id = manifest.run_id
         if self._put_if_absent(self._path(run_id, _MANIFEST), data, run_id):
+            self._forks[run_id] = manifest.fork
             return manifest
         existing = self.read_manifest(run_id)
         if existing is None:  # deleted between our attempt and this read
@@ -179,6 +182,7 @@ class CheckpointStore:
             return None
         where = self._where(path)
         manifest = manifest_from(unpack(raw, "manifest", run_id, where), where, run_id)
+        self._forks[run_id] = manifest.fork
         path = self._path(run_id, _STATUS)
         raw = self._get(path, run_id)
         if raw is None:
@@ -322,6 +326,9 @@ class CheckpointStore:
         run_id = validate_run_id(run_id)
         if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
             raise UserError(f"invalid seq {seq!r:.40}: expected an int from 0 to {MAX_SEQ}")
+        fork = self._fork_of(run_id)
+        if fork is not None and seq < fork.at_step:  # a step the fork shares with its parent
+            return self.read_step(fork.parent, seq)
         marker = self._read_marker(run_id, seq)
         if marker is None:
             raise CheckpointError(
@@ -336,11 +343,37 @@ class CheckpointStore:
         return self._verified_step(run_id, marker, self._get(path, run_id))
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
-        """The run's committed steps in seq order ([] for an unknown run). A data object
-        without a marker (a torn write, or a losing writer's leftovers) is skipped; anything
-        that does not verify or decode is a :class:`CheckpointError` naming the object, and
-        so is a gap in the commit markers (naming the first missing seq)."""
-        run_id = validate_run_id(run_id)
+        """The run's committed steps in seq order ([] for an unknown run); a forked run's
+        first ones are its parent's. A data object without a marker (a torn write, or a
+        losing writer's leftovers) is skipped; anything that does not verify or decode is a
+        :class:`CheckpointError` naming the object, and so is a gap in the commit markers
+        (naming the first missing seq)."""
+        return self._steps(validate_run_id(run_id), None)
+
+    def _fork_of(self, run_id: str) -> Fork | None:
+        if run_id not in self._forks:
+            self.read_manifest(run_id)  # remembers it
+        return self._forks.get(run_id)
+
+    def _steps(self, run_id: str, upto: int | None) -> list[StepRecord]:
+        """The run's steps before seq ``upto`` (all: None), its parent's first if forked."""
+        fork = self._fork_of(run_id)
+        if fork is None:
+            return self._own_steps(run_id, 0, upto)
+        shared = self._steps(fork.parent, fork.at_step)
+        if len(shared) < fork.at_step:
+            raise CheckpointError(
+                f"run {run_id!r} is forked from step {fork.at_step} of run {fork.parent!r}, "
+                f"which has {len(shared)} steps",
+                hint="the parent run was deleted or damaged: restore it, or delete the fork",
+                run_id=run_id,
+            )
+        if upto is not None and upto <= fork.at_step:
+            return shared[:upto]
+        return shared + self._own_steps(run_id, fork.at_step, upto)
+
+    def _own_steps(self, run_id: str, first: int, upto: int | None) -> list[StepRecord]:
+        """The steps committed under ``run_id`` itself, from seq ``first`` (before ``upto``)."""
         markers: dict[int, str] = {}
         datas: dict[str, int | None] = {}  # data object name -> size
         data_seqs: set[int] = set()
@@ -360,10 +393,10 @@ class CheckpointStore:
                 seq=seq,
             )
         seqs = sorted(markers)
-        if seqs != list(range(len(seqs))):
+        if seqs != list(range(first, first + len(seqs))):
             # A deleted marker: the engine would count its history short of the stored seqs,
             # and its next commit would collide with a committed step forever.
-            missing = next(seq for seq in range(len(seqs)) if seq not in markers)
+            missing = next(seq for seq in range(first, first + len(seqs)) if seq not in markers)
             raise CheckpointError(
                 f"the checkpoint of run {run_id!r} is damaged: the commit marker of step "
                 f"{missing} is missing, while steps up to {seqs[-1]} are committed",
@@ -372,6 +405,7 @@ class CheckpointStore:
                 run_id=run_id,
                 seq=missing,
             )
+        seqs = seqs if upto is None else [seq for seq in seqs if seq < upto]
         paths = [self._path(run_id, _STEPS, markers[seq]) for seq in seqs]
         committed: list[Marker] = []
         for seq, path, raw in zip(seqs, paths, self._get_many(paths, run_id), strict=True):

@@ -31,11 +31,12 @@ import asyncio
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from gecko_actors.checkpoint import (
     CheckpointStore,
+    Fork,
     Manifest,
     StateWrite,
     StepRecord,
@@ -192,10 +193,24 @@ class RunEngine:
         self.nodes = {}
         self.waiting.reset()
         self.sched.start(self.manifest.input)
+        fork = self.manifest.fork
+        self.fork_writes: tuple[StateWrite, ...] = ()  # what a fork wrote to the state
         for record in records:
+            if fork is not None and record.seq == fork.at_step:
+                self._fork(fork)
             self.sched.take_ready()
             self._apply(record)
+        if fork is not None and self.seq == fork.at_step:  # nothing of its own yet
+            self._fork(fork)
         self.sched.requeue_running()  # visits in flight when the last engine stopped run again
+
+    def _fork(self, fork: Fork) -> None:
+        """What a forked run changed at its fork point: its state writes (through the
+        reducers, after the parent's steps and before its own), and one visit's input."""
+        self.fork_writes = tuple(StateWrite(k, v) for k, v in (fork.state or {}).items())
+        apply(self._state, self.fork_writes, self.graph.reducers)
+        if fork.node is not None:
+            self.sched.inputs[fork.node] = fork.input
 
     def _reload(self) -> None:
         self.replay(self.store.load_steps(self.run_id))
@@ -450,9 +465,19 @@ class RunEngine:
         """The state left by ``visit``'s causal ancestors, in commit order."""
         if self._sees_all(visit):
             return self.state
-        return fold(
-            (w for seq, w in enumerate(self.history) if visit.after(seq)), self.graph.reducers
-        )
+        return fold(self._writes_seen(visit), self.graph.reducers)
+
+    def _writes_seen(self, visit: Visit) -> Iterator[tuple[StateWrite, ...]]:
+        """The writes of ``visit``'s causal past in commit order (a fork's own at its fork
+        point, seen by every visit of the fork)."""
+        at = self.manifest.fork.at_step if self.manifest.fork is not None else -1
+        for seq, writes in enumerate(self.history):
+            if seq == at:
+                yield self.fork_writes
+            if visit.after(seq):
+                yield writes
+        if len(self.history) <= at:
+            yield self.fork_writes
 
     def _sees_all(self, visit: Visit) -> bool:
         """Whether every committed step is in ``visit``'s causal past (always, in a chain)."""

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from gecko_actors._text import clip
-from gecko_actors.checkpoint import CheckpointStore, StepRecord
+from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.core.messages import AgentOutput, Message
 
@@ -41,8 +41,15 @@ def run_history(store: CheckpointStore, run_id: str) -> dict[str, Any] | None:
     manifest = store.read_manifest(run_id)
     if manifest is None:
         return None
-    effects = _effects_by_visit(Journal(store, run_id, 0).entries(), run_id)
-    steps = [_step(r, effects.get((r.node, r.visit), [])) for r in store.load_steps(run_id)]
+    lineage = _lineage(store, manifest)
+    effects: dict[str, dict[tuple[str, int], list[dict[str, Any]]]] = {}  # per run: read once
+    steps = []
+    for record in store.load_steps(run_id):
+        owner = _committer(run_id, lineage, record.seq)
+        if owner not in effects:
+            effects[owner] = _effects_by_visit(Journal(store, owner, 0).entries(), owner)
+        step = _step(record, effects[owner].get((record.node, record.visit), []))
+        steps.append({**step, "run_id": owner})
     return {
         "run_id": run_id,
         "workflow": manifest.workflow,
@@ -50,11 +57,35 @@ def run_history(store: CheckpointStore, run_id: str) -> dict[str, Any] | None:
         "created_at": manifest.created_at,
         "finished_at": manifest.finished_at,
         "input": summary(manifest.input),
+        "forked_from": lineage,
         "steps": steps,
         "waiting": {node: entry["payload"] for node, entry in (manifest.waiting or {}).items()}
         if manifest.status == "waiting"
         else {},
     }
+
+
+def _lineage(store: CheckpointStore, manifest: Manifest) -> list[dict[str, Any]]:
+    """A fork's ancestors, nearest first: each one's run id as ``parent``, the fork point as
+    ``at_step``, and what the fork changed there (``state``, ``node`` and its ``input``)."""
+    found: list[dict[str, Any]] = []
+    fork = manifest.fork
+    while fork is not None:
+        entry = {"parent": fork.parent, "at_step": fork.at_step, "state": fork.state}
+        found.append({**entry, "node": fork.node, "input": fork.input})
+        parent = store.read_manifest(fork.parent)
+        fork = None if parent is None else parent.fork
+    return found
+
+
+def _committer(run_id: str, lineage: list[dict[str, Any]], seq: int) -> str:
+    """The run that committed step ``seq`` of a fork: up the lineage while the step comes
+    before the fork point."""
+    for fork in lineage:
+        if seq >= fork["at_step"]:
+            break
+        run_id = fork["parent"]
+    return run_id
 
 
 def _effects_by_visit(
@@ -117,11 +148,20 @@ def format_history(history: dict[str, Any]) -> str:
         f"run {history['run_id']} ({history['workflow']}): {history['status']}, "
         f"{len(history['steps'])} step(s); input: {history['input']}"
     ]
+    for fork in history["forked_from"]:
+        changed = [f"state {summary(fork['state'], 100)}"] if fork["state"] else []
+        if fork["node"] is not None:
+            changed.append(f"{fork['node']}'s input {summary(fork['input'], 100)}")
+        lines.append(
+            f"forked from {fork['parent']} at step {fork['at_step']}"
+            + (f" with {'; '.join(changed)}" if changed else "")
+        )
     for step in history["steps"]:
         retries = f", {step['attempts']} attempts" if step["attempts"] > 1 else ""
+        of = "" if step["run_id"] == history["run_id"] else f" [{step['run_id']}]"
         lines.append(
             f"#{step['seq']} {step['node']} (visit {step['visit']}) {step['duration']:.2f}s, "
-            f"{step['tokens']} tokens{retries} at {_clock(step['finished_at'])}"
+            f"{step['tokens']} tokens{retries} at {_clock(step['finished_at'])}{of}"
         )
         if step["input"] is not None:
             lines.append(f"    in:  {step['input']}")

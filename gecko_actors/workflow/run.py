@@ -20,6 +20,7 @@ from gecko_actors.core.budget import Budget, checked_budget
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
+from gecko_actors.workflow.fork import UNSET, create_fork
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.history import run_history
 from gecko_actors.workflow.host import RunNotHosted
@@ -340,6 +341,40 @@ class Workflow(WorkflowGraph):
             host = hosting.resume(self, manifest, uri, budget)
             return WorkflowRun(run_id, None, uri, host=host)
         return self._coordinator(run_id, uri, manifest.input, budget)
+
+    def fork(
+        self,
+        parent: str,
+        /,
+        *,
+        at_step: int,
+        state: dict[str, Any] | None = None,
+        input: Any = UNSET,
+        node: str | None = None,
+        run_id: str | None = None,
+        checkpoint: str | Path | None = None,
+        dedicated: bool = False,
+        budget: Budget | None = None,
+    ) -> WorkflowRun:
+        """Start a new run (``run_id``, else ``<workflow>-<random>``) whose first ``at_step``
+        steps are run ``parent``'s, and which goes on from there with this workflow (whose
+        node functions may have changed; its graph must be the same). The parent's steps are
+        read from its checkpoint, never copied, and the parent is never written to; a fork
+        may be forked in turn.
+
+        ``state`` is written to the run's state at the fork point (through the reducers);
+        ``input`` replaces the input of the visit about to run there (``node`` names it when
+        several are). ``history()`` shows the fork's lineage. The fork lives in the parent's
+        checkpoint; a bad argument is a UserError before anything is stored.
+        """
+        self.validate()
+        budget = checked_budget(budget, f"fork of run {parent!r}")
+        uri = checkpoint_uri(checkpoint)
+        store = CheckpointStore(uri)
+        made = create_fork(
+            self, store, parent, at_step, state=state, input=input, node=node, run_id=run_id
+        )
+        return self.resume(made.run_id, checkpoint=uri, dedicated=dedicated, budget=budget)
 
     def _coordinator(
         self, run_id: str, uri: str, input: Any, budget: Budget | None = None
