@@ -27,6 +27,7 @@ from gecko_actors import (
     UserError,
 )
 from gecko_actors.agents import batch
+from gecko_actors.testing.chaos import DiesOnCall
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -220,6 +221,24 @@ def test_a_host_killed_with_100_runs_in_flight_answers_each_once(tmp_path: Path,
     finally:
         for agent in agents:
             agent.kill()
+        memory.kill()
+
+
+def test_a_host_killed_during_a_call_answers_it_after_its_restart(tmp_path: Path) -> None:
+    """The agent's host dies during its second call (``chaos.DiesOnCall``): Ray restarts
+    the host and sends the call again, which answers; the exchange is stored once."""
+    dies = DiesOnCall(echo, call=2, folder=tmp_path / "calls")
+    memory = Memory.spawn(unique("m"), sessions=f"sqlite:///{tmp_path}/s.db")
+    agent = Agent.spawn(unique("dies"), model=ScriptedModel(dies), memory=memory)
+    try:
+        assert agent.run("one", session_id="s").content == "echo: one"
+        before = agent.info()["pid"]
+        assert agent.run("two", session_id="s", timeout=120).content == "echo: two"
+        assert dies.calls == 3 and agent.info()["pid"] != before  # the second call, again
+        texts = [m.text for m in memory.history(agent.name, "s")]
+        assert texts == ["one", "echo: one", "two", "echo: two"]
+    finally:
+        agent.kill()
         memory.kill()
 
 

@@ -4,7 +4,6 @@ second driver (the CLI, in another process) completes the run."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import ray
 
 from gecko_actors import UserError
+from gecko_actors.testing.chaos import kill_and_restart
 from gecko_actors.workflow import NodeContext, Workflow
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -32,24 +32,6 @@ def research(ctx: NodeContext) -> str:
 
 def join(ctx: NodeContext) -> list[Any]:
     return sorted(map(str, ctx.outputs.values()))
-
-
-def pid(actor: Any) -> int:
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-
-
-def killed(run: Any, deadline: float) -> None:
-    """SIGKILL the run's host (or coordinator), and return once Ray restarted it."""
-    before = pid(run.actor)
-    ray.kill(run.actor, no_restart=False)
-    while True:
-        try:
-            if pid(run.actor) != before:
-                return
-        except ray.exceptions.RayActorError:
-            pass  # dying, or restarting
-        assert time.monotonic() < deadline, "the actor was not restarted"
-        time.sleep(0.05)
 
 
 def waiting(run: Any, deadline: float) -> dict[str, Any]:
@@ -83,7 +65,7 @@ def test_a_parked_branch_survives_a_host_kill_and_an_answer_from_another_driver(
     with pytest.raises(UserError, match="waiting: 'draft'"):
         run.respond("research", "no")
 
-    killed(run, deadline)  # SIGKILL while it waits: Ray restarts the host
+    kill_and_restart(run.actor)  # SIGKILL while it waits: Ray restarts the host
     waiting(run, deadline)  # the restarted host drove it again: it waits again
 
     address = ray.get_runtime_context().gcs_address
@@ -104,7 +86,7 @@ def test_a_dedicated_run_waits_across_a_coordinator_kill_and_takes_its_answer(
     run = wf.start("x", checkpoint=tmp_path, dedicated=True)
     deadline = time.monotonic() + 120
     waiting(run, deadline)
-    killed(run, deadline)  # Ray restarts the coordinator, which drives it again
+    kill_and_restart(run.actor)  # Ray restarts the coordinator, which drives it again
     waiting(run, deadline)
     run.respond("draft", "ok")
     assert run.result(timeout=120) == "sent: ok"

@@ -22,6 +22,7 @@ from gecko_actors import (
 from gecko_actors.core.litellm_model import _retry_after
 from gecko_actors.core.models import ModelResponse
 from gecko_actors.testing import FakeLLMServer, FakeReply
+from gecko_actors.testing.chaos import provider_faults
 
 KEY = "sk" + "-test-0123456789abcdefghijklmnop"
 
@@ -133,13 +134,22 @@ async def test_rate_limit_honours_retry_after_then_succeeds(fake_llm_server: Fak
 
 
 async def test_repeated_5xx_ends_in_model_error(fake_llm_server: FakeLLMServer) -> None:
-    fake_llm_server.push(*[FakeReply.server_error(503, "overloaded")] * 3)
+    fake_llm_server.push(*provider_faults("503 503 503", then=FakeReply.text("unused")))
     model = model_for(fake_llm_server, num_retries=2, retry_backoff=0.01)
     with pytest.raises(ModelError) as info:
         await model.complete([Message.user("hi")])
     assert fake_llm_server.request_count == 3
     assert info.value.attempts == 3 and info.value.status_code == 503
     assert "after 3 attempt(s)" in str(info.value)
+
+
+async def test_a_provider_failing_in_a_pattern_is_retried_to_its_answer(
+    fake_llm_server: FakeLLMServer,
+) -> None:
+    fake_llm_server.push(*provider_faults("429, 500, 502, ok", then=FakeReply.text("at last")))
+    model = model_for(fake_llm_server, num_retries=3, retry_backoff=0.0)
+    response = await model.complete([Message.user("hi")])
+    assert response.message.text == "at last" and fake_llm_server.request_count == 4
 
 
 async def test_client_errors_are_not_retried(fake_llm_server: FakeLLMServer) -> None:

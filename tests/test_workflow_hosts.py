@@ -20,6 +20,7 @@ import ray
 from gecko_actors import HostBusy, UserError
 from gecko_actors.checkpoint import CheckpointStore, Manifest
 from gecko_actors.checkpoint.index import IndexEntry, RunIndex
+from gecko_actors.testing.chaos import kill_and_restart
 from gecko_actors.workflow import NodeContext, Workflow
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -316,20 +317,7 @@ def test_a_graph_is_sent_once_per_shape_and_again_to_a_host_that_lost_it(
     # The host loses every copy (Ray restarts it, and the cluster's copy is gone too): the
     # driver, which sends only the graph's key to a host it sent the graph to, sends it again.
     key = hosting.packed(wf).key
-    before = host_pid(run.actor)
-    ray.kill(run.actor, no_restart=False)
+    # Restarted before the start: a start that reached the dying host would be another test.
+    kill_and_restart(run.actor)
     internal_kv._internal_kv_del(f"graphs/{key}", namespace=directory._space())
-    deadline = time.monotonic() + 120
-    while True:  # restarted: a start that reached the dying host would be another test
-        try:
-            if host_pid(run.actor) != before:
-                break
-        except ray.exceptions.RayActorError:
-            pass
-        assert time.monotonic() < deadline, "the host was not restarted"
-        time.sleep(0.05)
     assert wf.start(2, checkpoint=tmp_path).result(timeout=120) == 30
-
-
-def host_pid(actor: Any) -> int:
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))

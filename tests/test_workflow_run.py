@@ -14,6 +14,7 @@ from s3util import MotoS3
 from gecko_actors import UserError, WorkflowError
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.exceptions import CheckpointError
+from gecko_actors.testing.chaos import kill_run_host, storage_outage
 from gecko_actors.workflow import Next, NodeContext, RetryPolicy, Workflow
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -272,12 +273,11 @@ def test_an_s3_outage_fails_the_run_clearly_and_resume_loses_nothing(tmp_path: P
         while run.status()["nodes"].get("b", {}).get("state") != "running":
             assert time.monotonic() < deadline, run.status()
             time.sleep(0.05)
-        server.stop()  # the outage: b finishes, but its step cannot be committed
-        with pytest.raises(CheckpointError, match="was not committed: could not") as info:
-            run.result(timeout=120)
-        assert "s3://gecko-outage-wf/" in str(info.value) and "(node 'b')" in str(info.value)
-        assert run.status()["status"] == "failed"
-        server.start()
+        with storage_outage(server):  # b finishes, but its step cannot be committed
+            with pytest.raises(CheckpointError, match="was not committed: could not") as info:
+                run.result(timeout=120)
+            assert "s3://gecko-outage-wf/" in str(info.value) and "(node 'b')" in str(info.value)
+            assert run.status()["status"] == "failed"
         assert wf.resume(run.run_id, checkpoint=uri).result(timeout=120)["node"] == "d"
         # a was committed before the outage; b's result was lost with it, so b ran again,
         # with the same idempotency key.
@@ -302,13 +302,11 @@ def test_coordinator_killed_at_each_step(
     wf.add_edge("a", "b").add_edge("a", "c").add_edge("b", "d").add_edge("c", "d")
     wf.add_edge("d", "e").add_edge("e", "f")
     run = wf.start("x", checkpoint=checkpoint_uri)
-    deadline = time.monotonic() + 60
-    while run.status()["steps"] < kill_after:
-        assert time.monotonic() < deadline, run.status()
-        time.sleep(0.05)
-    committed = {n for n, info in run.status()["nodes"].items() if info.get("state") == "done"}
-    ray.kill(run.actor, no_restart=False)
+    kill_run_host(run, at_step=kill_after)
     assert run.result(timeout=120)["node"] == "f"
+    # The first kill_after steps were committed before the kill.
+    committed = [r.node for r in CheckpointStore(checkpoint_uri).load_steps(run.run_id)]
+    committed = committed[:kill_after]
     lines = [line.split() for line in ledger.read_text().splitlines()]
     for node in "abcdef":
         keys = {key for name, key in lines if name == node}

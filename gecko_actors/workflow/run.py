@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import uuid
@@ -17,7 +18,7 @@ from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.core.budget import Budget, checked_budget
-from gecko_actors.exceptions import UserError, WorkflowError
+from gecko_actors.exceptions import CheckpointError, UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
 from gecko_actors.workflow.fork import UNSET, create_fork
@@ -141,7 +142,8 @@ class WorkflowRun:
         if status is _GONE:
             return status_from_checkpoint(self._store(), self.run_id)
         if self._checkpoint is not None:  # counted here: killable nodes journal elsewhere
-            status["journal"] = Journal(self._store(), self.run_id, 0).count()
+            with contextlib.suppress(CheckpointError):  # storage down: the rest still holds
+                status["journal"] = Journal(self._store(), self.run_id, 0).count()
         return status
 
     def history(self) -> dict[str, Any]:
