@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import ray
 
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.journal import Journal
+from gecko_actors.testing.chaos import kill_and_restart
 from gecko_actors.workflow import NodeContext, Workflow
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -50,7 +50,7 @@ def test_a_step_runs_once_across_a_host_kill(tmp_path: Path, where: str, request
     while journal.count() < 1:  # charged, and the charge journaled
         assert time.monotonic() < deadline, "the step did not run"
         time.sleep(0.05)
-    ray.kill(run.actor, no_restart=False)  # SIGKILL: Ray restarts the host, which resumes
+    kill_and_restart(run.actor)  # SIGKILL: Ray restarts the host, which resumes
     gate.touch()
     assert run.result(timeout=120) == "receipt-1"
     assert ledger.read_text().splitlines() == [run.run_id]  # charged once
@@ -105,7 +105,7 @@ def test_an_agent_node_s_tool_call_runs_once_across_a_host_kill(
             assert time.monotonic() < deadline, "the tool did not run"
             time.sleep(0.05)
         assert run.status()["journal"] == 2  # a live run's status counts them too
-        ray.kill(run.actor, no_restart=False)  # SIGKILL before the node commits
+        kill_and_restart(run.actor)  # SIGKILL before the node commits
         gate.touch()
         assert run.result(timeout=120).content == "done"
         assert ledger.read_text().splitlines() == ["paid"]  # the visit ran again: no new line
