@@ -46,6 +46,18 @@ def test_durable_pipeline_through_the_cli(tmp_path: Path) -> None:
     assert outcome.stdout.rstrip().endswith("2 sentences; most frequent words: a (1), b (1), c (1)")
 
 
+def test_time_travel_reads_back_forks_and_replays_a_run(tmp_path: Path) -> None:
+    result = run_example("time_travel", checkpoint=str(tmp_path))
+    assert result["result"] == "Hi there! Forecast: sunny and 24°C in Lyon. — G."
+    assert result["steps"] == ["plan", "forecast", "write", "sign"]
+    assert result["fork"] == "Dear friends, Forecast: sunny and 24°C in Lyon. — G."
+    assert (
+        len(set(result["fork_steps"][:2])) == 1
+        and result["fork_steps"][2] != (result["fork_steps"][0])
+    )  # the first two steps are the parent's, the rest the fork's
+    assert result["replay_ok"] and result["changed_at"] == "sign"
+
+
 def test_batch_eval_grades_200_prompts_under_the_rate_limit() -> None:
     result = run_example("batch_eval")
     assert len(result["grades"]) == 200 and result["served"] == 200  # one request each

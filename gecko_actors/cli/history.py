@@ -78,8 +78,8 @@ def fork(
 
     \b
     Example:
-        gecko-actors fork pipeline-3f2a9c1e0b7d examples/durable_pipeline.py:workflow \\
-            --at-step 3 --state top=5 --checkpoint s3://bucket/runs
+        gecko-actors fork postcard-3f2a9c1e0b7d examples/time_travel.py:workflow \\
+            --at-step 2 --state tone=formal --checkpoint s3://bucket/runs
     """
     from gecko_actors.workflow.fork import UNSET
     from gecko_actors.workflow.target import load_workflow
