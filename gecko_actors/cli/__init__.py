@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -295,11 +296,24 @@ def status(run_id: str, checkpoint: str | None, as_json: bool) -> None:
     """
     from gecko_actors.workflow.status import format_status, status_from_checkpoint
 
+    _echo_read(checkpoint, run_id, status_from_checkpoint, format_status, as_json)
+
+
+def _echo_read(
+    checkpoint: str | None,
+    run_id: str,
+    read: Callable[[Any, str], dict[str, Any] | None],
+    text: Callable[[dict[str, Any]], str],
+    as_json: bool,
+) -> None:
+    """Print what ``read`` finds of ``run_id`` in the checkpoint, as ``text`` or JSON."""
+    from gecko_actors.workflow.rules import no_such_run
+
     store = _store(checkpoint)
-    found = status_from_checkpoint(store, run_id)
+    found = read(store, run_id)
     if found is None:
-        raise UserError(f"no run {run_id!r} in {store.uri}", hint="see `gecko-actors list`")
-    click.echo(json.dumps(found, indent=2, default=str) if as_json else format_status(found))
+        raise no_such_run(run_id, store.uri)
+    click.echo(json.dumps(found, indent=2, default=str) if as_json else text(found))
 
 
 @main.command(name="list")

@@ -14,9 +14,9 @@ from gecko_actors.cli import (
     _budget,
     _budget_option,
     _connect,
+    _echo_read,
     _follow,
     _input_option,
-    _store,
     main,
 )
 from gecko_actors.exceptions import UserError
@@ -38,11 +38,7 @@ def history(run_id: str, checkpoint: str | None, as_json: bool) -> None:
     """
     from gecko_actors.workflow.history import format_history, run_history
 
-    store = _store(checkpoint)
-    found = run_history(store, run_id)
-    if found is None:
-        raise UserError(f"no run {run_id!r} in {store.uri}", hint="see `gecko-actors list`")
-    click.echo(json.dumps(found, indent=2, default=str) if as_json else format_history(found))
+    _echo_read(checkpoint, run_id, run_history, format_history, as_json)
 
 
 @main.command()

@@ -30,7 +30,7 @@ from gecko_actors.workflow.engine import RunEngine
 from gecko_actors.workflow.execution import LocalExecutor
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.history import summary
-from gecko_actors.workflow.rules import different_graph
+from gecko_actors.workflow.rules import different_graph, no_such_run
 
 __all__ = ["Difference", "ReplayMiss", "ReplayReport", "replay"]
 
@@ -125,7 +125,7 @@ def replay(
     store = CheckpointStore(checkpoint_uri(checkpoint))
     manifest = store.read_manifest(run_id)
     if manifest is None:
-        raise UserError(f"no run {run_id!r} in {store.uri}", hint="check the run id and checkpoint")
+        raise no_such_run(run_id, store.uri)
     _check_replayable(workflow, manifest, run_id)
     recorded = store.load_steps(run_id)
     scratch = CheckpointStore(f"memory://replay-{uuid.uuid4().hex}")

@@ -68,6 +68,7 @@ from gecko_actors.workflow.rules import (
     checkpointable,
     different_graph,
     merged,
+    no_such_run,
     normalised,
     routes,
 )
@@ -156,11 +157,7 @@ class RunEngine(Replayed):
         else:
             found = self.store.read_manifest(self.run_id)
             if found is None:
-                raise UserError(
-                    f"no run {self.run_id!r} in {self.store.uri}",
-                    hint="check the run id and checkpoint",
-                    run_id=self.run_id,
-                )
+                raise no_such_run(self.run_id, self.store.uri)
             self.manifest, self.created = found, False
         if self.manifest.fingerprint != self.graph.fingerprint():
             raise different_graph(self.run_id, self.manifest.workflow)

@@ -14,7 +14,7 @@ from gecko_actors.checkpoint import CheckpointStore, Fork, Manifest
 from gecko_actors.checkpoint.records import validate_run_id
 from gecko_actors.exceptions import UserError
 from gecko_actors.workflow.graph import WorkflowGraph
-from gecko_actors.workflow.rules import already_exists, different_graph, normalised
+from gecko_actors.workflow.rules import already_exists, different_graph, no_such_run, normalised
 from gecko_actors.workflow.schedule import Scheduler
 
 __all__ = ["UNSET", "create_fork"]
@@ -38,11 +38,7 @@ def create_fork(
     Everything is checked before anything is written: a UserError names what is wrong."""
     found = store.read_manifest(parent)
     if found is None:
-        raise UserError(
-            f"no run {parent!r} in {store.uri} to fork",
-            hint="check the run id and checkpoint (gecko-actors list)",
-            run_id=parent,
-        )
+        raise no_such_run(parent, store.uri, " to fork")
     if found.fingerprint != graph.fingerprint():
         raise different_graph(parent, found.workflow)
     steps = store.load_steps(parent)

@@ -72,6 +72,15 @@ def already_exists(run_id: str, uri: str) -> UserError:
     )
 
 
+def no_such_run(run_id: str, uri: str, doing: str = "") -> UserError:
+    """The error of asking for a run that ``uri`` does not hold (``doing``: to do what)."""
+    return UserError(
+        f"no run {run_id!r} in {uri}{doing}",
+        hint="check the run id and checkpoint (`gecko-actors list --checkpoint URI`)",
+        run_id=run_id,
+    )
+
+
 def different_graph(run_id: str, workflow: str) -> UserError:
     """The error of a resume with a graph that is not the run's."""
     return UserError(

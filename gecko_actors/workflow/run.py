@@ -25,7 +25,7 @@ from gecko_actors.workflow.fork import UNSET, create_fork
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.history import run_history
 from gecko_actors.workflow.host import RunNotHosted
-from gecko_actors.workflow.rules import already_exists, different_graph, normalised
+from gecko_actors.workflow.rules import already_exists, different_graph, no_such_run, normalised
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
 from gecko_actors.workflow.waiting import answer_in_checkpoint
 
@@ -156,11 +156,7 @@ class WorkflowRun:
         :func:`~gecko_actors.workflow.history.format_history` prints it."""
         found = run_history(self._store(), self.run_id)
         if found is None:
-            raise UserError(
-                f"no run {self.run_id!r} in {self._checkpoint}",
-                hint="check the run id and checkpoint",
-                run_id=self.run_id,
-            )
+            raise no_such_run(self.run_id, str(self._checkpoint))
         return found
 
     def summary(self) -> str:
@@ -332,9 +328,7 @@ class Workflow(WorkflowGraph):
         uri = checkpoint_uri(checkpoint)
         manifest = CheckpointStore(uri).read_manifest(run_id)
         if manifest is None:
-            raise UserError(
-                f"no run {run_id!r} in {uri}", hint="check the run id and checkpoint", run_id=run_id
-            )
+            raise no_such_run(run_id, uri)
         if manifest.fingerprint != self.fingerprint():
             raise different_graph(run_id, manifest.workflow)
         if dedicated is None:

@@ -101,11 +101,11 @@ def answer_in_checkpoint(store: Any, run_id: str, node: str, value: Any, by: str
     answer is recorded in the run's journal, under the interrupt its status recorded, and
     the run continues with it once resumed. A node that is not waiting is a UserError."""
     from gecko_actors.checkpoint.journal import Journal  # checkpoint imports workflow.graph
-    from gecko_actors.workflow.rules import normalised
+    from gecko_actors.workflow.rules import no_such_run, normalised
 
     manifest = store.read_manifest(run_id)
     if manifest is None:
-        raise UserError(f"no run {run_id!r} in {store.uri}", hint="check the run id and checkpoint")
+        raise no_such_run(run_id, store.uri)
     parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
     if node not in parked:
         waiting = ", ".join(repr(n) for n in sorted(parked)) or "none"
