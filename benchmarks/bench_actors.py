@@ -4,6 +4,7 @@ Run: python benchmarks/bench_actors.py [--quick]
 
 1. agent.run with an instant ScriptedModel ÷ a raw Ray async-actor round trip   (goal <= 1.5)
 2. a team of N agents, model latency 0.2 s (FakeLLMServer): wall ÷ 0.2 s         (goal <= 1.3)
+   and with a 0.2 s ScriptedModel (no HTTP client): the runtime's own share
    and with a 0.1 s CPU-bound tool per member: speed-up ÷ cores                  (goal >= 0.8)
 3. unique memory (USS) of an agent actor ÷ an idle Ray actor's                   (goal <= 1.2)
 4. LLM calls/s through agents and 2 gateway replicas ÷ raw litellm in one process (goal >= 1.5)
@@ -105,6 +106,7 @@ def bench_team(server: FakeLLMServer, sizes: tuple[int, ...]) -> None:
         )
         for agent in agents:
             agent.kill()
+    bench_team_runtime(32)
     cores = int(ray.cluster_resources().get("CPU", 1))
     box = RemoteToolBox.spawn("bench-crunch", [crunch], replicas=cores, num_cpus=1)
     members = [
@@ -136,6 +138,25 @@ def bench_team(server: FakeLLMServer, sizes: tuple[int, ...]) -> None:
         member.kill()
     box.kill()
     gateway.kill()
+
+
+async def slow_reply(messages: Any, tools: Any) -> str:
+    await asyncio.sleep(0.2)  # a model that takes 0.2 s and no CPU: the runtime's own share
+    return "ok"
+
+
+def bench_team_runtime(n: int) -> None:
+    """2c. The same team round with a 0.2 s ScriptedModel instead of litellm over HTTP: what
+    the runtime itself adds (on two cores, litellm's own CPU per call is most of 2.)."""
+    agents = [Agent.spawn(f"bench-rt-{n}-{i}", model=ScriptedModel(slow_reply)) for i in range(n)]
+    team = Team(agents)
+    team.run("warm up")
+    start = time.perf_counter()
+    assert team.run("go").ok
+    wall = time.perf_counter() - start
+    print(f"2c. team of {n}, 0.2 s scripted model (no HTTP): ratio {wall / 0.2:.2f} (goal <= 1.3)")
+    for agent in agents:
+        agent.kill()
 
 
 def bench_gateway(server: FakeLLMServer, calls: int = 200 if QUICK else 600) -> None:

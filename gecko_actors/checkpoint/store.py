@@ -326,10 +326,10 @@ class CheckpointStore:
         run_id = validate_run_id(run_id)
         if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
             raise UserError(f"invalid seq {seq!r:.40}: expected an int from 0 to {MAX_SEQ}")
-        fork = self._fork_of(run_id)
+        marker = self._read_marker(run_id, seq)
+        fork = self._fork_of(run_id) if marker is None else None
         if fork is not None and seq < fork.at_step:  # a step the fork shares with its parent
             return self.read_step(fork.parent, seq)
-        marker = self._read_marker(run_id, seq)
         if marker is None:
             raise CheckpointError(
                 f"step {seq} of run {run_id!r} is not committed",
@@ -357,9 +357,11 @@ class CheckpointStore:
 
     def _steps(self, run_id: str, upto: int | None) -> list[StepRecord]:
         """The run's steps before seq ``upto`` (all: None), its parent's first if forked."""
-        fork = self._fork_of(run_id)
-        if fork is None:
-            return self._own_steps(run_id, 0, upto)
+        listing = self._listing(run_id)
+        # A run whose own steps start at 0 shares none: its manifest need not be read.
+        fork = None if 0 in listing[0] else self._fork_of(run_id)
+        if fork is None or fork.at_step == 0:
+            return self._own_steps(run_id, listing, 0, upto)
         shared = self._steps(fork.parent, fork.at_step)
         if len(shared) < fork.at_step:
             raise CheckpointError(
@@ -370,10 +372,10 @@ class CheckpointStore:
             )
         if upto is not None and upto <= fork.at_step:
             return shared[:upto]
-        return shared + self._own_steps(run_id, fork.at_step, upto)
+        return shared + self._own_steps(run_id, listing, fork.at_step, upto)
 
-    def _own_steps(self, run_id: str, first: int, upto: int | None) -> list[StepRecord]:
-        """The steps committed under ``run_id`` itself, from seq ``first`` (before ``upto``)."""
+    def _listing(self, run_id: str) -> tuple[dict[int, str], dict[str, int | None]]:
+        """The run's own commit markers (seq -> name) and data objects (name -> size)."""
         markers: dict[int, str] = {}
         datas: dict[str, int | None] = {}  # data object name -> size
         data_seqs: set[int] = set()
@@ -392,6 +394,17 @@ class CheckpointStore:
                 run_id=run_id,
                 seq=seq,
             )
+        return markers, datas
+
+    def _own_steps(
+        self,
+        run_id: str,
+        listing: tuple[dict[int, str], dict[str, int | None]],
+        first: int,
+        upto: int | None,
+    ) -> list[StepRecord]:
+        """The steps committed under ``run_id`` itself, from seq ``first`` (before ``upto``)."""
+        markers, datas = listing
         seqs = sorted(markers)
         if seqs != list(range(first, first + len(seqs))):
             # A deleted marker: the engine would count its history short of the stored seqs,
