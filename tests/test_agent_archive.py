@@ -1,5 +1,6 @@
 """Hosted agents whose spec is data are archived in the session store, so that they outlive
-the whole cluster: ``Agent.get`` records them again from there."""
+the whole cluster: ``Agent.get`` records them again from there (the whole-instance loss is in
+tests/test_workflow_restart.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_cluster import run_scenario
 
 from gecko_actors import Agent, ScriptedModel, UserError
 from gecko_actors.agents import archive, directory
@@ -56,15 +56,3 @@ def test_nothing_is_archived_in_a_memory_store(monkeypatch: pytest.MonkeyPatch) 
         assert archive.kept(name) is None
     finally:
         agent.kill()
-
-
-@pytest.mark.timeout(300)  # two Ray start-ups and a SIGKILL sweep: slow on a loaded host
-def test_a_hosted_agent_outlives_its_whole_ray_instance(tmp_path: Path) -> None:
-    outcome = run_scenario("agent_ray_restart.py", str(tmp_path))
-    assert outcome["missing_after_loss"]  # the new instance's directory did not know it
-    assert outcome["before"] == "noted" and outcome["after"] in ("noted", "still here")
-    assert outcome["placement"] == "hosted" and outcome["listed"] and outcome["forgotten"]
-    # Its conversation went on: both exchanges in one session of the durable store.
-    contents = [content for _, content in outcome["stored"]]
-    assert contents[0] == "remember the blue door" and "what do you remember?" in contents
-    assert len(outcome["stored"]) == 4

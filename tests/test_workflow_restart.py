@@ -14,10 +14,11 @@ from test_cluster import run_scenario
 # scheme, and each store's own crash behaviour is what the torn-write tests below check, on
 # both. The scenario costs ~30 s, a fifth of the suite's margin.
 @pytest.mark.parametrize("scheme", ["s3"])
-def test_run_resumes_after_ray_is_restarted(tmp_path: Path, scheme: str) -> None:
+def test_a_run_and_an_agent_outlive_their_ray_instance(tmp_path: Path, scheme: str) -> None:
     """Every process of the Ray instance (GCS, raylet, agents, the coordinator's and the
     running node's workers) is SIGKILLed once b is done, as when the machine dies; a new Ray
-    in the same driver resumes the run from its checkpoint."""
+    in the same driver resumes the run from its checkpoint, and gets the hosted agent back
+    from its spec archived in the session store, with its conversation."""
     outcome = run_scenario("ray_restart.py", str(tmp_path), scheme)
     assert outcome["survivors"] == []
     assert {"gcs_server", "raylet"} <= set(outcome["killed"])
@@ -31,6 +32,12 @@ def test_run_resumes_after_ray_is_restarted(tmp_path: Path, scheme: str) -> None
     # c was in flight at the kill: run again at most once, with the same key.
     assert nodes.count("c") in (1, 2)
     assert len({key for node, key in outcome["ledger"] if node == "c"}) == 1
+    agent = outcome["agent"]
+    assert agent["missing_after_loss"] and agent["placement"] == "hosted" and agent["forgotten"]
+    assert agent["before"] == "noted" and agent["after"] in ("noted", "still here")
+    stored = outcome["stored"]  # both exchanges, in one session of the durable store
+    assert len(stored) == 4 and stored[0] == "remember the blue door"
+    assert stored[2] == "what do you remember?"
 
 
 @pytest.mark.parametrize("where", ["data", "marker"])

@@ -1,11 +1,14 @@
-"""A workflow run outlives its whole Ray instance: start a run, SIGKILL every process of the
-instance mid-run (no graceful shutdown: the raylet, the GCS, the agents, the coordinator's and
-the nodes' workers; see hardkill.py), start a new Ray in the same driver, resume. Run in its own
+"""A workflow run and a hosted agent outlive their whole Ray instance: spawn an agent over a
+SQLite session store and talk to it, start a run, SIGKILL every process of the instance
+mid-run (no graceful shutdown: the raylet, the GCS, the agents, the coordinator's and the
+nodes' workers; see hardkill.py), start a new Ray in the same driver, resume the run,
+``Agent.get`` the agent (revived from its archived spec) and talk to it again. Run in its own
 process by tests/test_workflow_restart.py: ``ray_restart.py WORKDIR file|s3``. Prints
 "RESULT <json>"."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -16,6 +19,9 @@ from typing import Any
 import ray
 from hardkill import LocalRay, bounded
 
+from gecko_actors import Agent, ScriptedModel, UserError
+from gecko_actors.agents import directory
+from gecko_actors.stores.sessions import SQLiteSessionStore
 from gecko_actors.workflow import NodeContext, Workflow
 
 
@@ -80,9 +86,13 @@ def main(workdir: str, scheme: str = "file") -> None:
         os.environ.update(AWS_ENV)  # before Ray starts: its workers inherit them
         server = MotoS3("gecko-restart").start()  # in this driver: it outlives the instance
         checkpoint = server.uri()
+    sessions = Path(workdir) / "sessions.db"
+    os.environ["GECKO_STORAGE_URL"] = f"sqlite:///{sessions}"  # agents' specs and sessions
     first, second = LocalRay(num_cpus=2, include_dashboard=False), None
     try:
         first.start()
+        keeper = Agent.spawn("keeper", model=ScriptedModel(["noted", "still here"]))
+        agent_before = keeper.run("remember the blue door", session_id="s1").content
         run = build(ledger).start("in", run_id="restart-1", checkpoint=checkpoint)
         wait_until_done(run, "b")
         coordinator = coordinator_pid(run)
@@ -93,6 +103,16 @@ def main(workdir: str, scheme: str = "file") -> None:
         second = LocalRay(num_cpus=2, include_dashboard=False).start()
         resumed = build(ledger).resume("restart-1", checkpoint=checkpoint)
         result = resumed.result(timeout=120)
+        # The agent: gone from the new instance's directory, found in the session store.
+        agent = {"missing_after_loss": directory.find("keeper") is None, "before": agent_before}
+        revived = Agent.get("keeper")
+        agent["after"] = revived.run("what do you remember?", session_id="s1").content
+        agent["placement"] = revived.info()["placement"]
+        revived.kill()
+        try:
+            Agent.get("keeper")
+        except UserError:  # killed: not revived again
+            agent["forgotten"] = True
         second.shutdown()
     finally:
         if ray.is_initialized():
@@ -117,6 +137,11 @@ def main(workdir: str, scheme: str = "file") -> None:
                 "coordinator_killed": coordinator is not None and coordinator in loss["killed"],
                 "kill_seconds": round(kill_seconds, 2),  # ray.shutdown() included
                 "reset_seconds": round(first.reset_seconds, 2),
+                "agent": agent,
+                "stored": [
+                    str(r.get("content"))
+                    for r in asyncio.run(SQLiteSessionStore(sessions).load("keeper/s1"))
+                ],
             }
         )
     )
