@@ -7,6 +7,7 @@ from gecko_actors.core.calculator import CalculatorLimits, calculator
 from gecko_actors.core.engine import MAX_TURNS_REACHED, AgentStream, Hooks, ReActEngine
 from gecko_actors.core.events import Event, EventBus
 from gecko_actors.core.litellm_model import LiteLLMModel
+from gecko_actors.core.mcp_tools import MCPTool, mcp_tools
 from gecko_actors.core.media import MediaResource
 from gecko_actors.core.memory import TokenMemory
 from gecko_actors.core.messages import AgentOutput, ContentBlock, Message, ToolCall, Usage
@@ -131,12 +132,14 @@ __all__ = [
     "Usage",
     # tools
     "CalculatorLimits",
+    "MCPTool",
     "Tool",
     "ToolBox",
     "ToolContext",
     "ToolResult",
     "ToolStats",
     "calculator",
+    "mcp_tools",
     "tool",
     # memory and prompts
     "InMemorySessionStore",

@@ -10,7 +10,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError
 
-from gecko_actors._actors.common import cancel_and_wait, check_name, create, lookup
+from gecko_actors._actors.common import cancel_and_wait, check_name, create, lookup, unwrap
 from gecko_actors._actors.toolbox import ToolboxActor
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.toolbox import ToolBox, gather_all, per_call
@@ -100,6 +100,56 @@ class RemoteToolBox:
             for replica in names
         ]
         return cls(name, names, ray.get(handles[0].describe.remote()))
+
+    @classmethod
+    def from_mcp(
+        cls,
+        name: str,
+        command: list[str] | None = None,
+        *,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+        env_from: list[str] | tuple[str, ...] = (),
+        cwd: str | None = None,
+        replicas: int = 1,
+        timeout: float = 30.0,
+        max_concurrency: int = 5,
+        get_if_exists: bool = False,
+        **actor_options: Any,
+    ) -> RemoteToolBox:
+        """A toolbox of the tools of an MCP server: started with ``command`` (stdio) or
+        reached at ``url`` (streamable HTTP) by each replica, which owns its session and
+        starts it again when it breaks. Secrets go by name (``env_from``): each replica reads
+        their values from its own environment (the cluster's, or the job's ``runtime_env``),
+        so no value travels in an actor argument. A server that cannot start is a
+        ConfigurationError naming its command and the last line of its stderr."""
+        from gecko_actors._actors.mcp_toolbox import MCPToolboxActor
+        from gecko_actors.core.mcp_tools import check_server
+
+        if replicas < 1:
+            raise UserError(f"replicas must be >= 1, got {replicas}")
+        server = check_server(command, url, env, env_from, cwd)
+        base = check_name("toolbox", name)
+        names = [f"{base}/{i}" for i in range(replicas)]
+        handles = [
+            create(
+                ray.remote(MCPToolboxActor),
+                replica,
+                (name, server, timeout, max_concurrency),
+                get_if_exists=get_if_exists,
+                max_task_retries=0,
+                max_concurrency=1000,
+                **actor_options,
+            )
+            for replica in names
+        ]
+        try:
+            description = ray.get(handles[0].describe.remote())
+        except ray.exceptions.RayTaskError as exc:
+            for handle in handles:
+                ray.kill(handle)
+            raise unwrap(exc) from None
+        return cls(name, names, description)
 
     @classmethod
     def get(cls, name: str) -> RemoteToolBox:
