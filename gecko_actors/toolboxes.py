@@ -114,15 +114,17 @@ class RemoteToolBox:
         replicas: int = 1,
         timeout: float = 30.0,
         max_concurrency: int = 5,
+        keepalive: float = 30.0,
         get_if_exists: bool = False,
         **actor_options: Any,
     ) -> RemoteToolBox:
         """A toolbox of the tools of an MCP server: started with ``command`` (stdio) or
-        reached at ``url`` (streamable HTTP) by each replica, which owns its session and
-        starts it again when it breaks. Secrets go by name (``env_from``): each replica reads
-        their values from its own environment (the cluster's, or the job's ``runtime_env``),
-        so no value travels in an actor argument. A server that cannot start is a
-        ConfigurationError naming its command and the last line of its stderr."""
+        reached at ``url`` (streamable HTTP) by each replica, which owns its session, pings
+        the server every ``keepalive`` seconds and starts it again when it is gone. Secrets
+        go by name (``env_from``): each replica reads their values from its own environment
+        (the cluster's, or the job's ``runtime_env``), so no value travels in an actor
+        argument. A server that cannot start is a ConfigurationError naming its command and
+        the last line of its stderr."""
         from gecko_actors._actors.mcp_toolbox import MCPToolboxActor
         from gecko_actors.core.mcp_tools import check_server
 
@@ -135,7 +137,7 @@ class RemoteToolBox:
             create(
                 ray.remote(MCPToolboxActor),
                 replica,
-                (name, server, timeout, max_concurrency),
+                (name, server, timeout, max_concurrency, keepalive),
                 get_if_exists=get_if_exists,
                 max_task_retries=0,
                 max_concurrency=1000,

@@ -80,3 +80,23 @@ def test_a_toolbox_reaches_an_http_server(http_shop: str) -> None:  # noqa: F811
         assert call(box, "add", a=20, b=22).content == "42"
     finally:
         box.kill()
+
+
+def test_a_server_that_dies_while_idle_is_started_again_before_the_next_call() -> None:
+    import os
+    import signal
+    import time
+
+    box = RemoteToolBox.from_mcp(unique("shop"), SHOP, keepalive=0.3)
+    try:
+        first = int(call(box, "pid").content)
+        os.kill(first, signal.SIGKILL)  # no call in flight: only the keepalive can see it
+        replica = ray.get_actor(box.replica_names[0], namespace=namespace())
+        deadline = time.monotonic() + 60
+        while not ray.get(replica.__ray_call__.remote(lambda self: self._holder.done())):
+            assert time.monotonic() < deadline, "the keepalive did not notice"
+            time.sleep(0.1)
+        answer = call(box, "pid")
+        assert not answer.is_error and int(answer.content) != first  # no failed call first
+    finally:
+        box.kill()

@@ -37,7 +37,7 @@ def calls(*wanted: tuple[str, dict[str, Any]]):
 async def test_an_agent_uses_a_stdio_server_s_tools_with_their_schemas() -> None:
     async with mcp_tools(command=SHOP) as tools:
         by_name = {t.name: t for t in tools}
-        assert set(by_name) == {"add", "stock_lookup", "refuse", "token", "crash"}
+        assert set(by_name) == {"add", "stock_lookup", "refuse", "token", "pid", "crash"}
         assert by_name["stock_lookup"].remote_name == "stock.lookup"  # a name models accept
         assert by_name["add"].parameters["required"] == ["a", "b"]
         assert by_name["add"].openai_schema()["function"]["description"] == "Add two numbers."

@@ -1,13 +1,15 @@
 """Toolbox actors over an MCP server: each replica owns one MCP session (a stdio server's
 process, or an HTTP connection), started when the replica starts, lists the server's tools
 into its toolbox, and runs calls through it with the toolbox's timeouts, concurrency bound
-and stats. A session that breaks (the server's process died, the connection dropped) is
-started again; the call that found it broken goes back to the model as a tool error.
+and stats. The session is kept alive with a ping every ``keepalive`` seconds: a server found
+dead while idle is started again before the next call needs it. A call that finds the
+session broken goes back to the model as a tool error, and the next call starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from gecko_actors._actors.toolbox import MeteredToolBox, ToolboxActor
@@ -25,10 +27,16 @@ class MCPToolboxActor(ToolboxActor):
     secrets only, their values are read from this process's environment)."""
 
     def __init__(
-        self, name: str, server: dict[str, Any], timeout: float, max_concurrency: int
+        self,
+        name: str,
+        server: dict[str, Any],
+        timeout: float,
+        max_concurrency: int,
+        keepalive: float = 30.0,
     ) -> None:
         super().__init__(name, [], timeout, max_concurrency)
         self.server, self.timeout, self.max_concurrency = server, timeout, max_concurrency
+        self.keepalive = keepalive
         self.sessions = 0  # how many sessions this replica started
         self._ready: asyncio.Future[None] | None = None
         self._broken: asyncio.Event | None = None
@@ -52,12 +60,27 @@ class MCPToolboxActor(ToolboxActor):
                 )
                 self.sessions += 1
                 ready.set_result(None)
-                await broken.wait()
+                await self._watch(tools[0].session if tools else None, broken)
         except Exception as exc:
             if not ready.done():
                 ready.set_exception(exc)
             else:
                 _log.warning("mcp_session_ended", toolbox=self.name, error=str(exc)[:200])
+
+    async def _watch(self, session: Any, broken: asyncio.Event) -> None:
+        """Until the session breaks: ping the server every ``keepalive`` seconds; one that
+        does not answer is gone, and the next call starts a new session."""
+        while session is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(broken.wait(), self.keepalive)
+                return
+            try:
+                await asyncio.wait_for(session.client.send_ping(), self.timeout)
+            except Exception:
+                session.broken = True
+                _log.warning("mcp_server_gone", toolbox=self.name)
+                return
+        await broken.wait()
 
     async def describe(self) -> dict[str, Any]:  # type: ignore[override]
         await self._started()

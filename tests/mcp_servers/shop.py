@@ -37,6 +37,12 @@ def token() -> str:
 
 
 @server.tool()
+def pid() -> int:
+    """The server's process id."""
+    return os.getpid()
+
+
+@server.tool()
 def crash() -> str:
     """Kills the server's process in the middle of the call."""
     os._exit(1)
