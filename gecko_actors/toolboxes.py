@@ -75,31 +75,17 @@ class RemoteToolBox:
         get_if_exists: bool = False,
         **actor_options: Any,
     ) -> RemoteToolBox:
-        if replicas < 1:
-            raise UserError(f"replicas must be >= 1, got {replicas}")
-        base = check_name("toolbox", name)
+        """Serve ``tools`` from ``replicas`` actors ``toolbox/<name>/<i>`` (CPUs or GPUs
+        each, if asked), shared by any number of agents; ``timeout`` and
+        ``max_concurrency`` bound each replica's calls."""
         box = (
             tools
             if isinstance(tools, ToolBox)
             else ToolBox(tools, timeout=timeout, max_concurrency=max_concurrency)
         )
         args = (name, box.tools(), box.timeout, box.max_concurrency)
-        names = [f"{base}/{i}" for i in range(replicas)]
-        handles = [
-            create(
-                ray.remote(ToolboxActor),
-                replica,
-                args,
-                get_if_exists=get_if_exists,
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                max_task_retries=0,
-                max_concurrency=1000,
-                **actor_options,
-            )
-            for replica in names
-        ]
-        return cls(name, names, ray.get(handles[0].describe.remote()))
+        options = {"num_cpus": num_cpus, "num_gpus": num_gpus, **actor_options}
+        return cls._replicated(ToolboxActor, name, args, replicas, get_if_exists, options)
 
     @classmethod
     def from_mcp(
@@ -128,20 +114,35 @@ class RemoteToolBox:
         from gecko_actors._actors.mcp_toolbox import MCPToolboxActor
         from gecko_actors.core.mcp_tools import check_server
 
+        server = check_server(command, url, env, env_from, cwd)
+        args = (name, server, timeout, max_concurrency, keepalive)
+        return cls._replicated(MCPToolboxActor, name, args, replicas, get_if_exists, actor_options)
+
+    @classmethod
+    def _replicated(
+        cls,
+        actor_cls: type,
+        name: str,
+        args: tuple[Any, ...],
+        replicas: int,
+        get_if_exists: bool,
+        options: dict[str, Any],
+    ) -> RemoteToolBox:
+        """Start ``replicas`` actors ``toolbox/<name>/<i>`` of ``actor_cls``; a first replica
+        that cannot describe its tools (a server that does not start) takes them all down."""
         if replicas < 1:
             raise UserError(f"replicas must be >= 1, got {replicas}")
-        server = check_server(command, url, env, env_from, cwd)
         base = check_name("toolbox", name)
         names = [f"{base}/{i}" for i in range(replicas)]
         handles = [
             create(
-                ray.remote(MCPToolboxActor),
+                ray.remote(actor_cls),
                 replica,
-                (name, server, timeout, max_concurrency, keepalive),
+                args,
                 get_if_exists=get_if_exists,
                 max_task_retries=0,
                 max_concurrency=1000,
-                **actor_options,
+                **options,
             )
             for replica in names
         ]
