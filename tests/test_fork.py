@@ -166,6 +166,7 @@ async def test_a_fork_at_step_0_is_a_new_run_of_the_same_input_with_the_change(
         ({"parent": "p", "at_step": 2, "state": {"k": object()}}, "fork's state"),
         ({"parent": "p", "at_step": 6, "input": "x"}, "none \\(the run had ended\\)"),
         ({"parent": "p", "at_step": 2, "input": "x", "node": "e"}, "'e' is not one of them"),
+        ({"parent": "p", "at_step": 2, "node": "c"}, "no input is given"),
         ({"parent": "p", "at_step": 2, "run_id": "p"}, "already exists"),
         ({"parent": "p", "at_step": 2, "run_id": "bad/id"}, "invalid"),
     ],

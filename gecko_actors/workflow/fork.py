@@ -58,9 +58,15 @@ def create_fork(
             run_id=parent,
         )
     given = input is not UNSET
-    if given or node is not None:
+    if node is not None and not given:
+        raise UserError(
+            f"node={node!r} names the visit that gets the fork's input, but no input is given",
+            hint="pass input=... too, or leave node out",
+            run_id=parent,
+        )
+    if given:
         node = _pending_node(graph, found.input, steps[:at_step], node, parent, at_step)
-        input = normalised(None if not given else input, "the fork's input", node)
+        input = normalised(input, "the fork's input", node)
     new_id = validate_run_id(run_id or f"{graph.name}-{uuid.uuid4().hex[:12]}")
     fork = Fork(parent, at_step, dict(state) if state else None, node, None if not given else input)
     made = Manifest(
