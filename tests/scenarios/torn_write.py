@@ -1,7 +1,8 @@
-"""The coordinator is SIGKILLed in the middle of committing a step (see killhook/); Ray
-restarts it, and the run finishes with the step run again. Run in its own process by
-tests/test_workflow_restart.py: ``torn_write.py WORKDIR file|s3 data|marker``. Prints
-"RESULT <json>"."""
+"""The coordinator is SIGKILLed in the middle of committing a step (see killhook/), once
+halfway through its data object (run ``torn-data``) and once between the data object and its
+commit marker (run ``torn-marker``), in one Ray instance; Ray restarts it, and each run
+finishes with the step run again. Run in its own process by tests/test_workflow_restart.py:
+``torn_write.py WORKDIR file|s3``. Prints "RESULT <json>" (per run: data or marker)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ import gecko_actors as ga  # noqa: E402
 from gecko_actors.checkpoint import CheckpointStore  # noqa: E402
 
 
-def main(workdir: str, scheme: str, where: str) -> None:
-    ledger, flag = Path(workdir) / "ledger", Path(workdir) / "killed"
+def main(workdir: str, scheme: str) -> None:
     server = None
     if scheme == "s3":
         from s3util import AWS_ENV, MotoS3
@@ -32,25 +32,28 @@ def main(workdir: str, scheme: str, where: str) -> None:
         checkpoint = f"file://{workdir}/runs"
     hook = {
         "PYTHONPATH": str(HERE / "killhook"),
-        "GECKO_TEST_KILL_AT": where,
         "GECKO_TEST_KILL_SEQ": "00000001",  # node b's step
-        "GECKO_TEST_KILL_FLAG": str(flag),
+        "GECKO_TEST_KILL_FLAGS": workdir,
     }
     ga.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": hook})
+    found = {}
     try:
-        run = build(ledger, "torn", 0.2).start("in", run_id="torn-1", checkpoint=checkpoint)
-        result = run.result(timeout=120)
-        steps = [s.node for s in CheckpointStore(checkpoint).load_steps(run.run_id)]
+        for where in ("data", "marker"):
+            ledger = Path(workdir) / f"ledger-{where}"
+            run = build(ledger, "torn", 0.2).start(
+                "in", run_id=f"torn-{where}", checkpoint=checkpoint
+            )
+            result = run.result(timeout=120)
+            steps = [s.node for s in CheckpointStore(checkpoint).load_steps(run.run_id)]
+            lines = [line.split() for line in ledger.read_text().splitlines()]
+            killed = (Path(workdir) / f"killed-{where}").exists()
+            found[where] = {"killed": killed, "result": result, "ledger": lines, "steps": steps}
     finally:
         ga.shutdown()
         if server is not None:
             server.stop()
-    lines = [line.split() for line in ledger.read_text().splitlines()]
-    print(
-        "RESULT "
-        + json.dumps({"killed": flag.exists(), "result": result, "ledger": lines, "steps": steps})
-    )
+    print("RESULT " + json.dumps(found))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:3])
