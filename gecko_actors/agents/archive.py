@@ -13,14 +13,13 @@ a letter or a digit), per Ray namespace, as the directory's entries are.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import ray
 
+from gecko_actors._sync import run_blocking
 from gecko_actors.core.sessions import SessionStore
 from gecko_actors.memory import sessions_url
 from gecko_actors.stores.registry import session_store_from_url
@@ -69,9 +68,4 @@ def _with_store(use: Callable[[SessionStore], Awaitable[_T]]) -> _T | None:
             if close is not None:
                 await close()
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(run())
-    with ThreadPoolExecutor(1) as pool:  # called from async code: not on its loop
-        return pool.submit(asyncio.run, run()).result()
+    return run_blocking(run)

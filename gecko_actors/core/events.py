@@ -11,10 +11,10 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gecko_actors._sync import run_blocking
 from gecko_actors.logging import get_logger
 
 Handler = Callable[["Event"], Any]
@@ -95,12 +95,7 @@ class EventBus:
         middlewares and handlers to the end on a private event loop, in a helper thread when
         this thread already runs a loop (a notebook's cell), since a running loop cannot be
         re-entered. Async handlers therefore run on that private loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.publish(event))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(lambda: asyncio.run(self.publish(event))).result()
+        return run_blocking(lambda: self.publish(event))
 
     async def drain(self) -> None:
         """Wait for handlers scheduled with ``wait=False``."""

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gecko_actors._sync import run_blocking
 from gecko_actors.checkpoint import CheckpointStore, StepRecord
 from gecko_actors.checkpoint.codec import encode_value
 from gecko_actors.checkpoint.journal import MISSING, Journal
@@ -169,13 +169,7 @@ def _drive(engine: RunEngine, timeout: float) -> None:
     async def run() -> None:
         await asyncio.wait_for(engine.run(), timeout)
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(run())
-        return
-    with ThreadPoolExecutor(1) as pool:  # called from async code (a test): not on its loop
-        pool.submit(asyncio.run, run()).result()
+    run_blocking(run)  # from async code (a test) too: on a loop of its own
 
 
 def _first_difference(
