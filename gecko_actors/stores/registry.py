@@ -494,6 +494,12 @@ def _redis(url: str) -> SessionStore:
     return RedisSessionStore.from_url(url)
 
 
+def _postgres(url: str) -> SessionStore:
+    from gecko_actors.stores.postgres_sessions import PostgresSessionStore
+
+    return PostgresSessionStore.from_url(url)
+
+
 def _lancedb(url: str, *, embedder: Embedder | None = None, table: str = "memory") -> Any:
     from gecko_actors.stores.vectors import LanceVectorStore
 
@@ -517,4 +523,6 @@ register_session_store("memory", _memory)
 register_session_store("sqlite", _sqlite)
 register_session_store("redis", _redis, extra="redis")
 register_session_store("rediss", _redis, extra="redis")
+register_session_store("postgresql", _postgres, extra="postgres")
+register_session_store("postgres", _postgres, extra="postgres")
 register_vector_store("lancedb", _lancedb)
