@@ -132,7 +132,7 @@ def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no memory named"):
         Memory.get(unique("nope"))
     with pytest.raises(UserError, match="session store URL"):
-        Memory.spawn(unique("bad"), sessions="postgres://localhost")
+        Memory.spawn(unique("bad"), sessions="mongodb://localhost")
     plain = Memory.spawn(unique("plain"), sessions="memory://")
     try:
         with pytest.raises(UserError, match="no vector store"):

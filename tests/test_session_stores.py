@@ -348,7 +348,7 @@ async def test_sqlite_url_absolute(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "url",
     [
-        "postgres://localhost/db",
+        "mongodb://localhost/db",
         "sessions.db",
         "",
         "sqlite://",

@@ -91,13 +91,13 @@ async def test_lancedb_url_builds_a_working_vector_store(tmp_path, monkeypatch):
 
 def test_unknown_scheme_lists_the_known_ones():
     with pytest.raises(UserError) as info:
-        session_store_from_url("postgres://db.internal/sessions")
+        session_store_from_url("mongodb://db.internal/sessions")
     message = info.value.message
-    assert "'postgres'" in message
-    for scheme in ("memory://", "redis://", "sqlite://"):
+    assert "'mongodb'" in message
+    for scheme in ("memory://", "redis://", "sqlite://", "postgresql://"):
         assert scheme in message
     with pytest.raises(UserError, match="lancedb://"):
-        vector_store_from_url("chroma://localhost:8000")
+        vector_store_from_url("weaviate://localhost:8080")
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_a_registered_extra_turns_a_missing_module_into_the_pip_command():
         f"redis://user:{SECRET}@host/abc",
         f"redis://user:{SECRET}@host/0?color=blue",
         f"rediss://{SECRET}@:6379/0",
-        f"postgres://user:{SECRET}@db/sessions",
+        f"mongodb://user:{SECRET}@db/sessions",
         f"redis://:pa/{SECRET}@host:x/0",  # an unescaped "/" in the password
         f"redis://:pa?{SECRET}@host:x/0",  # an unescaped "?"
     ],
