@@ -18,7 +18,7 @@ def retrieval_tool(
     store: Any,
     *,
     k: int = 4,
-    mode: Mode = "hybrid",
+    mode: Mode | None = None,
     name: str = "search_knowledge",
     description: str | None = None,
 ) -> Tool:
@@ -26,6 +26,8 @@ def retrieval_tool(
 
     Each passage comes with its source, chunk number and score. An empty query or an empty
     store answers with a sentence saying so (a model can act on it), not an exception.
+    ``mode`` is the store's search mode: by default ``"hybrid"`` where the store supports it
+    (LanceDB, pgvector), else ``"vector"``.
 
     Example:
         >>> search = retrieval_tool(LanceVectorStore("vectors"))  # doctest: +SKIP
@@ -33,8 +35,16 @@ def retrieval_tool(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UserError(f"k must be an integer >= 1, got {k!r}")
-    if mode not in ("vector", "fts", "hybrid"):
-        raise UserError(f"unknown search mode {mode!r}", hint="use 'vector', 'fts' or 'hybrid'")
+    supported = _modes(store)
+    if mode is None:  # the best the store has: hybrid where it can, else vector
+        mode = "hybrid" if "hybrid" in supported else "vector"
+    if mode not in supported:
+        raise UserError(
+            f"the store {store!r} does not support the search mode {mode!r}"
+            if mode in ("vector", "fts", "hybrid")
+            else f"unknown search mode {mode!r}",
+            hint="use " + " or ".join(repr(m) for m in supported),
+        )
 
     async def search(query: str) -> str:
         """Search the knowledge base and return the most relevant passages with their sources.
@@ -56,6 +66,12 @@ def retrieval_tool(
         or "Search the knowledge base for passages about a query; "
         "returns the most relevant passages with their sources.",
     )
+
+
+def _modes(store: Any) -> tuple[str, ...]:
+    """The search modes ``store`` supports (every mode for a store that does not say)."""
+    modes = getattr(store, "search_modes", None)
+    return tuple(modes()) if callable(modes) else ("vector", "fts", "hybrid")
 
 
 def _passage(rank: int, hit: Any) -> str:

@@ -519,6 +519,20 @@ def _lancedb(url: str, *, embedder: Embedder | None = None, table: str = "memory
     return LanceVectorStore(path, table=table, embedder=embedder)
 
 
+def _factory(module: str, name: str) -> VectorStoreFactory:
+    """``gecko_actors.stores.<module>.<name>.from_url``, imported only when a URL asks for it
+    (so that a missing optional dependency is an error naming the extra, not an import error
+    of the package)."""
+
+    def build(url: str, *, embedder: Embedder | None = None, table: str = "memory") -> Any:
+        from importlib import import_module
+
+        store_class = getattr(import_module(f"gecko_actors.stores.{module}"), name)
+        return store_class.from_url(url, embedder=embedder, table=table)
+
+    return build
+
+
 register_session_store("memory", _memory)
 register_session_store("sqlite", _sqlite)
 register_session_store("redis", _redis, extra="redis")
@@ -526,3 +540,7 @@ register_session_store("rediss", _redis, extra="redis")
 register_session_store("postgresql", _postgres, extra="postgres")
 register_session_store("postgres", _postgres, extra="postgres")
 register_vector_store("lancedb", _lancedb)
+register_vector_store("pgvector", _factory("pgvector", "PgVectorStore"), extra="pgvector")
+register_vector_store("qdrant", _factory("qdrant", "QdrantVectorStore"), extra="qdrant")
+register_vector_store("chroma", _factory("chroma", "ChromaVectorStore"), extra="chroma")
+register_vector_store("milvus", _factory("milvus", "MilvusVectorStore"), extra="milvus")
