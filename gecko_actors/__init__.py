@@ -17,6 +17,7 @@ from gecko_actors.core.scripted import ScriptedModel
 from gecko_actors.core.sessions import InMemorySessionStore, SessionStore
 from gecko_actors.core.toolbox import ToolBox, ToolStats
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult, tool
+from gecko_actors.core.tracing import configure_tracing, shutdown_tracing, tracing_enabled
 from gecko_actors.exceptions import (
     BudgetExceededError,
     CalculatorError,
@@ -164,13 +165,16 @@ __all__ = [
     "read_document",
     "read_documents",
     "register_reader",
-    # events, settings, logging
+    # events, settings, logging, traces
     "Event",
     "EventBus",
     "Settings",
     "configure_logging",
+    "configure_tracing",
     "get_logger",
     "load_settings",
+    "shutdown_tracing",
+    "tracing_enabled",
     # exceptions
     "BudgetExceededError",
     "CalculatorError",

@@ -15,6 +15,7 @@ from gecko_actors._actors.toolbox import ToolboxActor
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.toolbox import ToolBox, gather_all, per_call
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult, error_text
+from gecko_actors.core.tracing import with_trace
 from gecko_actors.exceptions import ToolError, UserError
 from gecko_actors.runtime import namespace
 
@@ -209,7 +210,7 @@ class RemoteToolBox:
         it has stopped; a replica that does not confirm in time is restarted.
         """
         replica = self._replica()
-        ref = replica.execute_call.remote(call, context)
+        ref = replica.execute_call.remote(call, with_trace(context))
         allowed = self._tool_timeouts.get(call.name, self.timeout)
         limit = allowed + _TRANSPORT_GRACE
         try:

@@ -18,6 +18,7 @@ from typing import Any
 import ray
 
 from gecko_actors import metrics
+from gecko_actors.core import tracing
 from gecko_actors.core.engine import current_run
 from gecko_actors.core.leases import PermitPool
 from gecko_actors.core.messages import Message, Usage
@@ -128,11 +129,14 @@ class GatewayActor:
         self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
     ) -> ModelResponse:
         start = time.perf_counter()
-        try:
-            response = await self.model.complete(messages, **options)
-        except ModelError:
-            self._record(caller, Usage(), start, "error")
-            raise
+        with tracing.span(
+            f"gateway {self.model.model}", self._span_attributes(caller), caller.get("trace")
+        ):
+            try:
+                response = await self.model.complete(messages, **options)
+            except ModelError:
+                self._record(caller, Usage(), start, "error")
+                raise
         self._record(caller, response.usage, start, "ok")
         return response
 
@@ -140,14 +144,27 @@ class GatewayActor:
         self, messages: list[Message], options: dict[str, Any], caller: dict[str, Any]
     ) -> AsyncIterator[str | ModelResponse]:
         start = time.perf_counter()
-        usage, status = Usage(), "error"
+        usage, status, error = Usage(), "error", None
+        attributes = self._span_attributes(caller)
+        span = tracing.start_span(f"gateway {self.model.model}", attributes, caller.get("trace"))
         try:
             async for item in self.model.stream(messages, **options):
                 if isinstance(item, ModelResponse):
                     usage, status = item.usage, "ok"
                 yield item
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            tracing.end_span(span, error)
             self._record(caller, usage, start, status)
+
+    def _span_attributes(self, caller: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "gen_ai.request.model": self.model.model,
+            "gecko.agent": caller.get("agent"),
+            "gecko.agent_run_id": caller.get("run_id"),
+        }
 
     def usage(self, agent: str | None = None, run_id: str | None = None) -> Usage:
         if run_id is not None:
@@ -297,6 +314,12 @@ class GatewayModel(_ReplicaProxy):
     ) -> None:
         super().__init__(label, replica_names, namespace)
         self.origin = origin
+
+    @property
+    def model(self) -> str:
+        """The LiteLLM model the gateway serves (``openai/gpt-4o-mini``), for traces."""
+        config = (self.origin or {}).get("model") or {}
+        return config.get("model") or self.label
 
     async def complete(
         self,

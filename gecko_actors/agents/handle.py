@@ -42,6 +42,7 @@ from gecko_actors.core.messages import AgentOutput, MessageInput
 from gecko_actors.core.prompt import PromptTemplate
 from gecko_actors.core.sessions import SessionStore
 from gecko_actors.core.tools import ToolContext
+from gecko_actors.core.tracing import with_trace
 from gecko_actors.exceptions import UserError
 from gecko_actors.gateway import resolve_model
 from gecko_actors.memory import Memory
@@ -504,7 +505,9 @@ def unpacked(result: Any, packed: bool) -> AgentOutput:
 
 def with_budget(context: ToolContext | None) -> ToolContext | None:
     """``context``, carrying the budget the caller's task spends from when that budget can
-    travel (the governor keeps it): the agent's run, in its own process, spends from it too."""
+    travel (the governor keeps it): the agent's run, in its own process, spends from it too;
+    and the caller's trace context when tracing is on, so that the run joins its trace."""
+    context = with_trace(context)
     spending = current_spending()
     if spending is None or not spending.travels or (context and context.budget is not None):
         return context

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gecko_actors.core import tracing
 from gecko_actors.core.approval import run_calls
 from gecko_actors.core.budget import Spending, charged, current_spending, spending
 from gecko_actors.core.events import Event, EventBus
@@ -47,9 +48,7 @@ from gecko_actors.exceptions import StructuredOutputError, UserError
 from gecko_actors.logging import get_logger
 
 MAX_TURNS_REACHED = "Max iterations reached."
-current_run: ContextVar[dict[str, str | None] | None] = ContextVar(
-    "gecko_current_run", default=None
-)
+current_run: ContextVar[dict[str, Any] | None] = ContextVar("gecko_current_run", default=None)
 """The agent, run id and session of the run in progress, for code below the engine (a model
 proxy that accounts usage per run, a log processor) without widening its interfaces."""
 _log = get_logger("gecko_actors.engine")
@@ -86,6 +85,7 @@ class _Run:
     output: AgentOutput | None = None
     spending: Spending | None = None  # the budget of the work the run is part of, if any
     model_calls: int = 0  # made so far (a journaled call's key counts them)
+    span: Any = None  # the run's span, when tracing is on
 
     def add(self, message: Message) -> None:
         self.messages.append(message)
@@ -202,15 +202,25 @@ class ReActEngine:
                 async for chunk in self._turns(run, streaming):
                     yield chunk
                 await self._save(run, new_input)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 log.info("agent run cancelled")
+                tracing.end_span(run.span, exc)
                 await self._emit("run_cancelled", run)
                 raise
             except Exception as exc:
+                tracing.end_span(run.span, exc)
                 await self._emit("run_failed", run, error=f"{type(exc).__name__}: {exc}")
                 log.warning("agent run failed", error=type(exc).__name__)
                 raise
             assert run.output is not None
+            tracing.end_span(
+                run.span,
+                **{
+                    "gen_ai.usage.input_tokens": run.usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": run.usage.completion_tokens,
+                    "gen_ai.response.finish_reasons": [run.output.finish_reason or "stop"],
+                },
+            )
             await self._emit(
                 "run_finished",
                 run,
@@ -374,6 +384,25 @@ class ReActEngine:
                 yield item
 
     async def _model_items(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
+        span = None
+        if run.span is not None:
+            attributes = tracing.model_attributes(self.model, run.messages)
+            span = tracing.start_span(
+                f"chat {attributes['gen_ai.request.model']}", attributes, run.span
+            )
+            # What a gateway actor reads of its caller (``_caller``): its span joins this one.
+            current_run.set({**(current_run.get() or {}), "trace": tracing.carrier(span)})
+        try:
+            async for item in self._model_call(run, streaming):
+                if isinstance(item, ModelResponse):
+                    tracing.end_span(span, **tracing.response_attributes(item))
+                    span = None
+                yield item
+        except BaseException as exc:
+            tracing.end_span(span, exc)
+            raise
+
+    async def _model_call(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
         options = self._model_options(run)
         if streaming and supports(self.model, "stream"):
             async for item in self.model.stream(run.messages, **options):
@@ -408,6 +437,9 @@ class ReActEngine:
                 tool_call_id=None,
             )
         messages = ([system] if system else []) + history + user_inputs
+        span = self._span(run_id, session_id, tool_context)
+        if span is not None:  # the run's tools (here or in toolbox actors) join its trace
+            context = dataclasses.replace(context, trace=tracing.carrier(span))
         return _Run(
             run_id=run_id,
             session_id=session_id,
@@ -417,6 +449,22 @@ class ReActEngine:
             tool_context=context,
             # In this process's task, else the budget the caller sent (another process's).
             spending=current_spending() or context.budget,
+            span=span,
+        )
+
+    def _span(self, run_id: str, session_id: str | None, tool_context: ToolContext | None) -> Any:
+        """The run's span: a child of the caller's (from another actor, or this task's)."""
+        return tracing.start_span(
+            f"invoke_agent {self.name}",
+            {
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": self.name,
+                "gen_ai.conversation.id": session_id,
+                "gecko.agent": self.name,
+                "gecko.agent_run_id": run_id,
+                "gecko.run_id": tool_context.run_id if tool_context else None,
+            },
+            parent=tool_context.trace if tool_context else None,
         )
 
     def _history(self, records: list[Any], fixed: list[Message]) -> list[Message]:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from gecko_actors.core import tracing
 from gecko_actors.core.messages import ToolCall
 from gecko_actors.core.tools import Tool, ToolContext, ToolResult, error_text, tool
 from gecko_actors.exceptions import (
@@ -202,6 +203,12 @@ class ToolBox:
         inventing names cannot grow :meth:`stats` without bound.
         """
         context = _with_call_id(context, call.id)
+        with tracing.span(f"execute_tool {call.name}", _attributes(call, context), context.trace):
+            result = await self._execute_call(call, context)
+            tracing.tool_result(result)
+            return result
+
+    async def _execute_call(self, call: ToolCall, context: ToolContext) -> ToolResult:
         try:
             if not self.has(call.name):
                 raise self._not_found(call.name)
@@ -279,6 +286,18 @@ def per_call(
             hint="pass one ToolContext for all calls, or exactly one per call",
         )
     return contexts
+
+
+def _attributes(call: ToolCall, context: ToolContext) -> dict[str, Any]:
+    return {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": call.name,
+        "gen_ai.tool.call.id": call.id,
+        "gen_ai.tool.type": "function",
+        "gen_ai.tool.call.arguments": tracing.content(call.arguments),
+        "gecko.agent": context.agent,
+        "gecko.run_id": context.run_id,
+    }
 
 
 def _with_call_id(context: ToolContext | None, call_id: str) -> ToolContext:

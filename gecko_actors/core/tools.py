@@ -68,6 +68,8 @@ class ToolContext:
             workflow run's, a team's: a ``core.budget.Spending``), set by the runtime.
         journal: the workflow run's effect journal (``checkpoint.journal.Journal``), set by
             the runtime in a workflow node: a call recorded there is not run again.
+        trace: the caller's OpenTelemetry trace context (W3C headers), set by the runtime
+            when tracing is on, so that spans in another actor join the caller's trace.
     """
 
     agent: str | None = None
@@ -78,6 +80,7 @@ class ToolContext:
     attempt: int = 1
     budget: Any = None
     journal: Any = field(default=None, repr=False)
+    trace: dict[str, str] | None = field(default=None, repr=False)
 
 
 class ToolResult(BaseModel):

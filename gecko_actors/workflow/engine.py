@@ -42,6 +42,7 @@ from gecko_actors.checkpoint import (
 )
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.checkpoint.store import CREATOR_EPOCH
+from gecko_actors.core import tracing
 from gecko_actors.core.budget import Budget, stopped
 from gecko_actors.core.interrupt import NodeInterrupt
 from gecko_actors.core.messages import Usage
@@ -201,7 +202,7 @@ class RunEngine(Replayed):
             return await self._record_outcome()
         self.on_event("workflow_started", workflow=self.graph.name, resumed=self.seq > 0)
         try:
-            value = await self.drive()
+            value = await self._traced_drive()
             self.outcome = "waiting" if value is WAITING else "succeeded"
             self.value = None if value is WAITING else value
         except asyncio.CancelledError:
@@ -248,6 +249,13 @@ class RunEngine(Replayed):
         }
         self.on_event(kind.get(self.outcome, "workflow_error"), status=self.outcome, error=error)
         return durable
+
+    async def _traced_drive(self) -> Any:
+        """``drive``, in a span of the run's trace (whose id is derived from the run id)."""
+        attributes = {"gecko.run_id": self.run_id, "gecko.workflow": self.graph.name}
+        parent = tracing.run_context(self.run_id)
+        with tracing.span(f"workflow {self.graph.name}", attributes, parent):
+            return await self.drive()
 
     async def drive(self) -> Any:
         """Run ready visits until none is left; returns the run's result, or ``WAITING``
@@ -385,15 +393,18 @@ class RunEngine(Replayed):
 
     async def _one(self, node: Node, ctx: NodeContext) -> tuple[Any, tuple[StateWrite, ...]]:
         """One attempt, stopped (and waited for) when it times out or is cancelled."""
-        with self.spend.attempt(ctx.node, ctx.visit):  # the attempt's tasks spend from the run
-            attempt = self.executor.start(node, ctx)
-        try:
-            await attempt.started()
-            return await asyncio.wait_for(attempt.result(), node.timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"timed out after {node.timeout}s") from None
-        finally:
-            await attempt.stop()  # a no-op once it has finished
+        # The attempt's tasks and threads start in the node's span: their agents' spans and
+        # the actor calls they make join it.
+        with tracing.span(f"node {node.name}", _node_attributes(node, ctx)):
+            with self.spend.attempt(ctx.node, ctx.visit):  # its tasks spend from the run
+                attempt = self.executor.start(node, ctx)
+            try:
+                await attempt.started()
+                return await asyncio.wait_for(attempt.result(), node.timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"timed out after {node.timeout}s") from None
+            finally:
+                await attempt.stop()  # a no-op once it has finished
 
     def _failed(self, visit: Visit, attempt: int, error: str, start: float) -> WorkflowError:
         self.nodes[visit.node].update(
@@ -512,3 +523,14 @@ class RunEngine(Replayed):
 
 class _Behind(Exception):
     """A step this engine meant to commit was committed by the engine it replaced."""
+
+
+def _node_attributes(node: Node, ctx: NodeContext) -> dict[str, Any]:
+    return {
+        "gecko.run_id": ctx.run_id,
+        "gecko.node": node.name,
+        "gecko.node.kind": node.kind,
+        "gecko.visit": ctx.visit,
+        "gecko.attempt": ctx.attempt,
+        "gecko.item": ctx.item,
+    }

@@ -28,6 +28,7 @@ from gecko_actors import metrics
 from gecko_actors._actors.budgets import open_run_budget
 from gecko_actors.checkpoint import CheckpointStore
 from gecko_actors.checkpoint.index import IndexEntry, RunIndex
+from gecko_actors.core import tracing
 from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import HostBusy, OwnershipLost, UserError, WorkflowError
 from gecko_actors.logging import get_logger
@@ -97,10 +98,13 @@ class WorkflowHost:
         input: Any,
         created_at: float,
         budget: Budget | None = None,
+        traced: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create run ``run_id`` (if absent) and drive it; returns its ``info``. A run id
         that is taken is a UserError; a full host raises HostBusy (nothing is stored). A
-        start retried after a crash of this host finds its own run (by its creation time)."""
+        start retried after a crash of this host finds its own run (by its creation time).
+        ``traced``: the caller's tracing configuration, adopted if this host has none."""
+        tracing.adopt(traced)
         known = run_id in self.runs or run_id in self.opens or run_id in self.recorded
         if not known and self.active() + len(self.opens) >= self.max_runs:
             raise HostBusy(
@@ -117,11 +121,18 @@ class WorkflowHost:
         return self.info(run_id)
 
     async def resume_run(
-        self, run_id: str, uri: str, graph: GraphRef, input: Any, budget: Budget | None = None
+        self,
+        run_id: str,
+        uri: str,
+        graph: GraphRef,
+        input: Any,
+        budget: Budget | None = None,
+        traced: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Continue ``run_id`` from its last committed step: a live run goes on, a failed or
         cancelled one is driven again (with ``budget``, if given), a succeeded one keeps its
         result."""
+        tracing.adopt(traced)
         run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, None, budget))
         await self._continue(run, budget)
         return self.info(run_id)

@@ -19,6 +19,7 @@ from ray import cloudpickle
 from gecko_actors._actors import pools
 from gecko_actors._actors.common import unwrap
 from gecko_actors.checkpoint import Manifest
+from gecko_actors.core import tracing
 from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import HostBusy, WorkflowError
 from gecko_actors.logging import get_logger
@@ -102,14 +103,15 @@ def start(
     created_at = time.time()  # the same in a retry: how a host knows its own run again
     hosts = directory.candidates(run_id, directory.code_env())
     cluster = ray.get_runtime_context().gcs_address
+    traced = tracing.shipped()  # the host traces the run as this process does
     for name in hosts:
         sent = (cluster, name, code.key)
         known = code._replace(blob=None) if sent in _SENT else code
         try:
             try:
-                call(name, "start_run", run_id, uri, known, input, created_at, budget)
+                call(name, "start_run", run_id, uri, known, input, created_at, budget, traced)
             except GraphMissing:  # it lost the graph it was sent: send it again
-                call(name, "start_run", run_id, uri, code, input, created_at, budget)
+                call(name, "start_run", run_id, uri, code, input, created_at, budget, traced)
         except HostBusy:
             continue
         _SENT.add(sent)
@@ -130,5 +132,6 @@ def resume(graph: WorkflowGraph, manifest: Manifest, uri: str, budget: Budget | 
     recorded = manifest.host or ""
     ours = recorded.startswith(directory.host_name(env, ""))
     name = recorded if ours else directory.candidates(manifest.run_id, env)[0]
-    call(name, "resume_run", manifest.run_id, uri, packed(graph), manifest.input, budget)
+    code = packed(graph)
+    call(name, "resume_run", manifest.run_id, uri, code, manifest.input, budget, tracing.shipped())
     return name
