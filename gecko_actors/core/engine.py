@@ -213,14 +213,7 @@ class ReActEngine:
                 log.warning("agent run failed", error=type(exc).__name__)
                 raise
             assert run.output is not None
-            tracing.end_span(
-                run.span,
-                **{
-                    "gen_ai.usage.input_tokens": run.usage.prompt_tokens,
-                    "gen_ai.usage.output_tokens": run.usage.completion_tokens,
-                    "gen_ai.response.finish_reasons": [run.output.finish_reason or "stop"],
-                },
-            )
+            tracing.end_span(run.span, **tracing.usage_attributes(run.usage, run.output))
             await self._emit(
                 "run_finished",
                 run,
@@ -384,23 +377,11 @@ class ReActEngine:
                 yield item
 
     async def _model_items(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
-        span = None
-        if run.span is not None:
-            attributes = tracing.model_attributes(self.model, run.messages)
-            span = tracing.start_span(
-                f"chat {attributes['gen_ai.request.model']}", attributes, run.span
-            )
-            # What a gateway actor reads of its caller (``_caller``): its span joins this one.
-            current_run.set({**(current_run.get() or {}), "trace": tracing.carrier(span)})
-        try:
-            async for item in self._model_call(run, streaming):
-                if isinstance(item, ModelResponse):
-                    tracing.end_span(span, **tracing.response_attributes(item))
-                    span = None
-                yield item
-        except BaseException as exc:
-            tracing.end_span(span, exc)
-            raise
+        items = self._model_call(run, streaming)
+        if run.span is not None:  # a gateway actor's span joins this call's (``_caller``)
+            items = tracing.traced_chat(items, self.model, run.messages, run.span, current_run)
+        async for item in items:
+            yield item
 
     async def _model_call(self, run: _Run, streaming: bool) -> AsyncIterator[str | ModelResponse]:
         options = self._model_options(run)
@@ -437,7 +418,7 @@ class ReActEngine:
                 tool_call_id=None,
             )
         messages = ([system] if system else []) + history + user_inputs
-        span = self._span(run_id, session_id, tool_context)
+        span = tracing.agent_span(self.name, run_id, session_id, tool_context)
         if span is not None:  # the run's tools (here or in toolbox actors) join its trace
             context = dataclasses.replace(context, trace=tracing.carrier(span))
         return _Run(
@@ -450,21 +431,6 @@ class ReActEngine:
             # In this process's task, else the budget the caller sent (another process's).
             spending=current_spending() or context.budget,
             span=span,
-        )
-
-    def _span(self, run_id: str, session_id: str | None, tool_context: ToolContext | None) -> Any:
-        """The run's span: a child of the caller's (from another actor, or this task's)."""
-        return tracing.start_span(
-            f"invoke_agent {self.name}",
-            {
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": self.name,
-                "gen_ai.conversation.id": session_id,
-                "gecko.agent": self.name,
-                "gecko.agent_run_id": run_id,
-                "gecko.run_id": tool_context.run_id if tool_context else None,
-            },
-            parent=tool_context.trace if tool_context else None,
         )
 
     def _history(self, records: list[Any], fixed: list[Message]) -> list[Message]:

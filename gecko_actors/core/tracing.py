@@ -30,11 +30,13 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
 from gecko_actors._redact import redact
+from gecko_actors.core.models import ModelResponse
 from gecko_actors.core.tools import ToolContext
 from gecko_actors.exceptions import ConfigurationError, UserError
 
@@ -225,6 +227,51 @@ def content(value: Any) -> str | None:
     except (TypeError, ValueError):
         text = str(value)
     return redact(text)[:_CONTENT_CHARS]
+
+
+def agent_span(name: str, run_id: str, session_id: str | None, context: ToolContext | None) -> Any:
+    """An agent run's span: a child of the caller's (from another actor, or this task's)."""
+    return start_span(
+        f"invoke_agent {name}",
+        {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": name,
+            "gen_ai.conversation.id": session_id,
+            "gecko.agent": name,
+            "gecko.agent_run_id": run_id,
+            "gecko.run_id": context.run_id if context else None,
+        },
+        parent=context.trace if context else None,
+    )
+
+
+async def traced_chat(
+    items: AsyncIterator[Any], model: Any, messages: Any, parent: Any, caller: ContextVar[Any]
+) -> AsyncIterator[Any]:
+    """A model call's items, inside a ``chat <model>`` span (child of ``parent``) that ends
+    with the response's usage; ``caller`` (the engine's ``current_run``) gets the span's
+    carrier, so that a gateway replica's span joins it."""
+    attributes = model_attributes(model, messages)
+    current = start_span(f"chat {attributes['gen_ai.request.model']}", attributes, parent)
+    caller.set({**(caller.get() or {}), "trace": carrier(current)})
+    try:
+        async for item in items:
+            if isinstance(item, ModelResponse):  # the last item; text chunks come before it
+                end_span(current, **response_attributes(item))
+                current = None
+            yield item
+    except BaseException as exc:
+        end_span(current, exc)
+        raise
+
+
+def usage_attributes(usage: Any, output: Any) -> dict[str, Any]:
+    """The GenAI attributes of a finished agent run."""
+    return {
+        "gen_ai.usage.input_tokens": usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": usage.completion_tokens,
+        "gen_ai.response.finish_reasons": [output.finish_reason or "stop"],
+    }
 
 
 def model_name(model: Any) -> str:
