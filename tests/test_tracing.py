@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +130,31 @@ def test_a_failed_tool_and_a_failed_run_are_error_spans(spans):
     assert by_name(spans)["invoke_agent b"].status.status_code.name == "ERROR"
 
 
+async def test_a_streamed_run_ends_its_chat_spans(spans):
+    agent = LocalAgent(scripted(), [lookup], name="streamer")
+    chunks = [chunk async for chunk in agent.stream("Weather?")]
+    assert "".join(chunks) == "done"
+    chats = [s for s in spans.get_finished_spans() if s.name == "chat ScriptedModel"]
+    assert len(chats) == 2
+    assert [c.attributes["gen_ai.response.finish_reasons"] for c in chats] == [
+        ("tool_calls",),
+        ("stop",),
+    ]
+
+
+def test_the_environment_turns_tracing_on_in_a_new_process(tmp_path):
+    script = (
+        "from gecko_actors import LocalAgent, ScriptedModel, tracing_enabled\n"
+        "LocalAgent(ScriptedModel(['hi']), name='env').run('x')\n"
+        "assert tracing_enabled()\n"
+    )
+    env = {**os.environ, "GECKO_TRACE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    [spans] = read_spans(tmp_path).values()
+    assert [span["name"] for span in spans][-1] == "invoke_agent env"
+    assert spans[-1]["resource"]["attributes"]["service.name"] == "gecko-actors"
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(UserError, match="somewhere"):
         configure_tracing()
@@ -165,10 +193,16 @@ def test_one_run_is_one_trace_across_host_agents_gateway_and_toolbox(ray_session
         second = Agent.spawn(f"second-{tag}", model=gateway, tools=box)
         wf = Workflow(f"traced-{tag}").add_node("first", first).add_node("second", second)
         wf.add_edge("first", "second")
+        checkpoint = str(tmp_path / "ckpt")
         configure_tracing(directory=tmp_path / "spans")
         try:
-            run = wf.start("weather?", run_id=f"run-{tag}", checkpoint=str(tmp_path / "ckpt"))
+            run = wf.start("weather?", run_id=f"run-{tag}", checkpoint=checkpoint)
             assert run.result(timeout=120).content == "it is sunny"
+            shutdown_tracing()
+            # The actors adopted the driver's configuration: they trace traced work only.
+            plain = wf.start("weather?", run_id=f"plain-{tag}", checkpoint=checkpoint)
+            assert plain.result(timeout=120).content == "it is sunny"
+            assert first.run("weather?").content == "it is sunny"
         finally:
             shutdown_tracing()
             for agent in (first, second):
@@ -177,6 +211,8 @@ def test_one_run_is_one_trace_across_host_agents_gateway_and_toolbox(ray_session
             gateway.kill()
     files = read_spans(tmp_path / "spans")
     every = [span for spans in files.values() for span in spans]
+    assert len([s for s in every if s["name"].startswith("invoke_agent ")]) == 2
+    assert not [s for s in every if s["attributes"].get("gecko.run_id") == f"plain-{tag}"]
     names = {span["name"] for span in every}
     expected = {
         f"workflow traced-{tag}",

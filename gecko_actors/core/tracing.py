@@ -53,6 +53,9 @@ class _Tracing:
     tracer: Any
     record_content: bool
     shipped: dict[str, Any] | None  # what travels with the context (None: nodes use env)
+    # Configured by a caller's carrier, not by this process: it then traces only the work
+    # that arrives traced (a later untraced call, or run, stays untraced).
+    adopted: bool = False
 
 
 _state: _Tracing | None = None
@@ -112,8 +115,9 @@ def shutdown_tracing() -> None:
 
 
 def tracing_enabled() -> bool:
-    """Whether this process records spans."""
-    return _current() is not None
+    """Whether this process records spans (of the work that arrives traced, when only a
+    traced call turned it on)."""
+    return _configured() is not None
 
 
 # --- spans ------------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ def carrier(current: Any = None) -> dict[str, str] | None:
     """The W3C trace context of ``current`` (a span; the current one if ``None``) as a dict
     that travels with an actor call, with the configuration other processes adopt; ``None``
     when tracing is off."""
-    state = _current()
+    state = _current(current)
     if state is None:
         return None
     from opentelemetry import propagate, trace
@@ -187,10 +191,13 @@ def with_trace(context: ToolContext | None) -> ToolContext | None:
     return dataclasses.replace(context or ToolContext(), trace=found)
 
 
-def run_context(run_id: str) -> Any:
+def run_context(run_id: str, traced: bool = True) -> Any:
     """The parent of every span of workflow run ``run_id``: a trace id derived from the run
-    id, so that each drive of the run, on any host, lands in the same trace."""
-    if _current() is None:
+    id, so that each drive of the run, on any host, lands in the same trace. ``None`` when
+    the run is not traced (``traced``: whether its start asked for it, which is what counts
+    in a process that only adopted a caller's configuration)."""
+    state = _configured()
+    if state is None or (state.adopted and not traced):
         return None
     from opentelemetry import trace
 
@@ -206,20 +213,20 @@ def run_context(run_id: str) -> Any:
 
 def shipped() -> dict[str, Any] | None:
     """The configuration that travels to other processes (``None``: none does)."""
-    state = _current()
+    state = _configured()
     return None if state is None else state.shipped
 
 
 def adopt(config: Mapping[str, Any] | None) -> None:
     """Configure this process from a traveller's configuration, unless it already is."""
-    if config and _current() is None:
-        _install(dict(config), None, ship=True)
+    if config and _configured() is None:
+        _install(dict(config), None, ship=True, adopted=True)
 
 
 def content(value: Any) -> str | None:
     """``value`` as JSON for a span attribute, redacted and clipped, when content is recorded
     (``None`` otherwise)."""
-    state = _current()
+    state = _configured()
     if state is None or not state.record_content:
         return None
     try:
@@ -331,13 +338,34 @@ def _dump_messages(messages: Any) -> Any:
 # --- configuration ------------------------------------------------------------------------------
 
 
-def _current(parent: Any = None) -> _Tracing | None:
-    if _state is None:
-        if isinstance(parent, Mapping) and _CONFIG_KEY in parent:
-            adopt(json.loads(parent[_CONFIG_KEY]))
-        elif not _env_checked:
-            _from_environment()
+def _configured() -> _Tracing | None:
+    if _state is None and not _env_checked:
+        _from_environment()
     return _state
+
+
+def _current(parent: Any = None) -> _Tracing | None:
+    """The tracing state, if a span with ``parent`` (see :func:`span`) is to be recorded."""
+    if _state is None and _is_carrier(parent) and _CONFIG_KEY in parent:
+        adopt(json.loads(parent[_CONFIG_KEY]))
+    state = _configured()
+    if state is None or not state.adopted:
+        return state
+    if _is_carrier(parent):
+        return state if _CONFIG_KEY in parent else None
+    if parent is not None:  # a span or context that our code took from traced work
+        return state
+    from opentelemetry import trace
+
+    return state if trace.get_current_span().is_recording() else None
+
+
+def _is_carrier(parent: Any) -> bool:
+    if not isinstance(parent, Mapping):
+        return False
+    from opentelemetry.context import Context
+
+    return not isinstance(parent, Context)  # (a Context is a dict too)
 
 
 def _from_environment() -> None:
@@ -363,7 +391,7 @@ def _from_environment() -> None:
     _install(config, None, ship=False)
 
 
-def _install(config: dict[str, Any], exporter: Any, *, ship: bool) -> None:
+def _install(config: dict[str, Any], exporter: Any, *, ship: bool, adopted: bool = False) -> None:
     global _state, _env_checked
     try:
         from opentelemetry.sdk.resources import Resource
@@ -389,6 +417,7 @@ def _install(config: dict[str, Any], exporter: Any, *, ship: bool) -> None:
         provider.get_tracer("gecko_actors"),
         bool(config.get("content")),
         {**config, "endpoint": None if endpoint == "env" else endpoint} if travels else None,
+        adopted,
     )
     with _lock:
         previous, _state, _env_checked = _state, state, True

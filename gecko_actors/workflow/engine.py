@@ -108,6 +108,9 @@ class RunEngine(Replayed):
         self.store = store
         self.executor = executor
         self.on_event = on_event or (lambda kind, **data: None)
+        # Whether the run's start asked for a trace: what a host that only adopted a
+        # caller's tracing configuration goes by (see core/tracing.py).
+        self.traced = True
         self.epoch = 0
         self.created = False  # whether open() created the run
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -253,7 +256,7 @@ class RunEngine(Replayed):
     async def _traced_drive(self) -> Any:
         """``drive``, in a span of the run's trace (whose id is derived from the run id)."""
         attributes = {"gecko.run_id": self.run_id, "gecko.workflow": self.graph.name}
-        parent = tracing.run_context(self.run_id)
+        parent = tracing.run_context(self.run_id, self.traced)
         with tracing.span(f"workflow {self.graph.name}", attributes, parent):
             return await self.drive()
 

@@ -113,7 +113,8 @@ class WorkflowHost:
                 host=self.name,
             )
         run = await self._held(
-            run_id, lambda: self._open(run_id, uri, graph, input, created_at, budget)
+            run_id,
+            lambda: self._open(run_id, uri, graph, input, created_at, budget, traced is not None),
         )
         manifest = run.manifest
         if (manifest.host, manifest.created_at) != (self.name, created_at):
@@ -133,7 +134,9 @@ class WorkflowHost:
         cancelled one is driven again (with ``budget``, if given), a succeeded one keeps its
         result."""
         tracing.adopt(traced)
-        run = await self._held(run_id, lambda: self._open(run_id, uri, graph, input, None, budget))
+        run = await self._held(
+            run_id, lambda: self._open(run_id, uri, graph, input, None, budget, traced is not None)
+        )
         await self._continue(run, budget)
         return self.info(run_id)
 
@@ -187,6 +190,7 @@ class WorkflowHost:
         input: Any,
         created_at: float | None,
         budget: Budget | None = None,
+        traced: bool = False,
     ) -> DrivenRun:
         """Open the run (creating it only for a start: ``created_at`` given) and drive it."""
         definition = await self._graph(graph)
@@ -196,9 +200,11 @@ class WorkflowHost:
         run.entry = {"uri": uri, "graph": graph.key, "target": graph.target}
 
         def engine(sink: Any) -> RunEngine:
-            return RunEngine(
+            made = RunEngine(
                 definition, run_id, store, executor, on_event=sink, budgets=open_run_budget
             )
+            made.traced = traced
+            return made
 
         create = created_at is not None  # a resume never makes a run that is gone
 
