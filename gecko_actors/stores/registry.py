@@ -7,7 +7,16 @@ Built in:
 ``sqlite:///<path>``        sessions in a SQLite file (:class:`SQLiteSessionStore`, the default)
 ``redis://host:port/db``    sessions in Redis, shared across nodes (:class:`RedisSessionStore`,
                             extra ``redis``); ``rediss://`` for TLS
+``postgresql://host/db``    sessions in PostgreSQL (:class:`PostgresSessionStore`, extra
+                            ``postgres``); ``postgres://`` too
 ``lancedb://<path>``        vectors in a LanceDB directory (:class:`LanceVectorStore`)
+``pgvector://host/db``      vectors in PostgreSQL with pgvector (extra ``pgvector``)
+``qdrant://...``            vectors in Qdrant: ``qdrant:///<folder>`` embedded, or a server
+                            (extra ``qdrant``)
+``chroma://...``            vectors in Chroma: ``chroma:///<folder>`` persistent, or a server
+                            (extra ``chroma``)
+``milvus://...``            vectors in Milvus: ``milvus:///<file>.db`` is Milvus Lite, or a
+                            server (extra ``milvus``)
 ==========================  =====================================================================
 
 Other packages add schemes with :func:`register_session_store` / :func:`register_vector_store`,
@@ -67,7 +76,9 @@ _EXAMPLES = {
     ),
     "vector": (
         "use 'lancedb://<directory>' ('lancedb://vectors' is relative to the current "
-        "directory, 'lancedb:///var/data/vectors' is absolute)"
+        "directory, 'lancedb:///var/data/vectors' is absolute), 'pgvector://host/db', "
+        "'qdrant:///<folder>' or 'qdrant://host:6333', 'chroma:///<folder>' or "
+        "'chroma://host:8000', 'milvus:///<file>.db' or 'milvus://host:19530'"
     ),
 }
 
