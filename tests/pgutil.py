@@ -12,9 +12,13 @@ which Debian 12 does not package). :func:`pgserver_bin_dir` gives that bundled c
 tests that need pgvector (``CREATE EXTENSION vector``).
 
 PostgreSQL refuses to run as root, and CI runs the tests as root: then ``initdb`` and
-``postgres`` run as the unprivileged ``nobody``, which owns the data and socket directories;
-the directory given and its parents get the "search" bit for others (``o+x``, never read)
-so that ``nobody`` can reach them, as pgserver itself does (it adds read too).
+``postgres`` run as the unprivileged ``nobody``, and the data and socket directories are in a
+private directory of their own in the system's temporary directory, owned by ``nobody`` and
+removed at the end. Not below pytest's ``tmp_path``: pytest's base directory is 0700, and
+every pytest session starting on the machine makes it 0700 again, so opening it to
+``nobody`` would race with them (initdb then fails half-way with "Permission denied"). The
+bin directory and its parents get the search bit for others (``o+x``) if they lack it, as
+pgserver itself does for its binaries.
 
 Without any server binaries the tests are skipped, unless ``GECKO_REQUIRE_POSTGRES`` is set
 (CI sets it): then they fail, so they can never be skipped there unnoticed.
@@ -31,14 +35,15 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote
 
 import pytest
-from s3util import free_port
 
 __all__ = [
     "REQUIRE_ENV",
@@ -69,7 +74,9 @@ class PostgresServer:
         user: the superuser's name.
         password: its password (``None``: the server trusts connections from 127.0.0.1).
         dbname: the database created for the tests.
-        directory: where the data, socket and log are.
+        directory: the directory given, with the log (``postgres.log``).
+        data_dir: the data directory: ``directory/data``, or, as root, in a private directory
+            elsewhere (see the module's docstring).
         bin_dir: the binaries it runs.
     """
 
@@ -79,13 +86,15 @@ class PostgresServer:
     password: str | None = field(repr=False)
     dbname: str
     directory: Path
+    data_dir: Path
     bin_dir: Path
 
     @property
     def url(self) -> str:
         """``postgresql://user[:password]@127.0.0.1:port/dbname``."""
         secret = f":{quote(self.password, safe='')}" if self.password else ""
-        return f"postgresql://{quote(self.user, safe='')}{secret}@{self.host}:{self.port}/{self.dbname}"
+        user = quote(self.user, safe="")
+        return f"postgresql://{user}{secret}@{self.host}:{self.port}/{self.dbname}"
 
     @property
     def log(self) -> Path:
@@ -106,9 +115,11 @@ class PostgresServer:
         return kwargs
 
 
-def _skip_or_fail(reason: str) -> None:
+def _skip_or_fail(reason: str) -> NoReturn:
     # CI sets GECKO_REQUIRE_POSTGRES, so these tests can never be skipped there.
-    (pytest.fail if os.environ.get(REQUIRE_ENV) else pytest.skip)(reason)
+    if os.environ.get(REQUIRE_ENV):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def _has_server(directory: Path | None) -> bool:
@@ -120,18 +131,24 @@ def _has_server(directory: Path | None) -> bool:
 def pgserver_bin_dir() -> Path:
     """The bin directory of the PostgreSQL (16, with pgvector) bundled in the ``pgserver``
     wheel. Skips the test if pgserver is not installed (fails under ``GECKO_REQUIRE_POSTGRES``).
-
-    The package is located, never imported: importing it creates lock files and may start a
-    server of its own.
     """
+    found = _pgserver_bin_dir()
+    if found is None:
+        _skip_or_fail(
+            "pgserver (PostgreSQL 16 with pgvector) is not installed: pip install pgserver"
+        )
+    return found
+
+
+def _pgserver_bin_dir() -> Path | None:
+    # The package is located, never imported: importing it creates lock files and may start a
+    # server of its own.
     spec = importlib.util.find_spec("pgserver")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
+    for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "pginstall" / "bin"
         if _has_server(candidate):
             return candidate
-    _skip_or_fail("pgserver (PostgreSQL 16 with pgvector) is not installed: pip install pgserver")
-    raise AssertionError("unreachable")  # pytest.skip raises
+    return None
 
 
 def _system_bin_dirs() -> Iterator[Path]:
@@ -155,10 +172,10 @@ def _system_bin_dirs() -> Iterator[Path]:
 def find_bin_dir() -> Path:
     """A directory with ``initdb`` and ``postgres``: this machine's PostgreSQL, else
     pgserver's. Skips the test if there is none (fails under ``GECKO_REQUIRE_POSTGRES``)."""
-    for candidate in _system_bin_dirs():
+    for candidate in [*_system_bin_dirs(), _pgserver_bin_dir()]:
         if _has_server(candidate):
             return candidate
-    return pgserver_bin_dir()
+    _skip_or_fail(f"no PostgreSQL server found: {SERVER_HINT}")
 
 
 # --- running as root ---------------------------------------------------------------------------
@@ -176,7 +193,7 @@ def _run_as() -> pwd.struct_passwd | None:
 
 def _let_through(path: Path) -> None:
     """Give others the search bit on ``path`` and its parents, so that the unprivileged server
-    can reach files below (pytest's base temporary directory is 0700)."""
+    can reach files below."""
     for directory in [path, *path.parents]:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
@@ -184,10 +201,25 @@ def _let_through(path: Path) -> None:
 
 
 def _owned_dir(path: Path, account: pwd.struct_passwd | None) -> Path:
-    path.mkdir(mode=0o700)
+    path.mkdir(mode=0o700, exist_ok=True)
     if account is not None:
         os.chown(path, account.pw_uid, account.pw_gid)
     return path
+
+
+@contextlib.contextmanager
+def _home(directory: Path, account: pwd.struct_passwd | None) -> Iterator[Path]:
+    """Where the data and socket directories go: ``directory``, or as root a private
+    directory of ``nobody``'s, out of pytest's 0700 tree (see the module's docstring)."""
+    if account is None:
+        yield directory
+        return
+    home = Path(tempfile.mkdtemp(prefix="gecko-postgres-"))
+    try:
+        _let_through(home.parent)
+        yield _owned_dir(home, account)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -207,8 +239,9 @@ def postgres_server(
     127.0.0.1 port; yield it, then stop it (fast shutdown, then kill).
 
     Args:
-        directory: an existing directory for the data (``data/``), the Unix socket
-            (``socket/``) and the log (``postgres.log``).
+        directory: an existing directory for the log (``postgres.log``), the data
+            (``data/``) and the Unix socket (``socket/``); as root, the data and socket are in
+            a private directory elsewhere, removed at the end.
         bin_dir: the directory of ``initdb`` and ``postgres``: ``pgserver_bin_dir()`` for
             pgvector; ``None`` finds one (:func:`find_bin_dir`), or skips.
         password: the superuser's password: connections over TCP must give it
@@ -217,17 +250,35 @@ def postgres_server(
         dbname: a database created for the tests (``postgres`` always exists too).
         timeout: seconds to wait for the server to accept connections.
     """
-    psycopg = _psycopg()
     bin_dir = Path(bin_dir) if bin_dir is not None else find_bin_dir()
     if not _has_server(bin_dir):
         pytest.fail(f"{bin_dir} has no initdb and postgres: pass the bin directory of PostgreSQL")
-    directory = Path(directory).resolve()
     account = _run_as()
     if account is not None:
-        _let_through(directory)
         _let_through(bin_dir)
-    data = _owned_dir(directory / "data", account)
-    sockets = _owned_dir(directory / "socket", account)
+    directory = Path(directory).resolve()
+    settings = (password, user, dbname, timeout)
+    with (
+        _home(directory, account) as home,
+        _run(directory, home, bin_dir, account, *settings) as pg,
+    ):
+        yield pg
+
+
+@contextlib.contextmanager
+def _run(
+    directory: Path,
+    home: Path,
+    bin_dir: Path,
+    account: pwd.struct_passwd | None,
+    password: str | None,
+    user: str,
+    dbname: str,
+    timeout: float,
+) -> Iterator[PostgresServer]:
+    psycopg = _psycopg()
+    data = _owned_dir(home / "data", account)
+    sockets = _owned_dir(home / "socket", account)
     log_path = directory / "postgres.log"
     as_user = (
         {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
@@ -240,7 +291,7 @@ def postgres_server(
     initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", user, "-E", "UTF8"]
     initdb += ["--no-locale", "--no-sync", "--auth-local=trust"]
     if password:
-        pwfile = directory / "pwfile"
+        pwfile = home / "pwfile"
         pwfile.write_text(password + "\n")
         pwfile.chmod(0o644)  # read by the server's account; removed right after
         initdb += ["--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
@@ -256,25 +307,31 @@ def postgres_server(
     if done.returncode != 0:
         pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
-    port = free_port()
-    socket_dir = str(sockets) if len(f"{sockets}/.s.PGSQL.{port}") <= _MAX_SOCKET_PATH else ""
-    command = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1"]
-    command += ["-k", socket_dir]
-    # A test server: durability is not needed, speed is.
-    for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
-        command += ["-c", setting]
-    server = PostgresServer("127.0.0.1", port, user, password, dbname, directory, bin_dir)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # a Ctrl-C of the tests does not reach it; we stop it
-            **as_user,
-        )
+    from s3util import free_port  # here: s3util imports moto, and workers import this module
+
+    for attempt in range(3):
+        # The free port may be taken by someone else before the server binds it: then again.
+        port = free_port()
+        socket_dir = str(sockets) if len(f"{sockets}/.s.PGSQL.{port}") <= _MAX_SOCKET_PATH else ""
+        command = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port)]
+        command += ["-h", "127.0.0.1", "-k", socket_dir]
+        # A test server: durability is not needed, speed is.
+        for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
+            command += ["-c", setting]
+        server = PostgresServer("127.0.0.1", port, user, password, dbname, directory, data, bin_dir)
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # a Ctrl-C of the tests does not reach it; we stop it
+                **as_user,
+            )
+        if _wait_ready(psycopg, server, process, timeout, start, last=attempt == 2):
+            break
     try:
-        _wait_ready(psycopg, server, process, timeout)
         if dbname != "postgres":
             with psycopg.connect(**server.connect_kwargs("postgres"), autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
@@ -291,19 +348,33 @@ def _psycopg():
     return psycopg
 
 
-def _wait_ready(psycopg, server: PostgresServer, process: subprocess.Popen, timeout: float):
+def _wait_ready(
+    psycopg,
+    server: PostgresServer,
+    process: subprocess.Popen,
+    timeout: float,
+    start: int,
+    last: bool,
+) -> bool:
+    """Wait until the server accepts connections (True), or it exited because its port was
+    taken (False, unless ``last``); anything else fails the test, showing the log."""
     # Ready means a connection succeeds, not that the port is open: the server listens a moment
     # before it accepts (it is still starting up, or recovering).
     deadline = time.monotonic() + timeout
     while True:
         try:
             with psycopg.connect(**server.connect_kwargs("postgres")):
-                return
+                return True
         except psycopg.OperationalError as exc:
             error = exc
         if process.poll() is not None or time.monotonic() > deadline:
             state = "exited" if process.poll() is not None else f"not ready after {timeout:g} s"
-            log = server.log.read_text(errors="replace") if server.log.exists() else ""
+            _stop(process)
+            with open(server.log, "rb") as file:
+                file.seek(start)
+                log = file.read().decode(errors="replace")
+            if "could not bind" in log and not last:
+                return False
             pytest.fail(
                 f"PostgreSQL ({server.bin_dir}) on port {server.port} {state}: {error}\n"
                 f"--- {server.log} ---\n{log}"

@@ -71,8 +71,9 @@ _EXAMPLES = {
     "session": (
         "use 'memory://' (in-process, lost on exit), 'sqlite:///<path>' "
         "('sqlite:///sessions.db' is relative to the current directory, "
-        "'sqlite:////var/data/sessions.db' is absolute) or 'redis://localhost:6379/0' "
-        '(shared across nodes; pip install "gecko-actors[redis]")'
+        "'sqlite:////var/data/sessions.db' is absolute), 'redis://localhost:6379/0' "
+        '(shared across nodes; pip install "gecko-actors[redis]") or '
+        "'postgresql://user@host:5432/db' (pip install \"gecko-actors[postgres]\")"
     ),
     "vector": (
         "use 'lancedb://<directory>' ('lancedb://vectors' is relative to the current "
