@@ -55,9 +55,7 @@ def lookup(city: str) -> str:
 
 
 def scripted() -> ScriptedModel:
-    return ScriptedModel(
-        [ScriptedModel.call("lookup", city="Lizardton"), "done"]
-    )
+    return ScriptedModel([ScriptedModel.call("lookup", city="Lizardton"), "done"])
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, Any]:
@@ -108,9 +106,9 @@ def test_content_is_recorded_on_request_and_redacted():
     found = by_name(exporter)
     arguments = found["execute_tool lookup"].attributes["gen_ai.tool.call.arguments"]
     assert "Lizardton" in arguments
-    assert "sunny in Lizardton" in found["execute_tool lookup"].attributes[
-        "gen_ai.tool.call.result"
-    ]
+    assert (
+        "sunny in Lizardton" in found["execute_tool lookup"].attributes["gen_ai.tool.call.result"]
+    )
     assert "Weather?" in found["chat ScriptedModel"].attributes["gen_ai.input.messages"]
     assert all(SECRET not in str(dict(s.attributes)) for s in exporter.get_finished_spans())
 
