@@ -4,7 +4,9 @@ Run: python benchmarks/bench_core.py
 
 - token counting: warm LRU cache vs cold (encoding every message);
 - tools: execute_many on I/O-bound tools vs running them one by one;
-- engine overhead: a full ReAct run with one tool call vs the two bare model calls it makes.
+- engine overhead: a full ReAct run with one tool call vs the two bare model calls it makes;
+- tracing: the same runs with OpenTelemetry tracing on (4 spans a run, in-memory exporter) vs
+  off (the default).
 """
 
 from __future__ import annotations
@@ -96,7 +98,36 @@ def bench_engine_overhead(runs: int = 300) -> None:
     )
 
 
+def bench_tracing_overhead(runs: int = 300) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gecko_actors import configure_tracing, shutdown_tracing
+
+    def reply(messages, tools):
+        return "done" if messages[-1].role == "tool" else ScriptedModel.call("add", a=1, b=2)
+
+    agent = LocalAgent(ScriptedModel(reply), [add])
+
+    async def engine_runs() -> None:
+        for _ in range(runs):
+            await agent.arun("go")
+
+    off_s = _timed(lambda: asyncio.run(engine_runs()), repeat=3)
+    exporter = InMemorySpanExporter()
+    configure_tracing(exporter=exporter)
+    try:
+        on_s = _timed(lambda: asyncio.run(engine_runs()), repeat=3)
+    finally:
+        shutdown_tracing()
+    spans = len(exporter.get_finished_spans()) // (runs * 3)
+    print(
+        f"{runs} ReAct runs, tracing off {off_s:.3f} s, on {on_s:.3f} s ({spans} spans a run)"
+        f" → tracing on ÷ off x{on_s / off_s:.2f}"
+    )
+
+
 if __name__ == "__main__":
     bench_token_cache()
     bench_tool_concurrency()
     bench_engine_overhead()
+    bench_tracing_overhead()

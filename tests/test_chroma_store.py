@@ -31,7 +31,6 @@ from test_vector_conformance import (  # noqa: F401  (collected here, on a Chrom
     test_concurrent_writers_on_one_table,
     test_delete_by_ids_and_by_source_and_source_hashes,
     test_ids_upsert_and_the_last_repeat_wins,
-    test_ingest_and_the_retrieval_tool_work_unchanged,
     test_precomputed_vectors_and_pickling,
     test_text_modes_where_supported,
     test_where_uses_json_equality,

@@ -248,11 +248,10 @@ def test_ingest_and_the_retrieval_tool_work_unchanged(make_store, tmp_path: Path
     store = make_store()
     first = ingest(docs, store=store, embed_actors=1)
     assert first.ingested == 7 and first.chunks == 7
-    assert ingest(docs, store=store).unchanged == 7  # nothing twice
     (docs / "note0.md").unlink()
     (docs / "fact.md").write_text("The capital of Geckoland is Lizardton, on the river Scale.\n")
-    third = ingest(docs, store=store)
-    assert third.ingested == 1 and third.unchanged == 5
+    again = ingest(docs, store=store, embed_actors=1)
+    assert again.ingested == 1 and again.unchanged == 5  # the rest is not stored twice
     search = retrieval_tool(store, k=1)
     seen: list[str] = []
 

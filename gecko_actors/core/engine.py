@@ -36,6 +36,7 @@ from gecko_actors.core.messages import (
     MessageInput,
     ToolCall,
     Usage,
+    answerable,
     to_messages,
 )
 from gecko_actors.core.models import ChatModel, ModelResponse, supports
@@ -241,7 +242,7 @@ class ReActEngine:
                     yield item
             assert response is not None
             run.usage += response.usage
-            message = _answerable(response.message)
+            message = answerable(response.message)
             run.add(message)
             await _call_hook(self.hooks.on_turn_end, turn, message)
             if await self._handle(run, message):
@@ -537,43 +538,6 @@ def _call_contexts(context: ToolContext, *, first: int, count: int) -> list[Tool
         dataclasses.replace(context, idempotency_key=f"{context.idempotency_key}/call-{k}")
         for k in range(first, first + count)
     ]
-
-
-def _answerable(message: Message) -> Message:
-    """``message`` with tool calls that can be answered and stored.
-
-    Each call needs a tool result message naming its id (providers reject the next request
-    otherwise, and a tool message without one is invalid), but a provider or proxy may send a
-    call with an empty id: it gets one. A name or arguments text holding a lone surrogate
-    (``"\\ud800"`` decoded from JSON) cannot be encoded as UTF-8, so no session could store
-    the turn: such characters are escaped. Without this the run would crash instead of
-    answering the call with an error.
-    """
-    if all(call.id and _encodable(call.name + call.arguments) for call in message.tool_calls):
-        return message
-    calls = [
-        call.model_copy(
-            update={
-                "id": call.id or f"call_{uuid.uuid4().hex[:24]}",
-                "name": _escape_surrogates(call.name),
-                "arguments": _escape_surrogates(call.arguments),
-            }
-        )
-        for call in message.tool_calls
-    ]
-    return message.model_copy(update={"tool_calls": calls})
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _escape_surrogates(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _call_hook(hook: Callable[..., Any] | None, *args: Any) -> None:

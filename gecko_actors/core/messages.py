@@ -7,6 +7,7 @@ conversion both ways and an exact msgpack form (plain data, never pickle).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -302,6 +303,43 @@ class AgentOutput(_Packable):
 
 
 MessageInput = str | Message | dict[str, Any] | Sequence[Message | dict[str, Any]]
+
+
+def answerable(message: Message) -> Message:
+    """``message`` with tool calls that can be answered and stored.
+
+    Each call needs a tool result message naming its id (providers reject the next request
+    otherwise, and a tool message without one is invalid), but a provider or proxy may send a
+    call with an empty id: it gets one. A name or arguments text holding a lone surrogate
+    (``"\\ud800"`` decoded from JSON) cannot be encoded as UTF-8, so no session could store
+    the turn: such characters are escaped. Without this the run would crash instead of
+    answering the call with an error.
+    """
+    if all(call.id and _encodable(call.name + call.arguments) for call in message.tool_calls):
+        return message
+    calls = [
+        call.model_copy(
+            update={
+                "id": call.id or f"call_{uuid.uuid4().hex[:24]}",
+                "name": _escape_surrogates(call.name),
+                "arguments": _escape_surrogates(call.arguments),
+            }
+        )
+        for call in message.tool_calls
+    ]
+    return message.model_copy(update={"tool_calls": calls})
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_surrogates(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def to_messages(value: MessageInput) -> list[Message]:

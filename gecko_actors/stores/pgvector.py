@@ -29,27 +29,31 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import unquote
 
-from gecko_actors._redact import register_secret
 from gecko_actors._text import CONTROL_CHARACTER, clip
 from gecko_actors.core.embedders import Embedder
 from gecko_actors.exceptions import ConfigurationError, StorageError, UserError
-from gecko_actors.stores.postgres_sessions import PASSWORD_ENV
-from gecko_actors.stores.registry import missing_extra, parse_store_url
+from gecko_actors.stores.postgres_common import (
+    ATTEMPTS,
+    BACKOFF_S,
+    DEFAULT_PORT,
+    PASSWORD_ENV,
+    PostgresConnection,
+    check_text,
+    connection_problem,
+    failure_text,
+    read_url,
+)
+from gecko_actors.stores.registry import missing_extra
 from gecko_actors.stores.vector_base import Candidate, Rows, VectorStoreBase, cosine_score
 
 __all__ = ["PASSWORD_ENV", "PgVectorStore"]
 
 _T = TypeVar("_T")
-_DEFAULT_PORT = 5432
-_CONNECT_TIMEOUT_S = 5
 _WAIT_S = 30.0  # for a free pooled connection: a burst of writers queues for one
 _POOL_SIZE = 4  # connections per server and process, shared by every store on it
-_ATTEMPTS = 3
-_BACKOFF_S = 0.05
 _MAX_NAME = 63  # PostgreSQL silently truncates longer names: two long tables would meet
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_EXAMPLE = "pgvector://user@localhost:5432/gecko?schema=vectors"
 _COLUMNS = {"id": "text", "text": "text", "metadata": "text", "vector": "vector", "tsv": "tsvector"}
 # Every CREATE of these stores in a database takes this lock: concurrent CREATE ... IF NOT
 # EXISTS can still fail on a catalog's unique index (two creators of one table or extension).
@@ -86,7 +90,7 @@ _POOLS: dict[tuple[Any, ...], Any] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-class PgVectorStore(VectorStoreBase):
+class PgVectorStore(PostgresConnection, VectorStoreBase):
     """A vector store in PostgreSQL with pgvector, usually built from a ``pgvector://`` URL.
 
     Args:
@@ -108,11 +112,13 @@ class PgVectorStore(VectorStoreBase):
     """
 
     modes: ClassVar[frozenset[str]] = frozenset({"vector", "fts"})
+    _SCHEME: ClassVar[str] = "pgvector"
+    _OWN: ClassVar[tuple[str, ...]] = ("schema", "table", "embedder")
 
     def __init__(
         self,
         host: str = "localhost",
-        port: int = _DEFAULT_PORT,
+        port: int = DEFAULT_PORT,
         dbname: str | None = None,
         *,
         table: str = "memory",
@@ -126,11 +132,11 @@ class PgVectorStore(VectorStoreBase):
             if importlib.util.find_spec(module) is None:
                 raise missing_extra("PgVectorStore", module, "pgvector")
         self._init_base(table, embedder)
-        if problem := _problem(host, port, dbname, user, schema, sslmode, self.table):
+        problem = connection_problem(host, port, dbname, user, sslmode)
+        if problem := problem or _problem(schema, self.table):
             raise UserError(f"invalid PgVectorStore setting: {problem}")
-        self.host, self.port, self.dbname, self.user = host, port, dbname, user
-        self.schema, self.sslmode, self._password = schema, sslmode, password or None
-        register_secret(self._password)
+        self._init_connection(host, port, dbname, user, password, sslmode)
+        self.schema = schema
         self._reset()
 
     @classmethod
@@ -139,31 +145,20 @@ class PgVectorStore(VectorStoreBase):
     ) -> PgVectorStore:
         """Build a store from a ``pgvector://`` URL; a malformed URL (or an unknown query
         parameter) is a :class:`UserError` saying which part is wrong, without the password."""
-        parts = parse_store_url(url, "vector")
-        example = "write e.g. pgvector://user@localhost:5432/gecko?schema=vectors"
-        if parts.scheme != "pgvector":
-            raise parts.error("the scheme is not pgvector://", hint=example)
-        parts.check_query(("schema", "sslmode"))
-        path = parts.path.removeprefix("/")
-        if not parts.host or "/" in path:
-            problem = f"the database name {path!r:.60} has a '/'" if parts.host else None
-            raise parts.error(problem or "the host is missing", hint=example)
-        port, dbname = parts.port_number(_DEFAULT_PORT), unquote(path) or None
-        settings = {"schema": parts.query.get("schema"), "sslmode": parts.query.get("sslmode")}
-        if problem := _problem(parts.host, port, dbname, parts.username, table="t", **settings):
-            raise parts.error(problem, hint=example)
-        settings.update(user=parts.username, password=parts.password)
-        return cls(parts.host, port, dbname, table=table, embedder=embedder, **settings)
+        parts, connection = read_url(url, "vector", ("pgvector",), ("schema",), _EXAMPLE)
+        schema = parts.query.get("schema")
+        if problem := _problem(schema):
+            raise parts.error(problem, hint=f"write e.g. {_EXAMPLE}")
+        return cls(**connection, schema=schema, table=table, embedder=embedder)
 
     @property
     def location(self) -> str:  # type: ignore[override]
         """Where the table is, for messages: the URL without user and password (a URL written
         ``pgvector://<password>@host`` puts the password in the user's place)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        query = f"?schema={self.schema}" if self.schema else ""
-        return f"pgvector://{host}:{self.port}/{self.dbname or ''}{query}"
+        return self._url(f"?schema={self.schema}" if self.schema else "")
 
     def _reset(self) -> None:
+        """Forget the table's dimensions: looked up again (after a copy, in a process)."""
         self._dims: int | None = None  # the table's dimensions, once seen in this process
 
     def __repr__(self) -> str:
@@ -172,41 +167,6 @@ class PgVectorStore(VectorStoreBase):
             f"schema={self.schema!r}, table={self.table!r}, embedder={self.embedder!r})"
         )
 
-    def check_shippable(self) -> None:
-        """Raise :class:`UserError` if this store holds a password: sent to another process
-        (a Ray actor, whose arguments Ray keeps in its actor table) it would carry it along.
-        Without one, the store reads ``GECKO_POSTGRES_PASSWORD`` where it connects."""
-        if self._password:
-            raise UserError(
-                f"{self!r} holds a password, which would travel with it to another process: "
-                "on Ray into an actor's arguments, which Ray keeps in its actor table",
-                hint="leave the password out of the store and its URL "
-                f"(pgvector://user@host:5432/dbname) and set {PASSWORD_ENV} in the "
-                "environment where the store is used (every node's, on a cluster)",
-                store=repr(self),
-            )
-
-    def _settings(self) -> dict[str, Any]:
-        names = ("host", "port", "dbname", "user", "schema", "sslmode", "table", "embedder")
-        return {name: getattr(self, name) for name in (*names, "_password")}
-
-    def __getstate__(self) -> dict[str, Any]:
-        self.check_shippable()  # pickling is how a store leaves this process (Ray)
-        return self._settings()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset()
-
-    def __copy__(self) -> PgVectorStore:
-        # A copy stays in this process: it may keep the password (pickling may not).
-        copy = object.__new__(type(self))
-        copy.__setstate__(self._settings())
-        return copy
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> PgVectorStore:
-        return self.__copy__()
-
     # --- the hooks (blocking; in worker threads) -------------------------------------------
 
     def _write_sync(self, rows: Rows, dimensions: int) -> None:
@@ -214,7 +174,7 @@ class PgVectorStore(VectorStoreBase):
 
         for key, (text, metadata, _) in rows.items():
             for what, value in (("id", key), ("text", text), ("metadata", metadata)):
-                _check_plain(what, value)
+                check_text(what, value)
         texts, metadata, vectors = zip(*rows.values(), strict=True)
         columns = (list(rows), list(texts), list(metadata), [Vector(v) for v in vectors])
 
@@ -326,7 +286,7 @@ class PgVectorStore(VectorStoreBase):
         from psycopg import errors
         from psycopg_pool import PoolTimeout
 
-        for attempt in range(1, _ATTEMPTS + 1):
+        for attempt in range(1, ATTEMPTS + 1):
             try:
                 with self._pool().connection(timeout=_WAIT_S) as conn:
                     result = work(conn)
@@ -343,19 +303,10 @@ class PgVectorStore(VectorStoreBase):
                 failure = exc
             except psycopg.Error as exc:
                 raise self._error(op, exc) from exc
-            if attempt == _ATTEMPTS:
+            if attempt == ATTEMPTS:
                 raise self._error(op, failure) from failure
-            time.sleep(_BACKOFF_S * 2 ** (attempt - 1))
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _connect_kwargs(self) -> dict[str, Any]:
-        password = self._password or os.environ.get(PASSWORD_ENV) or None
-        options = {"dbname": self.dbname, "user": self.user, "password": password}
-        options["sslmode"] = self.sslmode
-        kwargs = {key: value for key, value in options.items() if value is not None}
-        kwargs.update(host=self.host, port=self.port, connect_timeout=_CONNECT_TIMEOUT_S)
-        # No server-side prepared statements: they break behind PgBouncer.
-        return {**kwargs, "application_name": "gecko_actors", "prepare_threshold": None}
 
     def _pool(self) -> Any:
         kwargs = self._connect_kwargs()
@@ -393,7 +344,7 @@ class PgVectorStore(VectorStoreBase):
             raise self._server_error(exc) from exc
 
     def _server_error(self, exc: Any) -> UserError | StorageError:
-        where = f"{self.host}:{self.port}"
+        where = self._address
         if exc.sqlstate in ("0A000", "58P01"):  # not available: no vector.control there
             return ConfigurationError(
                 f"the PostgreSQL server at {where} does not have the pgvector extension "
@@ -418,24 +369,11 @@ class PgVectorStore(VectorStoreBase):
         return self._error(op, exc, hint=busy)
 
     def _error(self, op: str, exc: Exception, hint: str | None = None) -> StorageError:
-        text, state = " ".join(str(exc).split()), getattr(exc, "sqlstate", None) or ""
-        if hint is None and (state.startswith("28") or "password" in text):
-            hint = (
-                f"the server refused the credentials: set {PASSWORD_ENV} where the store "
-                "connects (on Ray, on every node), or, for a store used in this process only, "
-                "give the password in the URL (pgvector://user:<password>@host:port/dbname)"
-            )
-        elif hint is None and state == "42501":
-            hint = f"grant the role the rights on {self.table!r}, or use ?schema= one it owns"
-        elif hint is None and not state:  # libpq's own: the connection failed or broke
-            hint = (
-                f"could not reach PostgreSQL at {self.host}:{self.port}: check that the server "
-                "runs there and accepts TCP connections from here, and the URL's host and port"
-            )
+        denied = f"grant the role the rights on {self.table!r}, or use ?schema= one it owns"
         return StorageError(
             f"PgVectorStore {self.location!r} failed to {op} (table {self.table!r}): "
-            f"{type(exc).__name__}: {clip(text, 500)}",
-            hint=hint or "see the PostgreSQL server's log",
+            f"{failure_text(exc)}",
+            hint=hint or self._hint(exc, denied),
             uri=self.location,
             table=self.table,
             operation=op,
@@ -463,40 +401,14 @@ def _close_pools() -> None:
         pool.close(timeout=1.0)
 
 
-def _check_plain(what: str, value: str) -> None:
-    # PostgreSQL's text cannot hold NUL, nor UTF-8 a lone surrogate: the caller's mistake,
-    # said as such rather than as a storage failure.
-    problem = "has a NUL character" if "\x00" in value else None
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        problem = "has a lone surrogate"
-    if problem:
-        raise UserError(f"the {what} {value!r:.80} {problem}, which PostgreSQL cannot store")
-
-
-def _problem(
-    host: Any, port: Any, dbname: Any, user: Any, schema: Any, sslmode: Any, table: str
-) -> str | None:
-    """What is wrong with these settings, or ``None``."""
-
-    def name(value: Any, optional: bool = True) -> bool:
-        if value is None:
-            return optional
-        return isinstance(value, str) and bool(value) and not CONTROL_CHARACTER.search(value)
-
-    whole = isinstance(port, int) and not isinstance(port, bool)
-    long_schema = isinstance(schema, str) and len(schema.encode()) > _MAX_NAME
-    problems = [
-        (not name(host, False), f"the host {host!r:.60} is not a host name"),
-        (not whole or not 0 < port < 65536, f"the port {port!r:.20} is not from 1 to 65535"),
-        (not name(dbname), f"the database name {dbname!r:.60} is not valid"),
-        (not name(user), f"the user name {user!r:.60} is not valid"),
-        (not name(schema) or long_schema, f"the schema {schema!r:.80} is not a name of 1 to "
-         f"{_MAX_NAME} bytes"),
-        (sslmode not in (None, *_SSLMODES), f"the sslmode {sslmode!r:.30} is not one of "
-         + ", ".join(_SSLMODES)),
-        (len(table) > _MAX_NAME, f"the table {table!r:.80} is longer than {_MAX_NAME} "
-         "characters, PostgreSQL's limit for names"),
-    ]  # fmt: skip
-    return next((problem for wrong, problem in problems if wrong), None)
+def _problem(schema: Any, table: str | None = None) -> str | None:
+    """What is wrong with the schema or the table (if given), or ``None``."""
+    plain = isinstance(schema, str) and not CONTROL_CHARACTER.search(schema)
+    if schema is not None and (not plain or not 0 < len(schema.encode()) <= _MAX_NAME):
+        return f"the schema {schema!r:.80} is not a name of 1 to {_MAX_NAME} bytes"
+    if table is not None and len(table) > _MAX_NAME:
+        return (
+            f"the table {table!r:.80} is longer than {_MAX_NAME} characters, PostgreSQL's "
+            "limit for names"
+        )
+    return None

@@ -20,39 +20,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-from urllib.parse import unquote
+from typing import Any, ClassVar, TypeVar
 
-from gecko_actors._redact import register_secret
-from gecko_actors._text import CONTROL_CHARACTER, clip
 from gecko_actors.core.sessions import Record
 from gecko_actors.exceptions import StorageError, UserError
 from gecko_actors.logging import get_logger
-from gecko_actors.stores.registry import missing_extra, parse_store_url
+from gecko_actors.stores.postgres_common import (
+    ATTEMPTS,
+    BACKOFF_S,
+    DEFAULT_PORT,
+    PASSWORD_ENV,
+    PostgresConnection,
+    check_text,
+    connection_problem,
+    failure_text,
+    read_url,
+    refused,
+)
+from gecko_actors.stores.registry import missing_extra
 from gecko_actors.stores.sessions import _pack_all, _unpack
 
 __all__ = ["PASSWORD_ENV", "PostgresSessionStore"]
 
-PASSWORD_ENV = "GECKO_POSTGRES_PASSWORD"
-"""Where the password is read from (in the process that connects) when the store has none."""
-
 _log = get_logger("gecko_actors.stores")
 _T = TypeVar("_T")
-_DEFAULT_PORT = 5432
-_CONNECT_TIMEOUT_S = 5
-_ATTEMPTS = 3
-_BACKOFF_S = 0.05
 _MAX_CONNECTIONS = 8  # per event loop: a burst of tasks must not use up max_connections
 _MAX_TTL = 100 * 365 * 24 * 3600  # far beyond, PostgreSQL's interval arithmetic overflows
 # Plain SQL names only, so that writing them into statements is safe; 50 leaves room for the
 # suffixes within PostgreSQL's 63-byte identifiers.
 _TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,49}")
-_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_EXAMPLE = "e.g. postgresql://user@localhost:5432/gecko?table=gecko_sessions"
+_EXAMPLE = "postgresql://user@localhost:5432/gecko?table=gecko_sessions"
 _UPSERT = (  # locks the session's row until the commit, and reserves numbers for the records
     'INSERT INTO "{t}" AS s (session_id, next_seq) VALUES (%s, %s) ON CONFLICT (session_id) '
     "DO UPDATE SET next_seq = {next}, updated_at = now() RETURNING s.next_seq - %s"
@@ -72,7 +72,7 @@ _SCHEMA = (
 )
 
 
-class PostgresSessionStore:
+class PostgresSessionStore(PostgresConnection):
     """A :class:`~gecko_actors.core.sessions.SessionStore` in PostgreSQL, for sessions shared
     across nodes; usually built from a URL by
     :func:`~gecko_actors.stores.registry.session_store_from_url`:
@@ -101,10 +101,13 @@ class PostgresSessionStore:
     if it is safe to repeat: anything but an unkeyed append.
     """
 
+    _SCHEME: ClassVar[str] = "postgresql"
+    _OWN: ClassVar[tuple[str, ...]] = ("table", "ttl")
+
     def __init__(
         self,
         host: str = "localhost",
-        port: int = _DEFAULT_PORT,
+        port: int = DEFAULT_PORT,
         dbname: str | None = None,
         *,
         user: str | None = None,
@@ -115,42 +118,28 @@ class PostgresSessionStore:
     ) -> None:
         if importlib.util.find_spec("psycopg") is None:
             raise missing_extra("PostgresSessionStore", "psycopg", "postgres")
-        settings = {"user": user, "table": table, "ttl": ttl, "sslmode": sslmode}
-        if problem := _problem(host, port, dbname, **settings):
-            raise UserError(f"invalid PostgresSessionStore setting: {problem}", hint=_EXAMPLE)
-        self.host, self.port, self.dbname, self.user = host, port, dbname, user
-        self.table, self.ttl, self.sslmode = table, ttl, sslmode
-        self._password = password or None
-        if self._password:
-            register_secret(self._password)
+        problem = connection_problem(host, port, dbname, user, sslmode) or _problem(table, ttl)
+        if problem:
+            raise UserError(
+                f"invalid PostgresSessionStore setting: {problem}", hint=f"e.g. {_EXAMPLE}"
+            )
+        self._init_connection(host, port, dbname, user, password, sslmode)
+        self.table, self.ttl = table, ttl
         self._reset()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresSessionStore:
         """Build a store from a ``postgresql://`` or ``postgres://`` URL; a malformed URL is a
         :class:`UserError` saying which part is wrong."""
-        parts = parse_store_url(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise parts.error("the scheme is not postgresql:// or postgres://")
-        parts.check_query(("table", "ttl", "sslmode"))
-        if not parts.host:
-            raise parts.error("the host is missing", hint=f"write it, {_EXAMPLE}")
-        path = parts.path.removeprefix("/")
-        if "/" in path:
-            problem = f"the database name {path!r:.60} (the path after the host) has a '/'"
-            raise parts.error(problem, hint=_EXAMPLE)
-        settings = {
-            "user": parts.username,
-            "table": parts.query.get("table", "gecko_sessions"),
-            "ttl": parts.positive_int("ttl"),
-            "sslmode": parts.query.get("sslmode"),
-        }
-        place = (parts.host, parts.port_number(_DEFAULT_PORT), unquote(path) or None)
-        if problem := _problem(*place, **settings):
-            raise parts.error(problem, hint=_EXAMPLE)
-        return cls(*place, password=parts.password, **settings)
+        schemes = ("postgresql", "postgres")
+        parts, connection = read_url(url, "session", schemes, ("table", "ttl"), _EXAMPLE)
+        table, ttl = parts.query.get("table", "gecko_sessions"), parts.positive_int("ttl")
+        if problem := _problem(table, ttl):
+            raise parts.error(problem, hint=f"write e.g. {_EXAMPLE}")
+        return cls(**connection, table=table, ttl=ttl)
 
     def _reset(self) -> None:
+        """Start with no connections (after a copy, in another process or not)."""
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
         self._lock = threading.Lock()  # a store may serve the loops of several threads
         self._ready = False  # the tables exist: checked once per store and process
@@ -161,43 +150,6 @@ class PostgresSessionStore:
             f"PostgresSessionStore(host={self.host!r}, port={self.port}, "
             f"dbname={self.dbname!r}, table={self.table!r}, ttl={self.ttl})"
         )
-
-    def check_shippable(self) -> None:
-        """Raise :class:`UserError` if this store holds a password: sent to another process
-        (a Ray actor, whose arguments Ray keeps in its actor table) it would carry it along.
-        Without one, the store reads ``GECKO_POSTGRES_PASSWORD`` where it connects."""
-        if self._password:
-            raise UserError(
-                f"{self!r} holds a password, which would travel with it to another process: "
-                "on Ray into an actor's arguments, which Ray keeps in its actor table",
-                hint="leave the password out of the store and its URL "
-                f"(postgresql://user@host:5432/dbname) and set {PASSWORD_ENV} in the "
-                "environment where the store is used (every node's, on a cluster): the store "
-                "reads it there when it connects",
-                store=repr(self),
-            )
-
-    def _settings(self) -> dict[str, Any]:
-        names = ("host", "port", "dbname", "user", "table", "ttl", "sslmode", "_password")
-        return {name: getattr(self, name) for name in names}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickling is how a store leaves this process (Ray ships its arguments that way).
-        self.check_shippable()
-        return self._settings()
-
-    def __copy__(self) -> PostgresSessionStore:
-        # A copy stays in this process: it may keep the password (pickling may not).
-        copy = object.__new__(type(self))
-        copy.__setstate__(self._settings())
-        return copy
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> PostgresSessionStore:
-        return self.__copy__()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._reset()
 
     async def aclose(self) -> None:
         """Close this event loop's idle connections (the store reconnects if used again)."""
@@ -211,7 +163,7 @@ class PostgresSessionStore:
 
     async def load(self, session_id: str) -> list[Record]:
         """All records of a session, oldest first (empty if unknown or expired)."""
-        _check_text("session id", session_id)
+        check_text("session id", session_id)
         sql = 'SELECT r.data FROM "{t}_records" r WHERE r.session_id = %s'
         if self.ttl:
             sql += ' AND EXISTS (SELECT FROM "{t}" s WHERE s.session_id = %s AND {live})'
@@ -230,9 +182,9 @@ class PostgresSessionStore:
         """Add records at the end of a session, atomically, refreshing its TTL. With ``key``
         (a run id) the append is idempotent across processes and nodes: a second append with
         the same key adds nothing and returns False."""
-        _check_text("session id", session_id)
+        check_text("session id", session_id)
         if key is not None:
-            _check_text("key", key)
+            check_text("key", key)
         blobs = _pack_all(session_id, records)
 
         async def append(conn: Any) -> bool:
@@ -251,7 +203,7 @@ class PostgresSessionStore:
     async def replace(self, session_id: str, records: Sequence[Record]) -> None:
         """Set a session's records. The keys of earlier appends are kept, so a retried run
         still cannot append its exchange a second time after a compaction."""
-        _check_text("session id", session_id)
+        check_text("session id", session_id)
         blobs = _pack_all(session_id, records)
 
         async def replace(conn: Any) -> None:
@@ -264,7 +216,7 @@ class PostgresSessionStore:
 
     async def delete(self, session_id: str) -> None:
         """Forget a session and its append keys (no error if unknown)."""
-        _check_text("session id", session_id)
+        check_text("session id", session_id)
 
         async def delete(conn: Any) -> None:
             # The session's row first, as every write does: its lock orders us among them.
@@ -345,7 +297,7 @@ class PostgresSessionStore:
     ) -> _T:
         import psycopg
 
-        for attempt in range(1, _ATTEMPTS + 1):
+        for attempt in range(1, ATTEMPTS + 1):
             committing = False
             try:
                 async with self._pool().lease(self._connect) as conn:
@@ -358,10 +310,10 @@ class PostgresSessionStore:
                 if isinstance(exc, psycopg.errors.UndefinedTable):
                     self._ready = False  # dropped since: create them again
                 # Until the commit is sent nothing is written: any call may run again.
-                again = _transient(exc) and (retry or not committing) and attempt < _ATTEMPTS
+                again = _transient(exc) and (retry or not committing) and attempt < ATTEMPTS
                 if not again:
                     raise self._storage_error(operation, session_id, exc) from exc
-            await asyncio.sleep(_BACKOFF_S * 2 ** (attempt - 1))
+            await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _prepare(self, conn: Any) -> None:
@@ -388,57 +340,21 @@ class PostgresSessionStore:
     async def _connect(self) -> Any:
         import psycopg
 
-        given = {"dbname": self.dbname, "user": self.user, "sslmode": self.sslmode}
-        return await psycopg.AsyncConnection.connect(
-            host=self.host,
-            port=self.port,
-            # None: libpq's own PGPASSWORD or ~/.pgpass.
-            password=self._password or os.environ.get(PASSWORD_ENV) or None,
-            connect_timeout=_CONNECT_TIMEOUT_S,
-            application_name="gecko_actors",
-            # No server-side prepared statements: they break behind PgBouncer's transaction
-            # pooling, and these statements are cheap to plan.
-            prepare_threshold=None,
-            **{name: value for name, value in given.items() if value is not None},
-        )
+        return await psycopg.AsyncConnection.connect(**self._connect_kwargs())
 
     def _storage_error(
         self, operation: str, session_id: str | None, exc: BaseException
     ) -> StorageError:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        where = f"postgresql://{host}:{self.port}/{self.dbname or ''}?table={self.table}"
+        where = self._url(f"?table={self.table}")
         about = f" session {session_id!r}" if session_id is not None else ""
+        denied = f"grant the user the rights to create and write the tables {self.table}*"
         return StorageError(
-            f"PostgreSQL session store {where!r} failed to {operation}{about}: "
-            f"{type(exc).__name__}: {clip(str(exc).strip(), 500)}",
-            hint=self._hint(exc),
+            f"PostgreSQL session store {where!r} failed to {operation}{about}: {failure_text(exc)}",
+            hint=self._hint(exc, denied),
             url=where,
             operation=operation,
             session_id=session_id,
         )
-
-    def _hint(self, exc: BaseException) -> str:
-        text, state = str(exc), getattr(exc, "sqlstate", None) or ""
-        if "pg_hba.conf" in text:
-            return "add a line for this host, user and database to the server's pg_hba.conf"
-        if state.startswith("28") or _refused(text):
-            return (
-                f"the server refused the user or its password: set {PASSWORD_ENV} where the "
-                "store connects (on Ray, in the environment of every node), or, for a store "
-                "used in this process only, give it in the URL (postgresql://user:<password>@"
-                "host:port/dbname)"
-            )
-        if state == "3D000" or ("database" in text and "does not exist" in text):
-            return f"create the database first: createdb {self.dbname or '<dbname>'}"
-        if state == "42501":
-            return f"grant the user the rights to create and write the tables {self.table}*"
-        if not state:  # libpq's own errors: the connection failed or broke
-            return (
-                f"could not reach PostgreSQL at {self.host}:{self.port}: check that the server "
-                "is running there and accepts TCP connections from this machine "
-                "(listen_addresses), and that the URL's host and port are right"
-            )
-        return "see the PostgreSQL server's log"
 
 
 class _Pool:
@@ -479,53 +395,19 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, errors.UndefinedTable):
         return True
     text = str(exc)
-    if _refused(text) or "pg_hba.conf" in text or "does not exist" in text:
+    if refused(text) or "pg_hba.conf" in text or "does not exist" in text:
         return False
     return isinstance(exc, errors.OperationalError)  # with TransactionRollback (deadlocks)
 
 
-def _refused(text: str) -> bool:
-    """Whether libpq's message says the credentials were refused (it has no SQLSTATE)."""
-    return "password" in text or "authentication" in text or 'role "' in text
-
-
-def _check_text(what: str, value: object) -> None:
-    # PostgreSQL's text cannot hold NUL, nor UTF-8 a lone surrogate: the caller's mistake,
-    # said as such rather than as a storage failure.
-    if not isinstance(value, str):
-        problem = f"is a {type(value).__name__}, not a str"
-    elif "\x00" in value:
-        problem = "contains a NUL character"
-    elif any("\ud800" <= ch <= "\udfff" for ch in value):
-        problem = "is not valid Unicode (it has a lone surrogate)"
-    else:
-        return
-    raise UserError(f"the {what} {value!r:.80} {problem}", hint=f"pass a plain {what}")
-
-
-def _problem(
-    host: Any, port: Any, dbname: Any, *, user: Any, table: Any, ttl: Any, sslmode: Any
-) -> str | None:
-    """What is wrong with the settings, if anything."""
-
-    def whole(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def name(value: object) -> bool:
-        return isinstance(value, str) and bool(value) and not CONTROL_CHARACTER.search(value)
-
-    unnamed = "is empty or has a control character"
-    problems = [
-        (not name(host), f"the host {host!r:.60} {unnamed}"),
-        (not whole(port) or not 0 < port < 65536, f"the port {port!r:.20} is not from 1 to 65535"),
-        (dbname is not None and not name(dbname), f"the database name {dbname!r:.60} {unnamed}"),
-        (user is not None and not name(user), f"the user name {unnamed}"),
-        (not isinstance(table, str) or not _TABLE.fullmatch(table),
-         f"the table {table!r:.60} is not a plain SQL name (letters, digits and '_', at most "
-         "50, not starting with a digit)"),
-        (ttl is not None and (not whole(ttl) or not 0 < ttl <= _MAX_TTL),
-         f"the ttl {ttl!r:.20} is not from 1 to {_MAX_TTL} seconds (100 years)"),
-        (sslmode is not None and sslmode not in _SSLMODES,
-         f"the sslmode {sslmode!r:.30} is not one of {', '.join(_SSLMODES)}"),
-    ]  # fmt: skip
-    return next((problem for wrong, problem in problems if wrong), None)
+def _problem(table: Any, ttl: Any) -> str | None:
+    """What is wrong with the settings of the tables, if anything."""
+    if not isinstance(table, str) or not _TABLE.fullmatch(table):
+        return (
+            f"the table {table!r:.60} is not a plain SQL name (letters, digits and '_', at "
+            "most 50, not starting with a digit)"
+        )
+    whole = isinstance(ttl, int) and not isinstance(ttl, bool)
+    if ttl is not None and (not whole or not 0 < ttl <= _MAX_TTL):
+        return f"the ttl {ttl!r:.20} is not from 1 to {_MAX_TTL} seconds (100 years)"
+    return None

@@ -26,7 +26,7 @@ from gecko_actors._redact import register_secret
 from gecko_actors.core.sessions import Record
 from gecko_actors.exceptions import StorageError, UserError
 from gecko_actors.logging import get_logger
-from gecko_actors.stores.registry import missing_extra, parse_store_url
+from gecko_actors.stores.registry import missing_extra, parse_store_url, password_would_travel
 from gecko_actors.stores.sessions import _pack_all, _unpack
 
 __all__ = ["PASSWORD_ENV", "RedisSessionStore"]
@@ -184,17 +184,9 @@ class RedisSessionStore:
         """Raise :class:`UserError` if this store holds a password: sent to another process
         (a Ray actor, whose arguments Ray keeps in its actor table) it would carry it along.
         Without one, the store reads ``GECKO_REDIS_PASSWORD`` where it connects."""
-        if not self._password:
-            return
-        raise UserError(
-            f"{self!r} holds a password, which would travel with it to another process: on "
-            "Ray into an actor's arguments, which Ray keeps in its actor table",
-            hint=f"leave the password out of the store and its URL "
-            f"(redis://host:6379/0, or redis://user@host:6379/0 for an ACL user) and set "
-            f"{PASSWORD_ENV} in the environment where the store is used (every node's, on a "
-            "cluster): the store reads it there when it connects",
-            store=repr(self),
-        )
+        if self._password:
+            example = "redis://host:6379/0, or redis://user@host:6379/0 for an ACL user"
+            raise password_would_travel(self, example, PASSWORD_ENV)
 
     def _settings(self) -> dict[str, Any]:
         names = ("host", "port", "db", "username", "ssl", "ttl", "namespace", "_password")

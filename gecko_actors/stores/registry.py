@@ -51,6 +51,7 @@ __all__ = [
     "known_schemes",
     "missing_extra",
     "parse_store_url",
+    "password_would_travel",
     "redact_url",
     "register_session_store",
     "register_vector_store",
@@ -370,6 +371,20 @@ def missing_extra(what: str, module: str, extra: str) -> ConfigurationError:
         f"{what} needs the optional dependency {module!r}, which is not installed",
         hint=f'pip install "gecko-actors[{extra}]"',
         extra=extra,
+    )
+
+
+def password_would_travel(store: object, example_url: str, env: str) -> UserError:
+    """The error for a store holding a password that is about to leave this process (be
+    pickled): ``example_url`` is the store's URL without it, ``env`` the variable the store
+    reads the password from where it connects."""
+    return UserError(
+        f"{store!r} holds a password, which would travel with it to another process: on Ray "
+        "into an actor's arguments, which Ray keeps in its actor table",
+        hint=f"leave the password out of the store and its URL ({example_url}) and set {env} "
+        "in the environment where the store is used (every node's, on a cluster): the store "
+        "reads it there when it connects",
+        store=repr(store),
     )
 
 
