@@ -153,6 +153,23 @@ def test_the_environment_turns_tracing_on_in_a_new_process(tmp_path):
     assert spans[-1]["resource"]["attributes"]["service.name"] == "gecko-actors"
 
 
+def test_without_the_sdk_the_environment_leaves_tracing_off_and_runs_work(tmp_path):
+    script = (
+        "import sys\n"
+        "sys.modules['opentelemetry.sdk.resources'] = None  # as if the SDK were missing\n"
+        "from gecko_actors import LocalAgent, ScriptedModel, tracing_enabled\n"
+        "assert LocalAgent(ScriptedModel(['hi']), name='env').run('x').content == 'hi'\n"
+        "assert not tracing_enabled()\n"
+    )
+    env = {**os.environ, "GECKO_TRACE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, timeout=120, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "tracing stays off" in done.stderr + done.stdout
+    assert not list(tmp_path.glob("spans-*"))
+
+
 def test_bad_configuration_is_refused():
     with pytest.raises(UserError, match="somewhere"):
         configure_tracing()

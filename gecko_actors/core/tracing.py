@@ -220,7 +220,7 @@ def shipped() -> dict[str, Any] | None:
 def adopt(config: Mapping[str, Any] | None) -> None:
     """Configure this process from a traveller's configuration, unless it already is."""
     if config and _configured() is None:
-        _install(dict(config), None, ship=True, adopted=True)
+        _quietly(dict(config), adopted=True)
 
 
 def content(value: Any) -> str | None:
@@ -388,7 +388,20 @@ def _from_environment() -> None:
         "service": os.environ.get("OTEL_SERVICE_NAME", "gecko-actors"),
         "content": os.environ.get("GECKO_TRACE_CONTENT", "").lower() in ("1", "true", "yes"),
     }
-    _install(config, None, ship=False)
+    _quietly(config, adopted=False)
+
+
+def _quietly(config: dict[str, Any], *, adopted: bool) -> None:
+    """Configure from the environment or a caller, where a missing SDK must not fail the
+    agent run or node being traced: tracing stays off here, with one warning."""
+    try:
+        _install(config, None, ship=adopted, adopted=adopted)
+    except ConfigurationError as exc:
+        global _env_checked
+        _env_checked = True
+        from gecko_actors.logging import get_logger
+
+        get_logger("gecko_actors.tracing").warning("tracing stays off", error=exc.message)
 
 
 def _install(config: dict[str, Any], exporter: Any, *, ship: bool, adopted: bool = False) -> None:
