@@ -98,7 +98,8 @@ def configure_tracing(
         )
     config = {
         "endpoint": endpoint,
-        "directory": None if directory is None else os.fspath(directory),
+        # Absolute: the processes it travels to have other working directories.
+        "directory": None if directory is None else os.path.abspath(os.fspath(directory)),
         "service": service_name,
         "content": bool(record_content),
     }
@@ -106,7 +107,8 @@ def configure_tracing(
 
 
 def shutdown_tracing() -> None:
-    """Flush and turn tracing off in this process (other processes keep theirs)."""
+    """Flush and turn tracing off in this process. Processes that adopted its configuration
+    keep it, but trace only work that arrives traced: nothing more from here."""
     global _state, _env_checked
     with _lock:
         state, _state, _env_checked = _state, None, True
