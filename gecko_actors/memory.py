@@ -19,6 +19,7 @@ from gecko_actors.gateway import embedding_gateway
 from gecko_actors.runtime import namespace
 from gecko_actors.settings import load_settings
 from gecko_actors.stores.redis_sessions import PASSWORD_ENV
+from gecko_actors.stores.registry import known_schemes, parse_store_url
 from gecko_actors.stores.sessions import session_store_from_url
 from gecko_actors.stores.shared import SharedSessionStore, shareable
 from gecko_actors.stores.vectors import VectorHit
@@ -40,6 +41,38 @@ def sessions_url(given: str | None) -> str:
         url = prefix + str(Path(url[len(prefix) :]).resolve())
     _check(url, "sessions=" if given else "the GECKO_STORAGE_URL setting")
     return url
+
+
+def vectors_location(given: str | Path | None) -> str | None:
+    """A memory actor's vector store: a LanceDB directory or a vector store URL, checked
+    (no credential in it: it becomes an actor argument) with a relative local path resolved
+    here, on the driver (an actor's working directory may differ)."""
+    if given is None or (isinstance(given, str) and "://" not in given):
+        return None if given is None else str(Path(given).resolve())
+    if not isinstance(given, str):
+        return str(Path(given).resolve())
+    parts = parse_store_url(given, "vector")
+    if parts.scheme not in known_schemes("vector"):
+        known = ", ".join(f"{s}://" for s in known_schemes("vector"))
+        raise parts.error(f"unknown scheme {parts.scheme!r} (known schemes: {known})")
+    if url_holds_secret(given):
+        raise UserError(
+            f"the vector store URL {redact(mask_url(given))!r} holds a password or token: on "
+            "Ray it would be copied into the memory actor's arguments",
+            hint="remove it from the URL and set the store's environment variable (e.g. "
+            "GECKO_POSTGRES_PASSWORD, QDRANT_API_KEY) where the memory actor runs",
+        )
+    # A local path: 'lancedb://<path>', or '<scheme>:///<path>' (three slashes, as in sqlite).
+    rest, question, query = parts.rest.partition("?")
+    if parts.scheme == "lancedb":
+        lead, path = "", rest
+    elif rest.startswith("/") and not rest.startswith("//"):
+        lead, path = "/", rest[1:]
+    else:
+        return given  # a server
+    if not path or "://" in path or Path(path).is_absolute():
+        return given
+    return f"{parts.scheme}://{lead}{Path(path).resolve()}{question}{query}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -76,7 +109,10 @@ class Memory:
             (default ``GECKO_STORAGE_URL``). The URL is the memory actor's and its agents'
             argument, so one holding a password is refused (a ``UserError``): a Redis
             password goes in ``GECKO_REDIS_PASSWORD`` where the actors run.
-        vectors: a LanceDB directory for :meth:`add` / :meth:`search` (optional).
+        vectors: where :meth:`add` / :meth:`search` keep vectors (optional): a LanceDB
+            directory, or a vector store URL (``pgvector://``, ``qdrant://``, ``chroma://``,
+            ``milvus://``, ``lancedb://`` or a registered scheme; a relative local path in it
+            is resolved here, on the driver). The collection is named after the memory.
         embedder: how texts become vectors (default: the offline ``HashEmbedder``; a
             ``LiteLLMEmbedder`` for real models, keyed by ``api_key_env``).
 
@@ -110,7 +146,7 @@ class Memory:
     ) -> Memory:
         actor_name = check_name("memory", name)
         url = sessions_url(sessions)
-        vectors_uri = str(Path(vectors).resolve()) if vectors is not None else None
+        vectors_uri = vectors_location(vectors)
         if isinstance(embedder, LiteLLMEmbedder):
             embedder = embedding_gateway(embedder)  # litellm stays out of the memory actor
         handle = create(

@@ -128,6 +128,23 @@ def test_vector_recall(memory: Memory) -> None:
     ]
 
 
+def test_a_memory_keeps_vectors_in_any_store_by_url(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("chromadb")
+    monkeypatch.chdir(tmp_path)  # the relative folder is resolved here, not in the actor
+    memory = Memory.spawn(unique("chroma"), sessions="memory://", vectors="chroma:///vectors")
+    try:
+        memory.add(["Paris is the capital of France.", "The cat sat on the mat."])
+        [hit] = memory.search("the capital of France", k=1)
+        assert hit.text == "Paris is the capital of France."
+        assert (tmp_path / "vectors").is_dir()
+    finally:
+        memory.kill()
+    with pytest.raises(UserError, match="password or token"):
+        Memory.spawn(unique("secret"), vectors="pgvector://u:hunter2-pw@db/x")
+    with pytest.raises(UserError, match="unknown scheme"):
+        Memory.spawn(unique("unknown"), vectors="weaviate://host")
+
+
 def test_bad_input(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no memory named"):
         Memory.get(unique("nope"))

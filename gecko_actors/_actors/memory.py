@@ -14,9 +14,21 @@ import ray
 from gecko_actors.core.embedders import Embedder, HashEmbedder
 from gecko_actors.core.sessions import Record
 from gecko_actors.exceptions import UserError
+from gecko_actors.stores.registry import vector_store_from_url
 from gecko_actors.stores.sessions import session_store_from_url
 from gecko_actors.stores.shared import agent_sessions, session_key
+from gecko_actors.stores.vector_base import VectorStoreBase
 from gecko_actors.stores.vectors import LanceVectorStore, VectorHit
+
+
+def _vector_store(uri: str | None, table: str, embedder: Embedder | None) -> Any:
+    """A LanceDB directory's store, or the store a vector store URL names."""
+    if uri is None:
+        return None
+    embedder = embedder or HashEmbedder()
+    if "://" in uri:
+        return vector_store_from_url(uri, table=table, embedder=embedder)
+    return LanceVectorStore(uri, table=table, embedder=embedder)
 
 
 class MemoryActor:
@@ -25,13 +37,7 @@ class MemoryActor:
     ) -> None:
         self.sessions_url = sessions_url
         self.sessions = session_store_from_url(sessions_url)
-        self.vectors = (
-            LanceVectorStore(
-                vectors_uri, table=name.replace("/", "_"), embedder=embedder or HashEmbedder()
-            )
-            if vectors_uri
-            else None
-        )
+        self.vectors = _vector_store(vectors_uri, name.replace("/", "_"), embedder)
 
     async def load(self, agent: str, session_id: str) -> list[Record]:
         return await self.sessions.load(session_key(agent, session_id))
@@ -65,7 +71,7 @@ class MemoryActor:
     async def count(self) -> int:
         return await self._vectors().count()
 
-    def _vectors(self) -> LanceVectorStore:
+    def _vectors(self) -> VectorStoreBase:
         if self.vectors is None:
             raise UserError(
                 "this memory has no vector store",
