@@ -96,6 +96,15 @@ async def test_a_waiting_run_s_history_shows_the_question_it_waits_on() -> None:
     assert "waiting: approve:" in format_history(history)
 
 
+async def test_a_run_s_checkpoint_holds_its_graph_to_draw_it_later() -> None:
+    store = CheckpointStore(f"memory://{uuid.uuid4().hex}")
+    await finished_run(store)
+    graph = store.read_manifest("h1").graph
+    assert graph == json.loads(json.dumps(shop_graph().describe()))  # as plain data
+    assert graph["edges"] == [["cart", "pay", None], ["pay", "approve", None]]
+    assert set(graph["nodes"]) == {"cart", "pay", "approve"}
+
+
 def test_an_unknown_run_has_no_history() -> None:
     assert run_history(CheckpointStore(f"memory://{uuid.uuid4().hex}"), "nope") is None
 

@@ -100,6 +100,9 @@ class Manifest:
     # Whether the run journals its model calls (decided when it starts, kept on a resume).
     journal_models: bool = False
     fork: Fork | None = None  # a forked run's parent, and what the fork changed
+    # The graph's structure (``WorkflowGraph.describe()``: nodes, kinds, edges, entry), so that
+    # a run can be drawn from its checkpoint alone (``gecko-actors ui``, after the cluster).
+    graph: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ _KEYS = {
 # Keys a record may lack (written by an earlier release of the same record version).
 _SPEND = frozenset(["budget", "spent"])
 _OPTIONAL = {
-    "manifest": frozenset(["host", "waiting", "journal_models", "fork", *_SPEND]),
+    "manifest": frozenset(["host", "waiting", "journal_models", "fork", "graph", *_SPEND]),
     "status": _SPEND | {"waiting"},
     "commit": frozenset(["data"]),
     "step": frozenset(["input_summary"]),
@@ -360,6 +363,8 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
     if not isinstance(manifest.journal_models, bool):
         raise UserError("Manifest.journal_models must be a bool", run_id=run_id)
     _check_spend(manifest.budget, manifest.spent, run_id)
+    if manifest.graph is not None and not isinstance(manifest.graph, dict):
+        raise UserError("Manifest.graph must be a dict (WorkflowGraph.describe()) or None")
     return {
         **header("manifest", run_id),
         "workflow": str(manifest.workflow),
@@ -375,6 +380,7 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         **{k: v for k, v in (("budget", manifest.budget), ("spent", manifest.spent)) if v},
         **({"journal_models": True} if manifest.journal_models else {}),
         **({} if manifest.fork is None else {"fork": _fork_data(manifest.fork, run_id)}),
+        **({} if manifest.graph is None else {"graph": manifest.graph}),
     }
 
 
@@ -437,7 +443,8 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     rec.setdefault("host", None)
     rec.setdefault("journal_models", False)
     rec.setdefault("fork", None)
-    expect(rec, where, run_id, host=(str, None), journal_models=bool)
+    rec.setdefault("graph", None)
+    expect(rec, where, run_id, host=(str, None), journal_models=bool, graph=(dict, None))
     return Manifest(
         **_spend_of(rec, where, run_id),
         run_id=run_id,
@@ -452,6 +459,7 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
         host=rec["host"],
         journal_models=rec["journal_models"],
         fork=_fork_from(rec["fork"], where, run_id),
+        graph=rec["graph"],
     )
 
 

@@ -152,6 +152,7 @@ class RunEngine(Replayed):
                 host=host,
                 budget=None if budget is None else dataclasses.asdict(budget),
                 journal_models=self.graph.models_journaled(),
+                graph=self.graph.describe(),
             )
             self.manifest = self.store.create_manifest(made)
             self.created = self.manifest is made

@@ -77,6 +77,7 @@ def create_fork(
         time.time(),
         journal_models=found.journal_models,
         fork=fork,
+        graph=found.graph,
     )
     if store.create_manifest(made) is not made:
         raise already_exists(new_id, store.uri)
