@@ -240,6 +240,7 @@ def run_demo(
     echo(
         f"\ncheckpoint: {uri}/{run.run_id}\n"
         f"  gecko-actors status {run.run_id} --checkpoint {uri}\n"
+        f"  gecko-actors ui --checkpoint {uri}    # every run, its graph and steps, in a browser\n"
         f"finished in {time.perf_counter() - started:.1f}s"
     )
     return report
