@@ -64,6 +64,7 @@ def cli(*args: str) -> tuple[int, str]:
 def test_version_and_every_help_shows_an_example() -> None:
     assert __version__ in cli("--version")[1]
     commands = ("demo", "run", "submit", "status", "list", "resume", "respond", "cancel", "graph")
+    commands += ("history", "fork", "ui")
     for command in commands:
         code, text = cli(command, "--help")
         assert code == 0 and "Example:" in text and f"gecko-actors {command}" in text, command
@@ -83,6 +84,8 @@ def test_demo_runs_the_research_workflow(tmp_path: Path) -> None:
     assert f"run {run_id} (research): succeeded, 10 step(s)" in out
     code, status = cli("status", run_id, "--checkpoint", str(tmp_path / "runs"))
     assert code == 0 and "succeeded" in status and "decide" in status
+    # The page of every run in that store, printed with the command that serves it.
+    assert f"gecko-actors ui --checkpoint file://{tmp_path / 'runs'}" in out
 
 
 def test_demo_with_a_real_model_needs_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
