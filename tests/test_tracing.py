@@ -117,7 +117,7 @@ def test_a_failed_tool_and_a_failed_run_are_error_spans(spans):
     @tool
     def broken() -> str:
         """Fails."""
-        raise RuntimeError("no")
+        raise RuntimeError(f"no: the key {SECRET} was refused")
 
     model = ScriptedModel([ScriptedModel.call("broken"), "gave up"])
     LocalAgent(model, [broken], name="a").run("x")
@@ -126,6 +126,10 @@ def test_a_failed_tool_and_a_failed_run_are_error_spans(spans):
     with pytest.raises(Exception):  # noqa: B017  (whatever ScriptedModel raises)
         LocalAgent(failing, name="b").run("x")
     assert by_name(spans)["invoke_agent b"].status.status_code.name == "ERROR"
+    recorded = [str(e.attributes) for s in spans.get_finished_spans() for e in s.events]
+    recorded += [s.status.description or "" for s in spans.get_finished_spans()]
+    recorded += [str(dict(s.attributes)) for s in spans.get_finished_spans()]
+    assert recorded and not [text for text in recorded if SECRET in text]
 
 
 async def test_a_streamed_run_ends_its_chat_spans(spans):

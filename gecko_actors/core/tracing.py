@@ -136,10 +136,19 @@ def span(
     if state is None:
         yield None
         return
+    # The SDK's own exception record would keep the message as raised: ours is redacted.
     with state.tracer.start_as_current_span(
-        name, context=_context(parent), attributes=_clean(attributes)
+        name,
+        context=_context(parent),
+        attributes=_clean(attributes),
+        record_exception=False,
+        set_status_on_exception=False,
     ) as current:
-        yield current
+        try:
+            yield current
+        except BaseException as exc:
+            _failed(current, exc)
+            raise
 
 
 def start_span(name: str, attributes: Mapping[str, Any] | None = None, parent: Any = None) -> Any:
@@ -158,11 +167,20 @@ def end_span(current: Any, error: BaseException | None = None, **attributes: Any
     if attributes:
         current.set_attributes(_clean(attributes))
     if error is not None:
-        from opentelemetry.trace import Status, StatusCode
-
-        current.record_exception(error)
-        current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:300]))
+        _failed(current, error)
     current.end()
+
+
+def _failed(current: Any, error: BaseException) -> None:
+    """Mark ``current`` as failed by ``error``: its type and redacted message, no traceback
+    (whose frames may show values)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    message = redact(str(error))[:_CONTENT_CHARS]
+    current.add_event(
+        "exception", {"exception.type": type(error).__name__, "exception.message": message}
+    )
+    current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:300]))
 
 
 def carrier(current: Any = None) -> dict[str, str] | None:
@@ -326,7 +344,7 @@ def tool_result(result: Any) -> None:
     if not current.is_recording():
         return
     if result.is_error:
-        current.set_status(Status(StatusCode.ERROR, result.content[:300]))
+        current.set_status(Status(StatusCode.ERROR, redact(result.content)[:300]))
     if (text := content(result.content)) is not None:
         current.set_attribute("gen_ai.tool.call.result", text)
 
