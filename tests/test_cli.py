@@ -84,6 +84,11 @@ def test_demo_runs_the_research_workflow(tmp_path: Path) -> None:
     assert f"run {run_id} (research): succeeded, 10 step(s)" in out
     code, status = cli("status", run_id, "--checkpoint", str(tmp_path / "runs"))
     assert code == 0 and "succeeded" in status and "decide" in status
+    # The run's tokens are every step's, the loop's first visits included.
+    code, as_json = cli("status", run_id, "--checkpoint", str(tmp_path / "runs"), "--json")
+    code, history = cli("history", run_id, "--checkpoint", str(tmp_path / "runs"), "--json")
+    steps = json.loads(history)["steps"]
+    assert json.loads(as_json)["tokens"] == sum(step["tokens"] for step in steps) > 0
     # The page of every run in that store, printed with the command that serves it.
     assert f"gecko-actors ui --checkpoint file://{tmp_path / 'runs'}" in out
 

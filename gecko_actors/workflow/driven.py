@@ -141,7 +141,9 @@ class DrivenRun:
         status = engine.outcome if over else "running"
         error = str(engine.failure) if engine.failure else engine.manifest.error
         steps, nodes = engine.sched.steps, dict(engine.nodes)
-        found = run_status(engine.manifest, status, steps, nodes, error, engine.spend.status())
+        tokens = sum(usage.total_tokens for usage in engine.committed_usage)
+        spend = engine.spend.status()
+        found = run_status(engine.manifest, status, steps, nodes, error, spend, tokens)
         return {**found, "waiting": engine.waiting.status()}
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:

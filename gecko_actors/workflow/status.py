@@ -73,9 +73,11 @@ def run_status(
     nodes: dict[str, dict[str, Any]],
     error: str | None = None,
     spend: dict[str, Any] | None = None,
+    tokens: int = 0,
 ) -> dict[str, Any]:
     """A run's status: ``spend`` is its budget and what it spent, for a budgeted run (see
-    ``spend.status_spend``)."""
+    ``spend.status_spend``); ``tokens``, what every committed step used (each node's line
+    shows its latest visit only)."""
     return {
         "run_id": manifest.run_id,
         "workflow": manifest.workflow,
@@ -84,7 +86,7 @@ def run_status(
         "steps": steps,
         "created_at": manifest.created_at,
         "finished_at": manifest.finished_at,
-        "tokens": sum(n["tokens"] for n in nodes.values()),
+        "tokens": tokens,
         "host": manifest.host,
         "nodes": nodes,
         "spend": spend,
@@ -101,8 +103,9 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
     records = store.load_steps(run_id)
     nodes = {r.node: entry_of(r) for r in records}
     spend = {"budget": manifest.budget, "spent": manifest.spent}
+    tokens = sum(r.usage.total_tokens for r in records if r.usage is not None)
     found = run_status(
-        manifest, manifest.status, len(records), nodes, manifest.error, status_spend(spend)
+        manifest, manifest.status, len(records), nodes, manifest.error, status_spend(spend), tokens
     )
     parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
     for node in parked:
