@@ -10,6 +10,14 @@ into one object); readers merge every batch, and the newest entry of a run wins.
 writer of a partition may ``compact`` it: one object with the newest entry of each run, then
 the batches it merged are deleted (a reader that finds a listed batch gone reads again).
 
+A deleted run (``gecko-actors gc``, :mod:`gecko_actors.checkpoint.retention`) gets a
+*tombstone*: an entry with ``deleted=True``, newer than every entry of the run, appended to
+the ``gc`` partition *before* anything of the run is deleted. The newest entry still wins, so a
+reader drops the run, whichever partition holds its older entries; compaction keeps the
+tombstone (the newest entry), and a run started again later under the same id has a newer
+entry, which wins. A tombstone whose run still has objects is a deletion not finished yet
+(:meth:`RunIndex.deleted` lists them; the next ``gc`` finishes them).
+
 The index is a view: the runs' manifests and status objects stay the truth. An entry lost in
 a crash is written again when the run's host resumes it; ``rebuild`` makes the index from the
 manifests (the first writer of a store that has runs but no index does, once; ``gecko-actors
@@ -36,18 +44,21 @@ from gecko_actors.checkpoint.store import CheckpointStore
 from gecko_actors.exceptions import CheckpointError, UserError
 from gecko_actors.logging import get_logger
 
-__all__ = ["IndexEntry", "RunIndex"]
+__all__ = ["GC_PARTITION", "IndexEntry", "RunIndex"]
 
 _log = get_logger("gecko_actors.checkpoint")
 _FOLDER = ".index"
 _BATCH = re.compile(r"\d{20}-[0-9a-f]{8}\.msgpack")
 _PARTITION = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _FIELDS = ("run_id", "workflow", "status", "created_at", "updated_at", "host")
+#: The partition the tombstones of deleted runs are appended to.
+GC_PARTITION = "gc"
 
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """What the index says about one run, as of ``updated_at``."""
+    """What the index says about one run, as of ``updated_at``; ``deleted``: a tombstone,
+    the run was deleted (its last status is kept in ``status``)."""
 
     run_id: str
     workflow: str
@@ -55,6 +66,7 @@ class IndexEntry:
     created_at: float
     updated_at: float
     host: str | None = None
+    deleted: bool = False
 
 
 class RunIndex:
@@ -86,7 +98,24 @@ class RunIndex:
         return len(data)
 
     def read(self) -> dict[str, IndexEntry]:
-        """The newest entry of every run in the index."""
+        """The newest entry of every run in the index (a deleted run's is dropped)."""
+        return {k: e for k, e in self._read_all().items() if not e.deleted}
+
+    def deleted(self) -> dict[str, IndexEntry]:
+        """The runs whose newest entry is a tombstone: deleted, or being deleted."""
+        return {k: e for k, e in self._read_all().items() if e.deleted}
+
+    def forget(self, entries: list[IndexEntry], partition: str = GC_PARTITION) -> int:
+        """Append tombstones for the runs of ``entries`` (each dated at least as late as now
+        and as its own ``updated_at``, so that it is the run's newest entry); returns the
+        bytes written. A reader no longer lists those runs."""
+        now = time.time()
+        stones = [
+            dataclasses.replace(e, updated_at=max(now, e.updated_at), deleted=True) for e in entries
+        ]
+        return self.append(stones, partition)
+
+    def _read_all(self) -> dict[str, IndexEntry]:
         for _ in range(3):  # a batch compacted away between listing and reading: read again
             batches, vanished = self._batches(None)
             if not vanished:
@@ -163,14 +192,17 @@ def _folder(partition: str) -> str:
 def _checked(entry: IndexEntry) -> dict[str, Any]:
     validate_run_id(entry.run_id)
     validate_status(entry.status)
-    return dataclasses.asdict(entry)
+    found = dataclasses.asdict(entry)
+    if not found.pop("deleted"):
+        return found  # as written before tombstones existed
+    return {**found, "deleted": True}
 
 
 def _entries(raw: bytes, path: str, store: CheckpointStore) -> list[IndexEntry]:
     partition = path.split("/")[1]
     rec = unpack(raw, "index", partition, store._where(path))
     return [
-        IndexEntry(**{k: item.get(k) for k in _FIELDS})
+        IndexEntry(**{k: item.get(k) for k in _FIELDS}, deleted=item.get("deleted") is True)
         for item in rec["entries"]
         if isinstance(item, dict) and isinstance(item.get("run_id"), str)
     ]

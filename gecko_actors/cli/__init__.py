@@ -400,7 +400,15 @@ def _show(value: Any) -> str:
 
 
 # The commands of their own modules register on ``main`` when imported.
-from gecko_actors.cli import history, jobs, ui  # noqa: E402
+from gecko_actors.cli import history, jobs, retention, ui  # noqa: E402
 from gecko_actors.cli.jobs import DEFAULT_EXCLUDES, upload_excludes  # noqa: E402
 
-__all__ = ["DEFAULT_EXCLUDES", "history", "jobs", "main", "ui", "upload_excludes"]
+__all__ = [
+    "DEFAULT_EXCLUDES",
+    "history",
+    "jobs",
+    "main",
+    "retention",
+    "ui",
+    "upload_excludes",
+]
