@@ -39,10 +39,11 @@ from dataclasses import dataclass, field
 from gecko_actors.checkpoint.index import GC_PARTITION, IndexEntry, RunIndex
 from gecko_actors.checkpoint.records import TERMINAL, Manifest
 from gecko_actors.checkpoint.store import CheckpointStore
+from gecko_actors.core.files import size_text
 from gecko_actors.exceptions import GeckoError, UserError
 from gecko_actors.logging import get_logger
 
-__all__ = ["DEFAULT_STATUSES", "GcReport", "collect_garbage", "format_bytes"]
+__all__ = ["DEFAULT_STATUSES", "GcReport", "collect_garbage"]
 
 _log = get_logger("gecko_actors.checkpoint")
 _MANIFEST = "manifest.msgpack"
@@ -74,7 +75,7 @@ class GcReport:
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        text = f"{verb} {len(self.deleted)} run(s), {format_bytes(self.bytes_freed)}"
+        text = f"{verb} {len(self.deleted)} run(s), {size_text(self.bytes_freed)}"
         if self.finished:
             text += f"; finished {len(self.finished)} interrupted deletion(s)"
         if self.kept:
@@ -82,17 +83,6 @@ class GcReport:
         if self.skipped:
             text += f"; skipped {len(self.skipped)} unreadable run(s)"
         return text
-
-
-def format_bytes(size: int) -> str:
-    """``size`` bytes as ``"1.5 MiB (1572864 bytes)"``."""
-    value, unit = float(size), "bytes"
-    for name in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, name
-    shown = f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit} ({size} bytes)"
-    return shown
 
 
 def collect_garbage(
