@@ -1,4 +1,5 @@
-"""How a node parks its branch until someone answers (``ctx.interrupt``, approval tools).
+"""How a node parks its branch until someone answers (``ctx.interrupt``, approval tools) or a
+durable timer fires (``ctx.sleep``, an interrupt's ``timeout``).
 
 Not an error: the run engine catches it and parks the visit (``workflow/waiting.py``). It
 lives in the core because an agent's approval tools raise it too. No Ray.
@@ -12,9 +13,14 @@ __all__ = ["NodeInterrupt"]
 
 
 class NodeInterrupt(Exception):
-    """Raised by ``ctx.interrupt`` to park its node until it is answered; the engine catches
-    it (do not catch it in a node). ``key`` names the interrupt in the run's journal."""
+    """Raised by ``ctx.interrupt`` (and ``ctx.sleep``) to park its node until it is answered
+    or its timer is due; the engine catches it (do not catch it in a node). ``key`` names
+    the interrupt in the run's journal; ``until`` (epoch seconds) is when the node runs
+    again by itself; ``answerable`` is False for a sleep, which no answer ends."""
 
-    def __init__(self, key: str, payload: Any) -> None:
-        super().__init__(key, payload)
+    def __init__(
+        self, key: str, payload: Any, until: float | None = None, answerable: bool = True
+    ) -> None:
+        super().__init__(key, payload, until, answerable)  # the args rebuild it when pickled
         self.key, self.payload = key, payload
+        self.until, self.answerable = until, answerable

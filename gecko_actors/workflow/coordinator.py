@@ -194,6 +194,7 @@ class CoordinatorActor:
         self.executor = RayExecutor(store, ray.get_runtime_context().current_actor)
         self.run = DrivenRun(run_id, f"workflow/{run_id}")
         self.run.on_end = self._ended
+        self.run.on_wake = self.reopen  # a timer of the waiting run is due
         status = self.run.open(
             lambda sink: RunEngine(
                 graph, run_id, store, self.executor, on_event=sink, budgets=open_run_budget

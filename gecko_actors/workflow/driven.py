@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gecko_actors.checkpoint.index import IndexEntry
@@ -20,6 +20,7 @@ from gecko_actors.workflow.engine import RunEngine
 from gecko_actors.workflow.status import run_status
 
 _log = get_logger("gecko_actors.workflow")
+_RETRY_WAKE = 10.0  # seconds before a timer whose run could not be driven tries again
 
 
 class DrivenRun:
@@ -33,6 +34,9 @@ class DrivenRun:
         self.engine: RunEngine | None = None
         self._task: asyncio.Task[Any] | None = None
         self.on_end: Callable[[bool], Any] | None = None  # awaited after each drive
+        # Awaited when a timer of the waiting run is due: its holder drives it again.
+        self.on_wake: Callable[[], Awaitable[Any]] | None = None
+        self._alarm: asyncio.TimerHandle | None = None
         self._reopened: asyncio.Task[Any] | None = None
         self.settled = asyncio.Event()  # no drive is under way (set again after on_end)
         self.settled.set()
@@ -80,6 +84,7 @@ class DrivenRun:
             return False
         self._task = asyncio.current_task()
         self.settled.clear()
+        self._disarm()
         durable = False
         try:
             durable = await self.engine.run()
@@ -92,7 +97,38 @@ class DrivenRun:
             finally:
                 self._task = None
                 self.settled.set()
+                self._arm()
         return durable
+
+    def _arm(self) -> None:
+        """Have the holder drive the run again when its earliest timer is due (a waiting
+        run's; a restarted holder arms it again when its drive parks the nodes again)."""
+        due = self.engine.next_wake() if self.engine is not None else None
+        if due is None or self.engine.outcome != "waiting" or self.on_wake is None:
+            return
+        self._disarm()
+        delay = max(0.0, due - time.time())
+        self._alarm = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._alarm = None
+        _keep(asyncio.ensure_future(self._wake()))
+
+    async def _wake(self) -> None:
+        assert self.on_wake is not None
+        try:
+            await self.on_wake()
+        except Exception as exc:  # the storage is down, say: try again a little later
+            _log.warning(
+                "a timer could not drive its run again", run_id=self.run_id, error=str(exc)
+            )
+            if self._alarm is None and not self.driving:
+                self._alarm = asyncio.get_running_loop().call_later(_RETRY_WAKE, self._fire)
+
+    def _disarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
 
     async def reopen(self, budget: Budget | None = None) -> bool:
         """Drive a failed, cancelled or waiting run again from its last committed step (with
@@ -144,7 +180,7 @@ class DrivenRun:
         tokens = sum(usage.total_tokens for usage in engine.committed_usage)
         spend = engine.spend.status()
         found = run_status(engine.manifest, status, steps, nodes, error, spend, tokens)
-        return {**found, "waiting": engine.waiting.status()}
+        return {**found, "waiting": engine.waiting.status(), "timers": engine.waiting.timers()}
 
     def events_since(self, index: int) -> tuple[list[dict[str, Any]], bool]:
         """The events from ``index`` on, and whether the run has ended."""
@@ -156,6 +192,7 @@ class DrivenRun:
         if engine is not None and engine.outcome == "waiting":
             await self.settled.wait()  # a drive that just parked is still recording its end
         if engine is not None and engine.outcome == "waiting" and not self.driving:
+            self._disarm()
             await engine.give_up()  # nothing runs: only its status changes
             self.done.set()
             if self.on_end is not None:  # its holder lets it go, as after a drive
@@ -179,3 +216,12 @@ class DrivenRun:
         """The engine's event sink: kept for handles, and logged."""
         self.events.append({"type": kind, "run_id": self.run_id, "time": time.time(), **data})
         _log.info(kind, run_id=self.run_id, **{k: v for k, v in data.items() if k != "error"})
+
+
+_WAKES: set[asyncio.Future[Any]] = set()
+
+
+def _keep(future: asyncio.Future[Any]) -> None:
+    """Hold a reference to a wake until it ends (the loop holds only a weak one)."""
+    _WAKES.add(future)
+    future.add_done_callback(_WAKES.discard)

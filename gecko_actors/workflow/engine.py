@@ -301,8 +301,15 @@ class RunEngine(Replayed):
     def _park(self, visit: Visit, parked: Parked) -> None:
         self.waiting.park(visit, parked)
         entry = self.nodes[visit.node]
-        self.nodes[visit.node] = {**entry, "state": "waiting"}
-        self.on_event("node_waiting", node=visit.node, visit=visit.visit, payload=parked.payload)
+        state = "waiting" if parked.answerable else "sleeping"
+        self.nodes[visit.node] = {**entry, "state": state, "until": parked.until}
+        kind = "node_waiting" if parked.answerable else "node_sleeping"
+        self.on_event(kind, node=visit.node, visit=visit.visit, payload=parked.payload)
+
+    def next_wake(self) -> float | None:
+        """When a timer of a parked visit is due (epoch seconds): a run that ended as
+        ``waiting`` must be driven again then (``run()``), and its node goes on."""
+        return self.waiting.next_due()
 
     def _parked(self) -> dict[str, Any] | None:
         return self.waiting.record() if self.outcome == "waiting" else None
@@ -361,7 +368,8 @@ class RunEngine(Replayed):
             except NodeInterrupt as exc:  # no retry: the branch waits for its answer
                 exc = getattr(exc, "cause", None) or exc  # inside a Ray task's error
                 try:
-                    return Parked(exc.key, normalised(exc.payload, "interrupt payload", node.name))
+                    payload = normalised(exc.payload, "interrupt payload", node.name)
+                    return Parked(exc.key, payload, exc.until, exc.answerable)
                 except GeckoError as bad:
                     raise self._failed(visit, attempt, describe(bad), start) from None
             except BudgetExceededError as exc:  # no retry: it would be refused again

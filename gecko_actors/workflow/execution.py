@@ -29,6 +29,7 @@ import dataclasses
 import inspect
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -221,6 +222,9 @@ class LocalExecutor:
         if manifest.status == "succeeded":
             return manifest.result, ()
         await child.run()
+        while child.outcome == "waiting" and not child.waiting.status():  # timers alone
+            await asyncio.sleep(max(0.0, (child.next_wake() or 0.0) - time.time()))
+            await child.run()
         if child.outcome != "succeeded":
             raise child.failure or WorkflowError(f"child run {run_id!r} {child.outcome}")
         return child.value, ()

@@ -21,9 +21,7 @@ Semantics, in short:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 import json
 import re
 import reprlib
@@ -31,9 +29,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gecko_actors.core.interrupt import NodeInterrupt
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.settings import load_settings
+from gecko_actors.workflow.context import NodeContext
 
 NodeKind = Literal["agent", "team", "function", "workflow"]
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,99}")
@@ -75,116 +73,6 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-
-
-@dataclass
-class NodeContext:
-    """What a function node (and an edge condition) sees.
-
-    ``input`` is the visit's input; ``outputs`` holds the latest output of each node in this
-    visit's causal past (the nodes that, transitively, led to it). ``state`` is the node's own
-    copy of the run's state as those nodes left it: what the node assigns, deletes or changes
-    in it is its update, merged into the run's state when the step commits (see the README's
-    state rules). ``idempotency_key`` is the same for every attempt of this visit, across
-    restarts; in a map node each item (``item`` is its index) has its own. ``attempt`` counts
-    from 1: a fencing token with which a side effect can refuse a stale attempt. ``step``
-    (``astep`` in async code) runs a side effect once per visit, however often it runs.
-    """
-
-    input: Any
-    outputs: Mapping[str, Any] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
-    run_id: str = ""
-    node: str = ""
-    visit: int = 0
-    attempt: int = 1
-    item: int | None = None
-    journal: Any = field(default=None, repr=False, compare=False)  # the run's effect journal
-    # Steps made so far per name (not an argument: each item of a map node counts its own).
-    _steps: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    @property
-    def idempotency_key(self) -> str:
-        key = f"{self.run_id}/{self.node}/{self.visit}"
-        return key if self.item is None else f"{key}/{self.item}"
-
-    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, run once per visit: its result is journaled in the
-        checkpoint, and a re-run of the visit (a retry, a restarted host, a resume) gets the
-        recorded result without calling ``fn``. Steps are told apart by ``name`` and by how
-        many steps of that name the visit made before (so a loop's steps are each their
-        own). The result must be checkpointable. Blocking: in async code, ``await
-        ctx.astep(...)``.
-
-        Example:
-            >>> receipt = ctx.step("charge", payments.charge, order_id, amount)
-        """
-        key, journal = self._step_key(name)
-        found = journal.get(key)
-        if found is not journal.MISSING:
-            return found
-        return journal.put(key, fn(*args, **kwargs))
-
-    async def astep(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """:meth:`step` in async code: ``fn`` may be async; the journal is read and written
-        in a thread."""
-        key, journal = self._step_key(name)
-        found = await asyncio.to_thread(journal.get, key)
-        if found is not journal.MISSING:
-            return found
-        value = fn(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-        return await asyncio.to_thread(journal.put, key, value)
-
-    def _step_key(self, name: str) -> tuple[str, Any]:
-        if self.journal is None:
-            raise UserError(
-                f"ctx.step({name!r}) was called outside a workflow run",
-                hint="call it from a node of a run (wf.start): it journals to the run's checkpoint",
-                node=self.node,
-            )
-        count = self._steps.get(f"step/{name}", 0) + 1
-        self._steps[f"step/{name}"] = count
-        return f"{self.idempotency_key}/step/{name}/{count}", self.journal
-
-    def interrupt(self, payload: Any) -> Any:
-        """Ask a human (or any outside party) and wait for the answer, parking this branch
-        only: the first time, the node stops here, ``payload`` (checkpointable data: a
-        question, a draft, a call to approve) shows in ``run.status()["waiting"]``, and
-        every other branch keeps running. Once ``run.respond(node, answer)`` answers it,
-        the node runs again from the top and this call returns the answer. Several
-        interrupts in one node are answered in order. Blocking: in async code, ``await
-        ctx.ainterrupt(...)``. Side effects before it run again: put them in :meth:`step`.
-
-        Example:
-            >>> approved = ctx.interrupt({"question": "send this mail?", "draft": draft})
-        """
-        key, journal = self._interrupt_key()
-        found = journal.get(key)
-        if found is not journal.MISSING:
-            return found["answer"]
-        raise NodeInterrupt(key, payload)
-
-    async def ainterrupt(self, payload: Any) -> Any:
-        """:meth:`interrupt` in async code (the journal is read in a thread)."""
-        key, journal = self._interrupt_key()
-        found = await asyncio.to_thread(journal.get, key)
-        if found is not journal.MISSING:
-            return found["answer"]
-        raise NodeInterrupt(key, payload)
-
-    def _interrupt_key(self) -> tuple[str, Any]:
-        if self.journal is None:
-            raise UserError(
-                "ctx.interrupt() was called outside a workflow run",
-                hint="call it from a node of a run (wf.start): its answer is kept in the "
-                "run's checkpoint",
-                node=self.node,
-            )
-        count = self._steps.get("interrupt", 0) + 1
-        self._steps["interrupt"] = count
-        return f"{self.idempotency_key}/interrupt/{count}", self.journal
 
 
 @dataclass

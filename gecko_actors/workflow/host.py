@@ -226,6 +226,7 @@ class WorkflowHost:
         """Index the run (recorded in the directory by now) and drive it; a run that is
         over is only let go."""
         run.on_end = lambda durable: self._ended(run, durable)
+        run.on_wake = lambda: self._continue(run)  # a timer of the waiting run is due
         if run.done.is_set():  # ended before a restart: its index entry may be missing
             await self._index(run).add(run.index_entry(run.engine.outcome), ended=True)  # type: ignore[union-attr]
             asyncio.get_running_loop().call_later(self.linger, self._drop, run)

@@ -14,6 +14,7 @@ from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.core.messages import AgentOutput, Usage
 from gecko_actors.workflow.spend import status_spend
+from gecko_actors.workflow.waiting import answerable
 
 
 def usage_of(value: Any) -> Usage | None:
@@ -108,10 +109,13 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
         manifest, manifest.status, len(records), nodes, manifest.error, status_spend(spend), tokens
     )
     parked = (manifest.waiting or {}) if manifest.status == "waiting" else {}
-    for node in parked:
-        nodes[node] = node_entry("waiting", 0)
-    waiting = {node: entry["payload"] for node, entry in parked.items()}
-    return {**found, "waiting": waiting, "journal": Journal(store, run_id, 0).count()}
+    for node, entry in parked.items():
+        state = "waiting" if entry.get("answerable", True) else "sleeping"
+        nodes[node] = {**node_entry(state, 0), "until": entry.get("until")}
+    waiting = {node: entry["payload"] for node, entry in answerable(parked).items()}
+    timers = {node: entry["until"] for node, entry in parked.items() if "until" in entry}
+    journal = Journal(store, run_id, 0).count()
+    return {**found, "waiting": waiting, "timers": timers, "journal": journal}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -147,6 +151,8 @@ def format_status(status: dict[str, Any]) -> str:
         )
     for node, payload in (status.get("waiting") or {}).items():
         lines.append(f"waiting: {node}: {_clip(json.dumps(payload, default=str), 100)}")
+    for node, until in (status.get("timers") or {}).items():
+        lines.append(f"timer: {node} runs again at {_when(until)}")
     if status.get("journal"):
         lines.append(f"journal: {status['journal']} recorded effects (steps, tool and model calls)")
     if status.get("error"):
@@ -172,4 +178,13 @@ def format_event(event: dict[str, Any]) -> str | None:
         return f"  ✗ {node}: {_clip(event['error'], 100)}"
     if kind == "node_waiting":
         return f"  ⏸ {node} waits: {_clip(json.dumps(event['payload'], default=str), 100)}"
+    if kind == "node_sleeping":
+        return f"  ⏾ {node} sleeps until {event['payload']['sleep_until']}"
     return None
+
+
+def _when(at: float) -> str:
+    """An instant as UTC ISO text, with how far off it is."""
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    left = at - time.time()
+    return f"{iso} (in {left:.0f}s)" if left > 0 else f"{iso} (due)"
