@@ -75,6 +75,17 @@ class UserError(GeckoError):
     error_code = "user_error"
 
 
+class IncompatibleVersion(UserError):
+    """A run cannot go on with this version of its workflow: the new graph changed what the
+    run already did (a node that ran is gone or changed kind, an edge that ran was removed,
+    the entry moved, ...). ``reasons`` lists each change; ``run_id``, ``workflow``,
+    ``version`` (the new graph's) and ``run_version`` (the run's) say which. Nothing of the
+    run was changed: resume it with its own version, or map renamed nodes with
+    ``wf.migrate(run_id, {...})``."""
+
+    error_code = "incompatible_version"
+
+
 class ConfigurationError(UserError):
     """A setting, environment variable or optional dependency is missing or invalid."""
 
@@ -212,6 +223,7 @@ __all__ = [
     "ConfigurationError",
     "GeckoError",
     "HostBusy",
+    "IncompatibleVersion",
     "ModelError",
     "ModelTimeoutError",
     "OwnershipLost",

@@ -92,19 +92,30 @@ async def test_a_sleep_parks_its_branch_the_run_waits_and_a_later_drive_goes_on(
     assert [kind for kind, _ in log].count("effect") == 1  # the step before it ran once
 
 
-async def test_a_new_engine_keeps_the_first_deadline() -> None:
-    store, log = memory_store(), []
-    graph = WorkflowGraph("nap").add_node("nap", sleeper(log, 30))
-    first = engine_of(graph, store)
+async def test_a_new_engine_keeps_the_first_deadline_and_fires_late_once(tmp_path) -> None:
+    uri, log = f"file://{tmp_path}", []
+    graph = WorkflowGraph("nap").add_node("nap", sleeper(log, 0.5))
+    first = engine_of(graph, CheckpointStore(uri))
     await first.run()
     until = first.next_wake()
     assert until is not None
     await asyncio.sleep(0.05)
-    second = RunEngine(graph, "r1", store, LocalExecutor(store))  # the host died and came back
-    second.open(None, create=False)
+
+    def engine() -> RunEngine:  # what a restarted host, or a resume on a new cluster, makes
+        made = RunEngine(graph, "r1", CheckpointStore(uri), LocalExecutor(CheckpointStore(uri)))
+        made.open(None, create=False)
+        return made
+
+    second = engine()
     await second.run()
-    assert second.outcome == "waiting" and second.next_wake() == until  # not now + 30 again
-    assert store.read_manifest("r1").waiting["nap"]["until"] == until
+    assert second.outcome == "waiting" and second.next_wake() == until  # not now + 0.5 again
+    assert CheckpointStore(uri).read_manifest("r1").waiting["nap"]["until"] == until
+    await asyncio.sleep(max(0.0, until - time.time()) + 0.5)  # nothing was up when it was due
+    third = engine()
+    await third.run()
+    assert third.outcome == "succeeded" and third.value == "rested"
+    woke = [at for kind, at in log if kind == "woke"]
+    assert len(woke) == 1 and woke[0] >= until
 
 
 async def test_a_drive_under_way_wakes_a_sleeper_by_itself() -> None:

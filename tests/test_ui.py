@@ -196,13 +196,13 @@ async def test_the_list_reads_the_index_and_a_finished_run_s_steps_once(
         assert m is not None
         entry = IndexEntry(m.run_id, m.workflow, m.status, m.created_at, m.finished_at or 0)
         index.append([entry], "tests")
-    loads: list[str] = []
-    load_steps = store.load_steps
-    monkeypatch.setattr(
-        store, "load_steps", lambda run_id: loads.append(run_id) or load_steps(run_id)
-    )
     now = [time.time()]
     reader = RunsReader(store, clock=lambda: now[0])
+    loads: list[str] = []
+    load_steps = reader.store.load_steps  # it reads through a marking copy of the store
+    monkeypatch.setattr(
+        reader.store, "load_steps", lambda run_id: loads.append(run_id) or load_steps(run_id)
+    )
     first = reader.runs()["runs"]
     # approval-1 has no index entry: found by listing the store's top level
     assert [r["run_id"] for r in first] == ["approval-1", "fails-1", "loop-1"]
@@ -293,13 +293,14 @@ async def test_a_run_recorded_without_its_graph_shows_the_nodes_of_its_steps(
 
 def test_the_svg_colours_each_state_dashes_conditions_and_counts_loop_visits() -> None:
     view = GraphView(
-        {n: {"kind": "function", "fan_out": n == "map"} for n in ("a", "b", "c", "map", "x", "p")},
-        [("a", "b", None), ("b", "c", "only_<big>"), ("b", "map", None), ("map", "x", None),
+        {n: {"kind": "function", "fan_out": n == "m"} for n in "abcmxpz"},
+        [("a", "b", None), ("b", "c", "only_<big>"), ("b", "m", None), ("m", "x", None),
          ("c", "x", None), ("a", "p", "never")],
         "a",
         recorded=True,
     )  # fmt: skip
-    states = {"a": "done", "b": "waiting", "c": "running", "map": "failed", "x": "pending"}
+    states = {"a": "done", "b": "waiting", "c": "running", "m": "failed", "x": "pending"}
+    states["z"] = "sleeping"
     svg = render_svg(
         view, Progress({**states, "p": "pruned"}, {"a": 3, "b": 1}, "a", {("b", "a"): 2})
     )
@@ -321,7 +322,7 @@ def test_the_svg_colours_each_state_dashes_conditions_and_counts_loop_visits() -
     y = {
         n: float(v) for n, v in re.findall(r'data-node="(\w+)".*?translate\([\d.]+,([\d.]+)\)', svg)
     }
-    assert y["a"] < y["b"] < y["c"] < y["x"] and y["b"] < y["map"] < y["x"]
+    assert y["a"] < y["b"] < y["c"] < y["x"] and y["b"] < y["m"] < y["x"]
 
 
 def test_an_empty_graph_says_so() -> None:

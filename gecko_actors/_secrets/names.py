@@ -46,6 +46,7 @@ _SECRET_STEMS = (
     "bearer",  # AWS_BEARER_TOKEN_BEDROCK
     "connectionstring",  # AZURE_STORAGE_CONNECTION_STRING holds an AccountKey
     "authconfig",  # DOCKER_AUTH_CONFIG holds registry passwords
+    "oldkeys",  # GECKO_CHECKPOINT_OLD_KEYS: keys that still decrypt (plural: no "key" rule)
 )
 # ...or one of its words is one of these...
 _SECRET_WORDS = frozenset({"pwd"})

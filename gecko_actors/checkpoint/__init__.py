@@ -6,7 +6,9 @@
 - :mod:`~gecko_actors.checkpoint.location`: store URIs (``file://``, ``s3://``, ``gs://``,
   ``memory://``), refusing credentials;
 - :mod:`~gecko_actors.checkpoint.backends`: the I/O primitives of each storage;
-- :mod:`~gecko_actors.checkpoint.store`: :class:`CheckpointStore`, one writer per run.
+- :mod:`~gecko_actors.checkpoint.store`: :class:`CheckpointStore`, one writer per run;
+- :mod:`~gecko_actors.checkpoint.crypto`: encryption at rest of the records' payloads
+  (``GECKO_CHECKPOINT_KEY``).
 
 Checkpoints are data, never code: pydantic models and dataclasses other than gecko_actors' own
 messages come back as plain dicts, and a tampered, truncated or unknown object is a

@@ -222,6 +222,11 @@ def _decode(data: Any) -> Any:
     if TAG not in data:
         return {_key(k): _decode(v) for k, v in data.items()}
     tag = data[TAG]
+    if tag == "sealed":  # crypto.open_record decrypts these before a value is decoded
+        raise CheckpointError(
+            "a checkpointed value is encrypted and was read without being decrypted",
+            hint="read checkpoints through CheckpointStore (and Journal), which decrypt",
+        )
     if tag == "json":
         if set(data) != {TAG, "type", "data"} or type(data["type"]) is not str:
             raise CheckpointError("a checkpointed 'json' value is malformed")

@@ -138,7 +138,8 @@ class RunIndex:
     def rebuild(self, partition: str = "rebuilt", *, write: bool = True) -> dict[str, IndexEntry]:
         """Index every run of the store from its manifest (a LIST and two GETs per run);
         ``write=False`` only reads (a store whose credentials cannot write)."""
-        manifests = [m for m in map(self.store.read_manifest, self.store.list_runs()) if m]
+        read = self.store.marking().read_manifest  # headers: no checkpoint key needed
+        manifests = [m for m in map(read, self.store.list_runs()) if m]
         now = time.time()
         entries = [
             IndexEntry(m.run_id, m.workflow, m.status, m.created_at, m.finished_at or now, m.host)

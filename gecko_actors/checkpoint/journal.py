@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from gecko_actors.checkpoint.codec import decode_value, encode_field
-from gecko_actors.checkpoint.records import expect, header, pack, unpack
+from gecko_actors.checkpoint.crypto import seal_record
+from gecko_actors.checkpoint.records import corrupt, expect, header, pack, unpack
 
 __all__ = ["MISSING", "Journal"]
 
@@ -56,18 +57,21 @@ class Journal:
         if raw is None:
             return None
         where = self.store._where(path)
-        rec = unpack(raw, "journal", self.run_id, where)
+        rec = self.store._opened(unpack(raw, "journal", self.run_id, where), where)
         expect(rec, where, self.run_id, key=str, epoch=int, at=(int, float))
+        if self._path(rec["key"]) != path:  # an entry copied under another key's name
+            raise corrupt(where, self.run_id, f"holds the entry of key {rec['key']!r:.80}")
         return {"key": rec["key"], "value": decode_value(rec["value"]), "at": rec["at"]}
 
     def put(self, key: str, value: Any) -> Any:
         """Record ``value`` under ``key`` unless an entry exists; returns the value that is
         recorded (ours, or the one written first), as the checkpoint gives it back."""
+        self.store._writable("journal an effect")
         data = encode_field(value, f"the result of step {key!r}", run_id=self.run_id)
         self.store._check_owner(self.run_id, self.epoch, f"journal {key!r}")
         record = {**header("journal", self.run_id), "key": key, "value": data}
         record.update(epoch=self.epoch, at=time.time())
-        if self.store._put_if_absent(self._path(key), pack(record), self.run_id):
+        if self.store._put_if_absent(self._path(key), pack(seal_record(record)), self.run_id):
             return decode_value(data)
         return self.get(key)  # another attempt recorded it first: its value holds
 

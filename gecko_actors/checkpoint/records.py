@@ -103,6 +103,11 @@ class Manifest:
     # The graph's structure (``WorkflowGraph.describe()``: nodes, kinds, edges, entry), so that
     # a run can be drawn from its checkpoint alone (``gecko-actors ui``, after the cluster).
     graph: dict[str, Any] | None = None
+    # The workflow's version the run was created with (stored as ``workflow_version``: the
+    # record's ``version`` is its format's); a resume with a newer one records an upgrade
+    # (``checkpoint/upgrades.py``). How long gc keeps the run once finished (seconds).
+    version: str | None = None
+    retention: float | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,9 @@ _STATUS_FIELDS = (
     "waiting",
 )
 _KEYS = {
-    "manifest": frozenset(["type", "version", *(f.name for f in dataclasses.fields(Manifest))]),
+    "manifest": frozenset(
+        ["type", "workflow_version", *(f.name for f in dataclasses.fields(Manifest))]
+    ),
     "status": frozenset(("type", "version", "run_id", *_STATUS_FIELDS)),
     "step": frozenset(
         ["type", "version", "run_id", *(f.name for f in dataclasses.fields(StepRecord))]
@@ -179,11 +186,17 @@ _KEYS = {
     "owner": frozenset(("type", "version", "run_id", "epoch", "claimed_at", "holder")),
     "journal": frozenset(("type", "version", "run_id", "key", "value", "epoch", "at")),
     "index": frozenset(("type", "version", "run_id", "entries")),
+    "upgrade": frozenset(
+        ("type", "version", "run_id", "number", "label", "fingerprint", "graph", "renames", "at")
+    ),
 }
 # Keys a record may lack (written by an earlier release of the same record version).
 _SPEND = frozenset(["budget", "spent"])
 _OPTIONAL = {
-    "manifest": frozenset(["host", "waiting", "journal_models", "fork", "graph", *_SPEND]),
+    "manifest": frozenset(
+        ["host", "waiting", "journal_models", "fork", "graph", "workflow_version", "retention"]
+    )
+    | _SPEND,
     "status": _SPEND | {"waiting"},
     "commit": frozenset(["data"]),
     "step": frozenset(["input_summary"]),
@@ -365,6 +378,12 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
     _check_spend(manifest.budget, manifest.spent, run_id)
     if manifest.graph is not None and not isinstance(manifest.graph, dict):
         raise UserError("Manifest.graph must be a dict (WorkflowGraph.describe()) or None")
+    if manifest.version is not None and not isinstance(manifest.version, str):
+        raise UserError("Manifest.version must be a str or None", run_id=run_id)
+    if manifest.retention is not None and not (
+        is_number(manifest.retention) and manifest.retention > 0
+    ):
+        raise UserError("Manifest.retention must be a number of seconds > 0, or None")
     return {
         **header("manifest", run_id),
         "workflow": str(manifest.workflow),
@@ -381,6 +400,8 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
         **({"journal_models": True} if manifest.journal_models else {}),
         **({} if manifest.fork is None else {"fork": _fork_data(manifest.fork, run_id)}),
         **({} if manifest.graph is None else {"graph": manifest.graph}),
+        **({} if manifest.version is None else {"workflow_version": manifest.version}),
+        **({} if manifest.retention is None else {"retention": float(manifest.retention)}),
     }
 
 
@@ -444,7 +465,10 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
     rec.setdefault("journal_models", False)
     rec.setdefault("fork", None)
     rec.setdefault("graph", None)
+    rec.setdefault("workflow_version", None)
+    rec.setdefault("retention", None)
     expect(rec, where, run_id, host=(str, None), journal_models=bool, graph=(dict, None))
+    expect(rec, where, run_id, workflow_version=(str, None), retention=(int, float, None))
     return Manifest(
         **_spend_of(rec, where, run_id),
         run_id=run_id,
@@ -460,6 +484,8 @@ def manifest_from(rec: dict[str, Any], where: str, run_id: str) -> Manifest:
         journal_models=rec["journal_models"],
         fork=_fork_from(rec["fork"], where, run_id),
         graph=rec["graph"],
+        version=rec["workflow_version"],
+        retention=rec["retention"],
     )
 
 

@@ -2,11 +2,18 @@
 
 :func:`collect_garbage` deletes the runs that are finished (by default ``succeeded``,
 ``failed`` or ``cancelled``; never ``running`` or ``waiting``) and whose finish time is older
-than ``older_than`` seconds: their manifest, status, owner claims, steps, journal and answers,
-everything under the run's folder. It reports the runs deleted and the bytes freed (the sum
-of the deleted objects' sizes, from the storage's listings: ``file://``, ``memory://``,
-``s3://`` and ``gs://`` listings all give sizes; an object listed without one is read to
-size it).
+than ``older_than`` seconds (or than their own retention): their manifest, status, owner
+claims, steps, journal and answers, everything under the run's folder. It reports the runs
+deleted and the bytes freed (the sum of the deleted objects' sizes, from the storage's
+listings: ``file://``, ``memory://``, ``s3://`` and ``gs://`` listings all give sizes; an
+object listed without one is read to size it).
+
+Per-workflow retention. A run records the retention of the workflow that created it
+(``Workflow(name, retention="30d")``, ``Manifest.retention``): how long it is kept once
+finished. Without ``older_than`` a pass deletes the finished runs whose own retention has
+passed, and keeps every run that has none. With ``older_than``, a run is deleted once it is
+older than ``older_than`` or than its own retention, whichever is shorter: a workflow's
+retention shortens how long its runs are kept, never lengthens it past the cut-off.
 
 Forks. A fork's first steps are read from its parent run, never copied, so a parent is kept
 while a fork that is not deleted in the same pass references it (a fork of a fork keeps its
@@ -88,25 +95,30 @@ class GcReport:
 def collect_garbage(
     store: CheckpointStore,
     *,
-    older_than: float,
+    older_than: float | None = None,
     statuses: Iterable[str] = DEFAULT_STATUSES,
     dry_run: bool = False,
     forked_parents: bool = False,
     now: float | None = None,
 ) -> GcReport:
     """Delete the runs of ``store`` that finished with one of ``statuses`` more than
-    ``older_than`` seconds before ``now`` (default: the current time), except parents that
-    forks still reference (see the module's docstring; ``forked_parents=True`` deletes a
-    parent together with all its forks); first finish any deletion an interrupted pass left.
-    ``dry_run`` deletes nothing and reports the same. Blocks: call it from a thread in a loop.
+    ``older_than`` seconds before ``now`` (default: the current time), or longer ago than
+    their own retention if that is shorter (``older_than=None``: their own retention only;
+    runs without one are kept), except parents that forks still reference (see the
+    module's docstring; ``forked_parents=True`` deletes a parent together with all its
+    forks); first finish any deletion an interrupted pass left. ``dry_run`` deletes nothing
+    and reports the same. Blocks: call it from a thread in a loop.
     """
     wanted = _statuses(statuses)
-    if type(older_than) not in (int, float) or not math.isfinite(older_than) or older_than < 0:
+    if older_than is not None and (
+        type(older_than) not in (int, float) or not math.isfinite(older_than) or older_than < 0
+    ):
         raise UserError(
             f"older_than must be a number of seconds >= 0, got {older_than!r:.40}",
             hint="e.g. older_than=30 * 86400 for 30 days",
         )
-    cutoff = (time.time() if now is None else now) - older_than
+    at = time.time() if now is None else now
+    headers = store.marking()  # reads a run's headers without the checkpoint key too
     index = RunIndex(store)
     freed = 0
 
@@ -115,7 +127,7 @@ def collect_garbage(
     stones = [e for k, e in index.deleted().items() if k in present]
     left: dict[str, Manifest | None] = {}  # run id -> its manifest, if not deleted yet
     for stone in stones:
-        unfinished, manifest = _leftover(store, stone)
+        unfinished, manifest = _leftover(headers, stone)
         if unfinished:
             left[stone.run_id] = manifest
 
@@ -123,7 +135,7 @@ def collect_garbage(
     run_ids = [r for r in store.list_runs() if r not in left]
     manifests: dict[str, Manifest] = {}
     skipped: list[str] = []
-    for run_id, found in zip(run_ids, store._map(_reader(store), run_ids), strict=True):
+    for run_id, found in zip(run_ids, store._map(_reader(headers), run_ids), strict=True):
         if isinstance(found, Manifest):
             manifests[run_id] = found
         elif found is not None:
@@ -142,9 +154,7 @@ def collect_garbage(
     every = {**manifests, **{k: m for k, m in left.items() if m is not None}}
     leftovers = sorted(left, key=lambda r: (-_depth(r, every), r))  # forks first
     old = {
-        m.run_id
-        for m in manifests.values()
-        if m.status in wanted and m.finished_at is not None and m.finished_at < cutoff
+        m.run_id for m in manifests.values() if m.status in wanted and _expired(m, at, older_than)
     }
     doomed = set(old)
     if forked_parents:  # a parent goes only with every fork that references it
@@ -178,7 +188,7 @@ def collect_garbage(
     index.forget([_entry(manifests[run_id]) for run_id in order])
     deleted: list[str] = []
     for run_id in order:
-        again = store.read_manifest(run_id)  # resumed since it was listed? leave it
+        again = headers.read_manifest(run_id)  # resumed since it was listed? leave it
         before = manifests[run_id]
         if again is None or (again.status, again.finished_at) != (
             before.status,
@@ -198,6 +208,13 @@ def collect_garbage(
         skipped=tuple(skipped),
         bytes_freed=freed,
     )
+
+
+def _expired(m: Manifest, now: float, older_than: float | None) -> bool:
+    """Whether finished run ``m`` is past ``older_than`` or its own retention (the shorter
+    of the two; a run with neither is kept)."""
+    keep = [t for t in (older_than, m.retention) if t is not None]
+    return bool(keep) and m.finished_at is not None and m.finished_at < now - min(keep)
 
 
 def _leftover(store: CheckpointStore, stone: IndexEntry) -> tuple[bool, Manifest | None]:

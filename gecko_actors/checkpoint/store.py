@@ -37,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from gecko_actors.checkpoint import crypto
 from gecko_actors.checkpoint.backends import Backend, Entry, open_backend
 from gecko_actors.checkpoint.location import parse_uri
 from gecko_actors.checkpoint.records import (
@@ -110,6 +111,10 @@ class CheckpointStore:
         inline_limit: a step whose packed data is at most this many bytes is written inside
             its commit marker (one write per step instead of two); a larger one gets a data
             object of its own. 0 writes every step as an object. Either way reads both.
+        encrypted: what reading a payload encrypted with a key this process lacks does
+            (see :mod:`~gecko_actors.checkpoint.crypto`): ``"raise"`` a
+            :class:`CheckpointError` naming the key id, or ``"mark"`` it (it reads as
+            ``"<encrypted: key 1a2b3c4d>"``), for listing and display without the key.
 
     Thread-safe; picklable (only the URI and options travel; clients are made again where
     they are first used). Every method blocks: call it from a thread (``asyncio.to_thread``)
@@ -123,6 +128,7 @@ class CheckpointStore:
         retries: int = 3,
         backoff: float = 0.2,
         inline_limit: int = INLINE_LIMIT,
+        encrypted: str = "raise",
     ) -> None:
         if type(retries) is not int or retries < 0:
             raise UserError(f"retries must be an int >= 0, got {retries!r}")
@@ -130,11 +136,14 @@ class CheckpointStore:
             raise UserError(f"backoff must be a number >= 0, got {backoff!r}")
         if type(inline_limit) is not int or inline_limit < 0:
             raise UserError(f"inline_limit must be an int >= 0, got {inline_limit!r}")
+        if encrypted not in ("raise", "mark"):
+            raise UserError(f"encrypted must be 'raise' or 'mark', got {encrypted!r:.40}")
         self._location = parse_uri(uri)
         self.uri: str = uri.strip()
         self.retries = retries
         self.backoff = float(backoff)
         self.inline_limit = inline_limit
+        self.encrypted = encrypted
         self._io: Backend | None = None
         self._lock = threading.Lock()
         self._forks: dict[str, Fork | None] = {}  # what each run read is forked from (fixed)
@@ -148,10 +157,18 @@ class CheckpointStore:
             "retries": self.retries,
             "backoff": self.backoff,
             "inline_limit": self.inline_limit,
+            "encrypted": self.encrypted,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state.pop("uri"), **state)  # type: ignore[misc]
+
+    def marking(self) -> CheckpointStore:
+        """This store with ``encrypted="mark"``, sharing its connection: it reads the runs
+        whose payloads this process cannot decrypt too (listing, gc, display)."""
+        other = CheckpointStore(**{**self.__getstate__(), "encrypted": "mark"})
+        other._io = self._backend()
+        return other
 
     # --- manifest and status ------------------------------------------------------------
 
@@ -159,7 +176,8 @@ class CheckpointStore:
         """Create the run's manifest unless it exists. Returns the stored manifest: this one
         if it was created, else the existing one (with its latest status merged in), which
         the caller compares (e.g. the graph fingerprint) before driving the run."""
-        data = pack(manifest_data(manifest))  # raises before anything is written
+        self._writable("create a run")
+        data = pack(crypto.seal_record(manifest_data(manifest)))  # raises before any write
         run_id = manifest.run_id
         if self._put_if_absent(self._path(run_id, _MANIFEST), data, run_id):
             self._forks[run_id] = manifest.fork
@@ -181,14 +199,16 @@ class CheckpointStore:
         if raw is None:
             return None
         where = self._where(path)
-        manifest = manifest_from(unpack(raw, "manifest", run_id, where), where, run_id)
+        rec = self._opened(unpack(raw, "manifest", run_id, where), where)
+        manifest = manifest_from(rec, where, run_id)
         self._forks[run_id] = manifest.fork
         path = self._path(run_id, _STATUS)
         raw = self._get(path, run_id)
         if raw is None:
             return manifest
         where = self._where(path)
-        return apply_status(manifest, unpack(raw, "status", run_id, where), where)
+        rec = self._opened(unpack(raw, "status", run_id, where), where)
+        return apply_status(manifest, rec, where)
 
     def update_status(
         self,
@@ -213,7 +233,9 @@ class CheckpointStore:
         validate_status(status)
         if epoch is not None:
             validate_epoch(epoch)
-        data = pack(status_data(run_id, status, result, error, epoch, time.time(), extra))
+        self._writable("record a status")
+        rec = status_data(run_id, status, result, error, epoch, time.time(), extra)
+        data = pack(crypto.seal_record(rec))
         if epoch is not None:
             self._check_owner(run_id, epoch, f"set its status to {status!r}")
         self._put(self._path(run_id, _STATUS), data, run_id)
@@ -282,7 +304,8 @@ class CheckpointStore:
         go on. Any newer epoch means: stop.
         """
         run_id = validate_run_id(run_id)
-        data = pack(step_data(run_id, record))  # raises before anything is written
+        self._writable("commit a step")
+        data = pack(crypto.seal_record(step_data(run_id, record)))  # raises before any write
         digest = hashlib.sha256(data).hexdigest()
         inline = data if len(data) <= self.inline_limit else None
         name = data_name(record.seq, digest)
@@ -474,7 +497,8 @@ class CheckpointStore:
                 "does not match the sha256 and size in its commit marker "
                 "(truncated or tampered with)",
             )
-        return step_from(unpack(raw, "step", run_id, where), where, run_id, marker.seq)
+        rec = self._opened(unpack(raw, "step", run_id, where), where)
+        return step_from(rec, where, run_id, marker.seq)
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -502,6 +526,19 @@ class CheckpointStore:
 
     def _where(self, path: str) -> str:
         return self._location.display(path)
+
+    def _opened(self, rec: dict[str, Any], where: str) -> dict[str, Any]:
+        """An unpacked record with its encrypted payloads decrypted (or marked)."""
+        return crypto.open_record(rec, where, mark=self.encrypted == "mark")
+
+    def _writable(self, doing: str) -> None:
+        """Refuse to write payloads through a marking store: what it read may be markers."""
+        if self.encrypted == "mark":
+            raise UserError(
+                f"cannot {doing} through a store with encrypted='mark' (it reads payloads "
+                "it cannot decrypt as markers, which must never be written back)",
+                hint="write through CheckpointStore(uri), with the checkpoint key set",
+            )
 
     def _backend(self) -> Backend:
         with self._lock:

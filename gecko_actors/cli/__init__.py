@@ -166,25 +166,38 @@ def run(
 @click.argument("target", required=False)
 @click.option("--checkpoint", default=None, help=_CHECKPOINT_HELP + " Default: ./gecko_runs.")
 @_budget_option
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    metavar="V",
+    help="Refuse unless TARGET is version V of its workflow (Workflow(name, version=V)): a "
+    "guard for deploy scripts. The run goes on with TARGET if it is compatible.",
+)
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
 def resume(
     run_id: str,
     target: str | None,
     checkpoint: str | None,
     budget_: str | None,
+    version: str | None,
     address: str | None,
 ) -> None:
     """Continue RUN_ID from its last committed step (after a crash, a cancel or a failure).
-    TARGET is the run's workflow; without it, only a run whose coordinator is still alive on
-    the cluster can be continued.
+    TARGET is the run's workflow, or a newer version of it that is compatible with what the
+    run did; without it, only a run whose coordinator is still alive on the cluster can be
+    continued.
 
     \b
     Example:
         gecko-actors resume pipeline-3f2a9c1e0b7d examples/durable_pipeline.py:workflow
+        gecko-actors resume pipeline-3f2a9c1e0b7d flows:report --version 3
     """
     from gecko_actors.workflow.run import WorkflowRun
 
     budget = _budget(budget_)
+    if version is not None and target is None:
+        raise UserError("--version needs TARGET", hint="name the workflow to resume with")
     if target is None:
         _connect(address)
         handle = WorkflowRun.attach(run_id)
@@ -193,6 +206,13 @@ def resume(
         from gecko_actors.workflow.target import load_workflow
 
         wf = load_workflow(target)
+        if version is not None and wf.version != version.strip():
+            raise UserError(
+                f"{target} is version {wf.version} of workflow {wf.name!r}, not {version}"
+                if wf.version is not None
+                else f"{target} has no version (workflow {wf.name!r}), not {version}",
+                hint="deploy the version you meant, or pass its --version",
+            )
         _connect(address)
         handle = wf.resume(run_id, checkpoint=checkpoint, budget=budget)
     _follow(handle, checkpoint)
@@ -264,6 +284,29 @@ def cancel(run_id: str, address: str | None) -> None:
 
 
 @main.command()
+@click.argument("host")
+@click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
+              help="Seconds its runs may take to end before they are handed over.")  # fmt: skip
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
+def drain(host: str, timeout: float, address: str | None) -> None:
+    """Replace the workflow host HOST (workflows/host/<env>/<i>) without losing a run: it
+    takes no new run, its runs get --timeout seconds to end, the others are handed over
+    (through the checkpoint) to a host of the same pool, and it exits.
+
+    \b
+    Example:
+        gecko-actors drain workflows/host/3f2a9c0d1e/0 --timeout 120 --address auto
+    """
+    from gecko_actors.workflow.hosting import drain_workflow_host
+
+    _connect(address)
+    report = drain_workflow_host(host, timeout=timeout)
+    click.echo(f"drained {host}: {len(report['ended'])} run(s) ended there")
+    for run_id, successor in report["released"].items():
+        click.echo(f"  {run_id} -> {successor}")
+
+
+@main.command()
 @click.argument("target")
 def graph(target: str) -> None:
     """Print the workflow TARGET as a mermaid flowchart.
@@ -309,7 +352,7 @@ def _echo_read(
     """Print what ``read`` finds of ``run_id`` in the checkpoint, as ``text`` or JSON."""
     from gecko_actors.workflow.rules import no_such_run
 
-    store = _store(checkpoint)
+    store = _store(checkpoint).marking()  # payloads it cannot decrypt show as a marker
     found = read(store, run_id)
     if found is None:
         raise no_such_run(run_id, store.uri)
@@ -400,7 +443,7 @@ def _show(value: Any) -> str:
 
 
 # The commands of their own modules register on ``main`` when imported.
-from gecko_actors.cli import history, jobs, retention, ui  # noqa: E402
+from gecko_actors.cli import history, jobs, retention, schedules, ui  # noqa: E402
 from gecko_actors.cli.jobs import DEFAULT_EXCLUDES, upload_excludes  # noqa: E402
 
 __all__ = [
@@ -409,6 +452,7 @@ __all__ = [
     "jobs",
     "main",
     "retention",
+    "schedules",
     "ui",
     "upload_excludes",
 ]

@@ -30,7 +30,8 @@ from gecko_actors.workflow.engine import RunEngine
 from gecko_actors.workflow.execution import LocalExecutor
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.history import summary
-from gecko_actors.workflow.rules import different_graph, no_such_run
+from gecko_actors.workflow.rules import no_such_run
+from gecko_actors.workflow.upgrading import check_version, latest
 
 __all__ = ["Difference", "ReplayMiss", "ReplayReport", "replay"]
 
@@ -126,8 +127,8 @@ def replay(
     manifest = store.read_manifest(run_id)
     if manifest is None:
         raise no_such_run(run_id, store.uri)
-    _check_replayable(workflow, manifest, run_id)
     recorded = store.load_steps(run_id)
+    _check_replayable(workflow, manifest, run_id, store, recorded)
     scratch = CheckpointStore(f"memory://replay-{uuid.uuid4().hex}")
     engine = _ReplayEngine(
         workflow, run_id, scratch, LocalExecutor(scratch), recorded=_Recorded(store, run_id)
@@ -144,10 +145,23 @@ def replay(
     )
 
 
-def _check_replayable(workflow: WorkflowGraph, manifest: Any, run_id: str) -> None:
+def _check_replayable(
+    workflow: WorkflowGraph,
+    manifest: Any,
+    run_id: str,
+    store: CheckpointStore,
+    recorded: list[StepRecord],
+) -> None:
     workflow.validate()
-    if manifest.fingerprint != workflow.fingerprint():
-        raise different_graph(run_id, manifest.workflow)
+    manifest, renames = latest(store, manifest)  # the run's current version
+    if renames:
+        raise UserError(
+            f"run {run_id!r} was migrated to renamed nodes: a replay matches its steps by "
+            "node name",
+            hint="replay a run that was not migrated",
+            run_id=run_id,
+        )
+    check_version(workflow, manifest, recorded, renames)  # another version, if compatible
     if manifest.fork is not None:
         raise UserError(
             f"run {run_id!r} is a fork of {manifest.fork.parent!r}: its first steps' effects "

@@ -26,6 +26,9 @@ from gecko_actors.exceptions import CheckpointError, GeckoError, UserError
 from gecko_actors.ui.graph_svg import render_svg
 from gecko_actors.ui.progress import GraphView, Progress, graph_view, progress
 from gecko_actors.workflow.history import run_history, summary
+from gecko_actors.workflow.upgrading import latest
+from gecko_actors.workflow.versions import renamed_steps
+from gecko_actors.workflow.waiting import answerable
 
 __all__ = ["MAX_PAGE", "RunsReader", "jsonable", "redact_value"]
 
@@ -87,8 +90,10 @@ class RunsReader:
         scan_every: float = 15.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
-        self.index = RunIndex(store)
+        # What this process cannot decrypt shows as a marker (actions write through their
+        # own strict store: a marker is never written back).
+        self.store = store.marking()
+        self.index = RunIndex(self.store)
         self.live_every = live_every
         self.scan_every = scan_every
         self.clock = clock
@@ -198,12 +203,15 @@ class RunsReader:
         try:
             records = self.store.load_steps(row["run_id"])
             manifest = self.store.read_manifest(row["run_id"])
+            if manifest is not None:  # as of its latest upgrade: the version it follows now
+                manifest = latest(self.store, manifest)[0]
         except GeckoError as exc:  # one damaged run must not hide the others
             return {**row, "steps": None, "tokens": None, "usd": None, "problem": str(exc)}
         if manifest is not None:
             row = {**row, **_row(_entry(manifest, row["host"]))}
             row["error"] = manifest.error
             row["forked_from"] = manifest.fork.parent if manifest.fork else None
+            row["version"] = manifest.version
         row.update(_totals(records))
         _keep(self._figures, row["run_id"], _Figures(key, now, row))
         return _timed(row, now)
@@ -225,7 +233,10 @@ class RunsReader:
         manifest = self.store.read_manifest(run_id)
         if manifest is None:
             return None
-        records = self.store.load_steps(run_id)
+        # Drawn as of its latest upgrade: that version's graph, renamed nodes' steps under
+        # their new names (workflow/upgrading.py).
+        manifest, renames = latest(self.store, manifest)
+        records = renamed_steps(self.store.load_steps(run_id), renames)
         history = run_history(self.store, run_id) or {"steps": [], "forked_from": []}
         view = graph_view(manifest, records)
         shown = progress(manifest, records, view)
@@ -240,7 +251,7 @@ class RunsReader:
             },
             "steps": jsonable(history["steps"]),
             "waiting": jsonable(
-                {n: e.get("payload") for n, e in (manifest.waiting or {}).items()}
+                {n: e.get("payload") for n, e in answerable(manifest.waiting or {}).items()}
                 if manifest.status == "waiting"
                 else {}
             ),
@@ -355,6 +366,7 @@ def _run_info(manifest: Manifest, records: list[StepRecord]) -> dict[str, Any]:
         "budget": manifest.budget,
         "spent": manifest.spent,
         "forked_from": manifest.fork.parent if manifest.fork else None,
+        "version": manifest.version,
         **_totals(records),
     }
 

@@ -23,6 +23,7 @@ COLOURS = {
     "pending": ("#f3f4f6", "#9ca3af"),
     "running": ("#dbeafe", "#2563eb"),
     "waiting": ("#fef3c7", "#d97706"),
+    "sleeping": ("#ede9fe", "#7c3aed"),
     "done": ("#dcfce7", "#16a34a"),
     "failed": ("#fee2e2", "#dc2626"),
     "pruned": ("#ffffff", "#d1d5db"),

@@ -1,6 +1,6 @@
 """Where a run stands, node by node, read from its checkpoint alone (Ray-free): each node's
-state (pending, running, waiting, done, failed, pruned), how many times it committed, and the
-jumps (``Next``) its steps took.
+state (pending, running, waiting, sleeping, done, failed, pruned), how many times it
+committed, and the jumps (``Next``) its steps took.
 
 The graph comes from the manifest (``WorkflowGraph.describe()``, recorded when the run was
 created). Its committed steps are replayed through the engine's own :class:`Scheduler`, with
@@ -97,7 +97,7 @@ def progress(manifest: Manifest, records: list[StepRecord], view: GraphView) -> 
     states = {name: "done" if visits.get(name) else "pending" for name in view.nodes}
     frontier = _replay(view, records, states) if view.recorded else []
     status = manifest.status
-    parked = list((manifest.waiting or {}) if status == "waiting" else {})
+    parked = (manifest.waiting or {}) if status == "waiting" else {}
     failed = _failed_node(manifest.error, view) if status == "failed" else None
     if status == "running":
         for name in frontier or ([view.entry] if view.entry and not records else []):
@@ -105,9 +105,9 @@ def progress(manifest: Manifest, records: list[StepRecord], view: GraphView) -> 
     elif status == "failed":
         for name in [failed] if failed else frontier:
             states[name] = "failed"
-    for name in parked:
-        if name in states:
-            states[name] = "waiting"
+    for name, entry in parked.items():
+        if name in states:  # a sleep's entry says it takes no answer
+            states[name] = "waiting" if entry.get("answerable", True) else "sleeping"
     return Progress(states, visits, latest, jumps)
 
 

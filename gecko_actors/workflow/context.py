@@ -124,9 +124,7 @@ class NodeContext:
         self, payload: Any, *, timeout: float | None = None, default: Any = None
     ) -> Any:
         """:meth:`interrupt` in async code (the journal is read in a thread)."""
-        return await asyncio.to_thread(
-            self.interrupt, payload, timeout=timeout, default=default
-        )
+        return await asyncio.to_thread(self.interrupt, payload, timeout=timeout, default=default)
 
     # --- durable timers ----------------------------------------------------------------
 
@@ -165,8 +163,7 @@ class NodeContext:
         if self.journal is None:
             raise UserError(
                 f"{what} was called outside a workflow run",
-                hint="call it from a node of a run (wf.start): it is kept in the run's "
-                "checkpoint",
+                hint="call it from a node of a run (wf.start): it is kept in the run's checkpoint",
                 node=self.node,
             )
         count = self._steps.get(kind, 0) + 1

@@ -23,6 +23,20 @@ _log = get_logger("gecko_actors.workflow")
 _RETRY_WAKE = 10.0  # seconds before a timer whose run could not be driven tries again
 
 
+class RunNotHosted(WorkflowError):
+    """The host does not hold the run (it ended and was dropped, or it never was here): the
+    handle answers from the checkpoint."""
+
+    error_code = "run_not_hosted"
+
+
+class RunHandedOver(RunNotHosted):
+    """The host let the run go (it drains): another host of its pool takes it over from the
+    checkpoint, and the handle follows it there."""
+
+    error_code = "run_handed_over"
+
+
 class DrivenRun:
     """The live side of one run; ``open`` it (blocking), then ``drive`` it in the loop."""
 
@@ -200,6 +214,27 @@ class DrivenRun:
         elif engine is not None:
             engine.cancel()
         await self.done.wait()
+
+    async def release(self, host: str) -> bool:
+        """Stop driving the run and let it go, recording nothing (``RunEngine.release``):
+        another host takes it over from its checkpoint. Callers waiting for its result here
+        are told it is not hosted here any more (a handle then finds its new host). False
+        when the run ended here first."""
+        engine = self.engine
+        if engine is None or self.done.is_set():
+            return False
+        self._disarm()
+        if self.driving:
+            engine.release()
+            await self.settled.wait()
+        if engine.outcome not in ("released", "running", "waiting"):
+            return False  # it ended here just before it was stopped
+        engine.outcome = "released"
+        engine.failure = RunHandedOver(
+            f"run {self.run_id!r} was handed over by host {host}", run_id=self.run_id
+        )
+        self.done.set()
+        return True
 
     async def respond(self, node: str, value: Any, by: str | None = None) -> bool:
         """Answer ``node``'s interrupt; True when the drive under way takes the answer,

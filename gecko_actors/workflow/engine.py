@@ -67,7 +67,6 @@ from gecko_actors.workflow.rules import (
     already_exists,
     as_gecko,
     checkpointable,
-    different_graph,
     merged,
     no_such_run,
     normalised,
@@ -77,6 +76,7 @@ from gecko_actors.workflow.schedule import Visit
 from gecko_actors.workflow.spend import BudgetOpener, RunSpend
 from gecko_actors.workflow.state import check_conflicts
 from gecko_actors.workflow.status import node_entry, usage_of
+from gecko_actors.workflow.upgrading import admit, aliased
 from gecko_actors.workflow.waiting import WAITING, Parked, Waiting
 
 EventSink = Callable[..., None]
@@ -119,6 +119,7 @@ class RunEngine(Replayed):
         self.value: Any = None  # the run's result once it succeeded
         self._driver: asyncio.Task[Any] | None = None
         self._cancelled = False  # a cancel() that came before the drive began
+        self._released = False  # release(): stop without recording an outcome
         self.spend = RunSpend(run_id, store.uri, budgets)  # a local ledger unless ``budgets``
         self.waiting = Waiting(run_id)
 
@@ -153,6 +154,8 @@ class RunEngine(Replayed):
                 budget=None if budget is None else dataclasses.asdict(budget),
                 journal_models=self.graph.models_journaled(),
                 graph=self.graph.describe(),
+                version=self.graph.version,
+                retention=self.graph.retention,
             )
             self.manifest = self.store.create_manifest(made)
             self.created = self.manifest is made
@@ -164,12 +167,12 @@ class RunEngine(Replayed):
             if found is None:
                 raise no_such_run(self.run_id, self.store.uri)
             self.manifest, self.created = found, False
-        if self.manifest.fingerprint != self.graph.fingerprint():
-            raise different_graph(self.run_id, self.manifest.workflow)
         if self.created:  # a new run has no steps: no need to list them
             self.replay([])
-        else:
-            self._reload()
+        else:  # another version of its graph goes on only if compatible (see versions.py)
+            admitted = admit(self.graph, self.manifest, self.store)
+            self.manifest, self.renames = admitted.manifest, admitted.renames
+            self.replay(admitted.steps or [])
         self.spend.load(self.manifest, budget, self.committed_usage)
         return self.manifest
 
@@ -211,6 +214,9 @@ class RunEngine(Replayed):
             self.value = None if value is WAITING else value
         except asyncio.CancelledError:
             uncancel()
+            if self._released:  # nothing recorded: the next engine goes on from the steps
+                self.outcome = "released"
+                return False
             self.outcome = "cancelled"
             self.failure = WorkflowError(
                 f"workflow run {self.run_id!r} was cancelled",
@@ -349,6 +355,13 @@ class RunEngine(Replayed):
         if self._driver is not None:
             self._driver.cancel()
 
+    def release(self) -> None:
+        """Stop driving, as ``cancel`` does, but record nothing: the run stays as its
+        checkpoint says (running, or waiting), for another engine to take over (a host
+        that drains hands its runs over this way)."""
+        self._released = True
+        self.cancel()
+
     async def _attempts(self, visit: Visit) -> NodeOutcome | Parked:
         node = self.graph.nodes[visit.node]
         start = time.perf_counter()
@@ -448,9 +461,11 @@ class RunEngine(Replayed):
             journal=self.journal(),
         )
 
-    def journal(self) -> Journal:
-        """The run's journal, as this engine writes it."""
-        return Journal(self.store, self.run_id, self.epoch, models=self.manifest.journal_models)
+    def journal(self) -> Any:
+        """The run's journal, as this engine writes it (a renamed node finds its old
+        name's entries in it, see ``upgrading.aliased``)."""
+        journal = Journal(self.store, self.run_id, self.epoch, models=self.manifest.journal_models)
+        return aliased(journal, self.renames)
 
     # --- committing -------------------------------------------------------------------------
 

@@ -12,10 +12,13 @@ from typing import Any
 
 from gecko_actors.checkpoint import CheckpointStore, Fork, Manifest
 from gecko_actors.checkpoint.records import validate_run_id
+from gecko_actors.checkpoint.upgrades import Upgrade, write_upgrade
 from gecko_actors.exceptions import UserError
 from gecko_actors.workflow.graph import WorkflowGraph
-from gecko_actors.workflow.rules import already_exists, different_graph, no_such_run, normalised
+from gecko_actors.workflow.rules import already_exists, no_such_run, normalised
 from gecko_actors.workflow.schedule import Scheduler
+from gecko_actors.workflow.upgrading import check_version, latest
+from gecko_actors.workflow.versions import renamed_steps
 
 __all__ = ["UNSET", "create_fork"]
 
@@ -39,9 +42,9 @@ def create_fork(
     found = store.read_manifest(parent)
     if found is None:
         raise no_such_run(parent, store.uri, " to fork")
-    if found.fingerprint != graph.fingerprint():
-        raise different_graph(parent, found.workflow)
-    steps = store.load_steps(parent)
+    found, renames = latest(store, found)  # its current version, and any renamed nodes
+    stored = store.load_steps(parent)
+    steps = renamed_steps(stored, renames)
     if type(at_step) is not int or not 0 <= at_step <= len(steps):
         raise UserError(
             f"cannot fork run {parent!r} at step {at_step!r}: it has {len(steps)} committed steps",
@@ -49,6 +52,8 @@ def create_fork(
             "(see `gecko-actors history`)",
             run_id=parent,
         )
+    # Another version of the graph forks it if compatible with the steps the fork keeps.
+    check_version(graph, found, stored[:at_step], renames)
     if state is not None and (
         not isinstance(state, dict) or not all(isinstance(k, str) for k in state)
     ):
@@ -72,15 +77,20 @@ def create_fork(
     made = Manifest(
         new_id,
         found.workflow,
-        found.fingerprint,
+        graph.fingerprint(),
         found.input,
         time.time(),
         journal_models=found.journal_models,
         fork=fork,
-        graph=found.graph,
+        graph=graph.describe(),
+        version=graph.version,
+        retention=graph.retention,
     )
     if store.create_manifest(made) is not made:
         raise already_exists(new_id, store.uri)
+    if renames:  # the shared steps carry the parent's old node names: the fork maps them too
+        renamed = Upgrade(1, graph.version, made.fingerprint, made.graph or {}, renames)
+        write_upgrade(store, new_id, renamed)
     return made
 
 

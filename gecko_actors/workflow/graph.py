@@ -27,8 +27,10 @@ import re
 import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
+from gecko_actors.core.durations import duration_seconds
 from gecko_actors.exceptions import UserError, WorkflowError
 from gecko_actors.settings import load_settings
 from gecko_actors.workflow.context import NodeContext
@@ -106,6 +108,12 @@ class WorkflowGraph:
             provider call and no spend, and a finished run can be replayed offline. The
             default for its runs (a run may say otherwise); ``None``: the
             ``GECKO_JOURNAL_MODELS`` setting.
+        version: this graph's version (a str or an int, kept as a str), recorded by the runs
+            it creates: a run resumed with another version goes on if the new graph is
+            compatible with what the run did (see ``workflow/versions.py``).
+        retention: how long ``gecko-actors gc`` keeps its finished runs (``"30d"``, a
+            ``timedelta`` or seconds), recorded by each run it creates; ``None``: kept until
+            a gc with ``--older-than`` deletes them.
     """
 
     def __init__(
@@ -115,6 +123,8 @@ class WorkflowGraph:
         max_steps: int = 100,
         reducers: Mapping[str, Callable[[Any, Any], Any]] | None = None,
         journal_models: bool | None = None,
+        version: str | int | None = None,
+        retention: str | timedelta | float | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise UserError(
@@ -142,6 +152,8 @@ class WorkflowGraph:
         # ``module:attr`` (or ``/abs/file.py:attr``) this workflow was loaded from, if any: a
         # workflow host imports it again after a restart instead of keeping a pickled copy.
         self.target: str | None = None
+        self.version = _version(version)
+        self.retention = None if retention is None else duration_seconds(retention, "retention")
 
     # --- building -----------------------------------------------------------------------
 
@@ -352,6 +364,8 @@ class WorkflowGraph:
             nodes,
             tuple(self.edges),
             reducers,
+            self.version,
+            self.retention,
         )
 
     def models_journaled(self, asked: bool | None = None) -> bool:
@@ -383,6 +397,18 @@ class WorkflowGraph:
                 for e in self.edges
             ],
         }
+
+
+def _version(version: Any) -> str | None:
+    """A workflow's version as its runs record it: a str (an int becomes one), or None."""
+    if version is None:
+        return None
+    if type(version) is int or (isinstance(version, str) and 0 < len(version) <= 100):
+        return str(version)
+    raise UserError(
+        f"a workflow's version must be a str (1-100 characters) or an int, got {version!r:.40}",
+        hint='e.g. Workflow("report", version=3) or version="2026-05-01"',
+    )
 
 
 def node_kind(name: str, target: Any) -> NodeKind:

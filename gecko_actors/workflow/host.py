@@ -27,7 +27,7 @@ from ray import cloudpickle
 from gecko_actors import metrics
 from gecko_actors._actors.budgets import open_run_budget
 from gecko_actors.checkpoint import CheckpointStore
-from gecko_actors.checkpoint.index import IndexEntry, RunIndex
+from gecko_actors.checkpoint.index import RunIndex
 from gecko_actors.core import tracing
 from gecko_actors.core.budget import Budget
 from gecko_actors.exceptions import HostBusy, OwnershipLost, UserError, WorkflowError
@@ -35,19 +35,13 @@ from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.coordinator import RayExecutor, lent_output
-from gecko_actors.workflow.driven import DrivenRun
+from gecko_actors.workflow.driven import DrivenRun, RunHandedOver, RunNotHosted
 from gecko_actors.workflow.engine import RunEngine, already_exists
 from gecko_actors.workflow.graph import WorkflowGraph
+from gecko_actors.workflow.index_writer import IndexWriter
 from gecko_actors.workflow.target import load_workflow
 
 _log = get_logger("gecko_actors.workflow")
-
-
-class RunNotHosted(WorkflowError):
-    """The host does not hold the run (it ended and was dropped, or it never was here): the
-    handle answers from the checkpoint."""
-
-    error_code = "run_not_hosted"
 
 
 class GraphMissing(WorkflowError):
@@ -72,8 +66,10 @@ class WorkflowHost:
         self.graphs: dict[str, WorkflowGraph] = {}
         self.lent: dict[str, Mapping[str, Any]] = {}
         self.stores: dict[str, CheckpointStore] = {}
-        self.indexes: dict[str, _IndexWriter] = {}
+        self.indexes: dict[str, IndexWriter] = {}
         self.me = ray.get_runtime_context().current_actor
+        self.draining = False  # drain(): no new run is taken
+        self.handed: set[str] = set()  # the runs drain() let go: another host has them
         # What we drove before a restart: resumed once the constructor has returned.
         self.recorded = directory.host_runs(name)
         self.registered = asyncio.Event()  # set once the recorded runs are being opened
@@ -106,6 +102,7 @@ class WorkflowHost:
         ``traced``: the caller's tracing configuration, adopted if this host has none."""
         tracing.adopt(traced)
         known = run_id in self.runs or run_id in self.opens or run_id in self.recorded
+        self._refuse_if_draining(known)
         if not known and self.active() + len(self.opens) >= self.max_runs:
             raise HostBusy(
                 f"workflow host {self.name} already drives {self.max_runs} runs",
@@ -134,9 +131,25 @@ class WorkflowHost:
         cancelled one is driven again (with ``budget``, if given), a succeeded one keeps its
         result."""
         tracing.adopt(traced)
-        run = await self._held(
-            run_id, lambda: self._open(run_id, uri, graph, input, None, budget, traced is not None)
-        )
+        self._refuse_if_draining(run_id in self.runs or run_id in self.opens)
+        held = self.runs.get(run_id)
+        # Resumed with another graph (a new version) while held here and not driven (it
+        # waits, failed or was cancelled): opened again with it, if compatible (versions.py);
+        # a run being driven keeps its graph.
+        other = held is not None and held.entry.get("graph") != graph.key and not held.driving
+        if other:
+            del self.runs[run_id]
+        try:
+            run = await self._held(
+                run_id,
+                lambda: self._open(run_id, uri, graph, input, None, budget, traced is not None),
+            )
+        except BaseException:
+            if other and run_id not in self.runs:  # refused: it stays as it was
+                self.runs[run_id] = held  # type: ignore[assignment]
+            raise
+        if other and held is not run:  # its timers and waiting callers go with it
+            await held.release(self.name)  # type: ignore[union-attr]
         await self._continue(run, budget)
         return self.info(run_id)
 
@@ -165,6 +178,37 @@ class WorkflowHost:
             finally:
                 if self.opens.get(run_id) is task:
                     del self.opens[run_id]
+
+    def _refuse_if_draining(self, known: bool) -> None:
+        if self.draining and not known:
+            raise HostBusy(
+                f"workflow host {self.name} is draining: it takes no new run",
+                hint="another host of the pool takes it (wf.start and wf.resume try them)",
+                host=self.name,
+            )
+
+    async def drain(self, timeout: float) -> dict[str, Any]:
+        """Take no new run; give the runs driven here up to ``timeout`` seconds to end (or
+        to wait for an answer or a timer), then let go of every run still held, recording
+        nothing (``DrivenRun.release``), so that another host takes each over from its
+        checkpoint. Returns the runs that ``ended`` here meanwhile, and those ``released``
+        with what another host needs to resume each (store URI, graph key, target)."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        held = {r for r, run in self.runs.items() if not run.done.is_set()}
+        while (self.live or self.opens) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        released = {}
+        for run_id, run in list(self.runs.items()):
+            if await run.release(self.name):
+                released[run_id] = run.entry
+                self.handed.add(run_id)
+                self.live.discard(run_id)
+                del self.runs[run_id]
+                await asyncio.to_thread(directory.forget_run, self.name, run_id)
+        self._count()
+        return {"ended": sorted(held - released.keys()), "released": released}
 
     async def _held(self, run_id: str, open: Any) -> DrivenRun:
         """The run held here, or opened now by ``open()``: one engine per run in a host,
@@ -308,10 +352,10 @@ class WorkflowHost:
             self.stores[uri] = CheckpointStore(uri)
         return self.stores[uri]
 
-    def _index(self, run: DrivenRun) -> _IndexWriter:
+    def _index(self, run: DrivenRun) -> IndexWriter:
         uri = run.entry["uri"]
         if uri not in self.indexes:
-            self.indexes[uri] = _IndexWriter(RunIndex(self._store(uri)), self.name)
+            self.indexes[uri] = IndexWriter(RunIndex(self._store(uri)), self.name)
         return self.indexes[uri]
 
     def active(self) -> int:
@@ -343,6 +387,8 @@ class WorkflowHost:
         if pending is not None:
             await asyncio.wait([pending])
         run = self.runs.get(run_id)
+        if run_id in self.handed:
+            raise RunHandedOver(f"run {run_id!r} was handed over by {self.name}", run_id=run_id)
         if run is None or run.engine is None:
             raise RunNotHosted(f"run {run_id!r} is not on host {self.name}", run_id=run_id)
         return run
@@ -420,11 +466,6 @@ def _keep(task: asyncio.Task[Any]) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-def partition(host: str) -> str:
-    """The run index partition a host writes (its name, with dots for slashes)."""
-    return host.replace("/", ".")
-
-
 class GraphRef(NamedTuple):
     """How a host finds a run's graph: ``key`` names its exact code; ``blob`` is the graph
     pickled (sent by the driver; None when it is to be found in the directory); ``target``
@@ -433,49 +474,3 @@ class GraphRef(NamedTuple):
     key: str
     blob: bytes | None
     target: str | None
-
-
-class _IndexWriter:
-    """Appends host ``host``'s index entries in batches: one object per flush, whatever came
-    meanwhile; the runs whose final entry is written are then let go from the directory."""
-
-    def __init__(self, index: RunIndex, host: str) -> None:
-        self.index, self.host, self.partition = index, host, partition(host)
-        self.queue: list[IndexEntry] = []
-        self.ended: list[str] = []
-        self.next: asyncio.Future[None] | None = None
-        self.lock = asyncio.Lock()
-        self.flushes = 0
-
-    def add(self, entry: IndexEntry, *, ended: bool = False) -> asyncio.Future[None]:
-        """Queue ``entry``; the future is done once its batch was tried. ``ended``: the run's
-        final entry; once it is written, the run is forgotten in the directory."""
-        self.queue.append(entry)
-        if ended:
-            self.ended.append(entry.run_id)
-        if self.next is None:
-            self.next = asyncio.get_running_loop().create_future()
-            _keep(asyncio.create_task(self._flush(self.next)))
-        return self.next
-
-    async def _flush(self, done: asyncio.Future[None]) -> None:
-        async with self.lock:  # one write at a time: what queues meanwhile is the next batch
-            batch, self.queue, self.next = self.queue, [], None
-            ended, self.ended = self.ended, []
-            try:
-                await asyncio.to_thread(self._write, batch, ended)
-                self.flushes += 1
-                if self.flushes % 200 == 1:  # at the first flush, then now and then
-                    await asyncio.to_thread(self.index.compact, self.partition)
-            except Exception as exc:  # the index is a view: the runs themselves are stored
-                _log.warning("could not write the run index", error=str(exc))
-            finally:
-                done.set_result(None)
-
-    def _write(self, batch: list[IndexEntry], ended: list[str]) -> None:
-        self.index.append(batch, self.partition)
-        for run_id in ended:  # one trip to a thread for the batch, not one per run
-            try:
-                directory.forget_run(self.host, run_id)
-            except Exception as exc:  # a restart would find it ended and let it go then
-                _log.warning("could not let an ended run go", run_id=run_id, error=str(exc))

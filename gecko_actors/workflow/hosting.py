@@ -17,11 +17,11 @@ import ray
 from ray import cloudpickle
 
 from gecko_actors._actors import pools
-from gecko_actors._actors.common import unwrap
+from gecko_actors._actors.common import lookup, unwrap
 from gecko_actors.checkpoint import Manifest
 from gecko_actors.core import tracing
 from gecko_actors.core.budget import Budget
-from gecko_actors.exceptions import HostBusy, WorkflowError
+from gecko_actors.exceptions import HostBusy, UserError, WorkflowError
 from gecko_actors.logging import get_logger
 from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import directory
@@ -98,8 +98,16 @@ def start(
 ) -> str:
     """Start run ``run_id`` on a host of this job's pool (another one when the preferred one
     is full); returns the host's name."""
+    return start_code(packed(graph), run_id, uri, input, budget)
+
+
+def start_code(
+    code: GraphRef, run_id: str, uri: str, input: Any, budget: Budget | None = None
+) -> str:
+    """:func:`start` from ``code`` as hosts take it: a scheduler starts a run with the key
+    of a graph kept in the directory (and its target), without unpickling the graph, i.e.
+    without importing the user's code, itself."""
     ensure_initialized()
-    code = packed(graph)
     created_at = time.time()  # the same in a retry: how a host knows its own run again
     hosts = directory.candidates(run_id, directory.code_env())
     cluster = ray.get_runtime_context().gcs_address
@@ -135,3 +143,65 @@ def resume(graph: WorkflowGraph, manifest: Manifest, uri: str, budget: Budget | 
     code = packed(graph)
     call(name, "resume_run", manifest.run_id, uri, code, manifest.input, budget, tracing.shipped())
     return name
+
+
+def drain_workflow_host(name: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Replace workflow host ``name`` without losing a run: it takes no new run, gives the
+    runs it drives up to ``timeout`` seconds to end (or to wait for an answer or a timer),
+    lets go of the others without recording anything, and exits; each run it let go is
+    then resumed from its checkpoint by a host of the same pool (a fresh actor of that name
+    when the pool has one host), and its handles follow it there. Returns the runs that
+    ``ended`` on the host and where each ``released`` one went (run id -> host).
+
+    Example:
+        >>> gecko_actors.drain_workflow_host("workflows/host/3f2a9c0d1e/0", timeout=120)
+    """
+    ensure_initialized()
+    host = lookup(name)
+    if host is None or not name.startswith("workflows/host/"):
+        raise UserError(
+            f"no live workflow host is named {name!r}",
+            hint="the names are listed by `ray list actors` and the dashboard, as "
+            "workflows/host/<env>/<i>",
+        )
+    report = ray.get(host.drain.remote(timeout))
+    env = name.split("/")[2]
+    # Each run is recorded for its successor before the host exits, so a handle that asks
+    # meanwhile finds where it goes (and a successor of the same name resumes it by itself).
+    successors = {run_id: _successor(run_id, env, name) for run_id in report["released"]}
+    for run_id, entry in report["released"].items():
+        directory.record_run(successors[run_id], run_id, entry)
+    ray.kill(host, no_restart=True)  # it exits for good: the name is free for its successor
+    forget(name)
+    moved = {}
+    for run_id, entry in report["released"].items():
+        graph = GraphRef(entry["graph"], None, entry.get("target"))
+        moved[run_id] = _resume_entry(run_id, entry, graph, env, successors[run_id])
+    return {"ended": report["ended"], "released": moved}
+
+
+def _successor(run_id: str, env: str, drained: str) -> str:
+    """Where a drained host's run goes: another host of its pool (its node may be going
+    away), else a new actor of the drained one's name."""
+    return next((h for h in directory.candidates(run_id, env) if h != drained), drained)
+
+
+def _resume_entry(run_id: str, entry: dict[str, Any], graph: GraphRef, env: str, first: str) -> str:
+    """Resume a released run on host ``first``, else on the next host of pool ``env`` that
+    takes it (recorded there instead)."""
+    others = [h for h in directory.candidates(run_id, env) if h != first]
+    for name in [first, *others]:
+        try:
+            if name != first:
+                directory.record_run(name, run_id, entry)
+            call(name, "resume_run", run_id, entry["uri"], graph, None, None, None)
+        except HostBusy:
+            directory.forget_run(name, run_id)
+            continue
+        return name
+    raise HostBusy(
+        f"no workflow host of the pool took run {run_id!r} over",
+        hint=f"resume it with wf.resume({run_id!r}, checkpoint=...): it is intact in its "
+        "checkpoint",
+        run_id=run_id,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from gecko_actors.checkpoint import CheckpointStore, Fork, Manifest, StateWrite, StepRecord
@@ -18,6 +19,7 @@ from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.schedule import Scheduler, Visit
 from gecko_actors.workflow.state import apply, fold
 from gecko_actors.workflow.status import entry_of
+from gecko_actors.workflow.versions import renamed_steps
 from gecko_actors.workflow.waiting import Waiting
 
 __all__ = ["Replayed"]
@@ -33,6 +35,9 @@ class Replayed:
     manifest: Manifest
     waiting: Waiting
     nodes: dict[str, dict[str, Any]]
+    # Old node names -> current ones, for a run migrated to renamed nodes (upgrading.py):
+    # its steps are replayed under the names of the graph that drives it now.
+    renames: Mapping[str, str] = MappingProxyType({})
 
     def replay(self, records: list[StepRecord]) -> None:
         """Rebuild the run's progress from its committed steps, as they were decided."""
@@ -47,10 +52,11 @@ class Replayed:
         self.sched.start(self.manifest.input)
         fork = self.manifest.fork
         self.fork_writes: tuple[StateWrite, ...] = ()  # what a fork wrote to the state
-        for record in records:
+        for record in renamed_steps(records, self.renames):
             if fork is not None and record.seq == fork.at_step:
                 self._fork(fork)
             self.sched.take_ready()
+            self._fits(record)
             self._apply(record)
         if fork is not None and self.seq == fork.at_step:  # nothing of its own yet
             self._fork(fork)
@@ -62,7 +68,25 @@ class Replayed:
         self.fork_writes = tuple(StateWrite(k, v) for k, v in (fork.state or {}).items())
         apply(self._state, self.fork_writes, self.graph.reducers)
         if fork.node is not None:
-            self.sched.inputs[fork.node] = fork.input
+            self.sched.inputs[self.renames.get(fork.node, fork.node)] = fork.input
+
+    def _fits(self, record: StepRecord) -> None:
+        """Refuse a committed step that does not replay as it was decided (its node running
+        at its visit): the graph is not one it was committed under (a version changed while
+        an older engine still drove the run), or the checkpoint is damaged. Replayed anyway,
+        it would be silently dropped and the run would diverge."""
+        status, visits = self.sched.status, self.sched.visits
+        if status.get(record.node) == "running" and visits[record.node] == record.visit:
+            return
+        raise CheckpointError(
+            f"step {record.seq} of run {self.run_id!r} (node {record.node!r}, visit "
+            f"{record.visit}) does not fit workflow {self.graph.name!r} as it is now",
+            hint="resume the run with the version of its workflow that committed the step "
+            "(an older engine may have gone on with it meanwhile), or restore the checkpoint",
+            run_id=self.run_id,
+            seq=record.seq,
+            node=record.node,
+        )
 
     @property
     def seq(self) -> int:

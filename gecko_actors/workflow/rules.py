@@ -82,10 +82,13 @@ def no_such_run(run_id: str, uri: str, doing: str = "") -> UserError:
 
 
 def different_graph(run_id: str, workflow: str) -> UserError:
-    """The error of a resume with a graph that is not the run's."""
+    """The error of a resume with a graph that is not the run's, for a run recorded before
+    runs kept their graph: with nothing to compare against, only the same graph resumes it
+    (runs that kept theirs are checked for compatibility, see ``versions.py``)."""
     return UserError(
         f"run {run_id!r} was made by a different graph of workflow {workflow!r}: its nodes, "
-        "edges, conditions, entry or max_steps changed",
+        "edges, conditions, entry or max_steps changed, and the run was recorded before runs "
+        "kept their graph, so no compatible change can be told apart",
         hint="resume with the graph the run started with",
         run_id=run_id,
     )

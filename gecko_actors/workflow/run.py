@@ -7,7 +7,7 @@ import copy
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ from gecko_actors.core.budget import Budget, checked_budget
 from gecko_actors.exceptions import CheckpointError, UserError, WorkflowError
 from gecko_actors.workflow import directory, hosting
 from gecko_actors.workflow.coordinator import launch
+from gecko_actors.workflow.driven import RunHandedOver, RunNotHosted
 from gecko_actors.workflow.fork import UNSET, create_fork
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.history import run_history
-from gecko_actors.workflow.host import RunNotHosted
-from gecko_actors.workflow.rules import already_exists, different_graph, no_such_run, normalised
+from gecko_actors.workflow.rules import already_exists, no_such_run, normalised
+from gecko_actors.workflow.schedules import ScheduleHandle, schedule_workflow
 from gecko_actors.workflow.status import format_status, status_from_checkpoint
+from gecko_actors.workflow.upgrading import admit, migrate_run
 from gecko_actors.workflow.waiting import answer_in_checkpoint
 
 DEFAULT_CHECKPOINT = "gecko_runs"
@@ -52,6 +54,9 @@ def checkpoint_uri(checkpoint: str | Path | None) -> str:
 
 
 _GONE = object()  # what a call to a coordinator that has exited returns
+_MOVED = object()  # the run was handed over to another host: call that one
+_FOLLOW = 4  # how many hosts a call follows a run through
+_HANDOVER = 60.0  # seconds a handle waits for a drained host's run to be taken over
 
 
 class WorkflowRun:
@@ -212,6 +217,15 @@ class WorkflowRun:
         return self._ask("reopen", budget) is not _GONE
 
     def _ask(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call the run's host (or coordinator); a run handed over to another host (a
+        drained one's) is followed there."""
+        for _ in range(_FOLLOW):
+            found = self._ask_once(method, *args, timeout=timeout)
+            if found is not _MOVED:
+                return found
+        return _GONE
+
+    def _ask_once(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         handle = self._handle
         if self._host is not None:  # a host holds many runs: say which
             handle, args = hosting.handle(self._host), (self.run_id, *args)
@@ -223,14 +237,34 @@ class WorkflowRun:
                 ray.cancel(ref)
             raise
         except ray.exceptions.ActorDiedError:
-            if self._host is not None:
-                hosting.forget(self._host)  # killed for good: a later call makes it again
-            return _GONE
+            if self._host is None:
+                return _GONE
+            hosting.forget(self._host)  # killed for good: a later call makes it again
+            # The host that holds the run now, maybe a new one of the same name (a drained
+            # host's successor; or one made again, which resumes the runs recorded for it).
+            return _MOVED if self._moved(wait=0.0, same=True) else _GONE
         except ray.exceptions.RayTaskError as exc:
             error = unwrap(exc)
             if isinstance(error, RunNotHosted):
-                return _GONE
+                if isinstance(error, RunHandedOver):  # its successor is being recorded
+                    return _MOVED if self._moved(wait=_HANDOVER, same=True) else _GONE
+                return _MOVED if self._moved(wait=0.0, same=False) else _GONE
             raise error from None
+
+    def _moved(self, wait: float, same: bool) -> bool:
+        """Whether a host drives the run now, looked up for up to ``wait`` seconds (while
+        a drained host's successor takes it over): another one, or with ``same`` maybe a
+        new actor of the same name. The handle then calls that one."""
+        deadline = time.monotonic() + wait
+        while True:
+            host = directory.find_host(self.run_id) if self._host is not None else None
+            if host is not None and (same or host != self._host):
+                hosting.forget(host)  # not the handle of an actor of that name that is gone
+                self._host = host
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
     def _store(self) -> CheckpointStore:
         if self._checkpoint is None:
@@ -322,21 +356,65 @@ class Workflow(WorkflowGraph):
         Ray instance was lost, or it failed or was cancelled); a finished run returns its
         stored result. ``dedicated`` defaults to how the run was started. ``budget``
         replaces the run's own (a run stopped by its budget goes on with a larger one; what
-        it spent so far still counts)."""
+        it spent so far still counts).
+
+        This workflow may be another version of the run's (``Workflow(name, version=...)``,
+        or just a changed graph): the run goes on with it if it keeps what the run already
+        did, and records it (see ``workflow/versions.py``); otherwise
+        :class:`~gecko_actors.exceptions.IncompatibleVersion` names each change and nothing
+        of the run is changed. Renamed nodes need :meth:`migrate` first."""
         self.validate()
         budget = checked_budget(budget, f"run {run_id!r}")
         uri = checkpoint_uri(checkpoint)
-        manifest = CheckpointStore(uri).read_manifest(run_id)
+        store = CheckpointStore(uri)
+        manifest = store.read_manifest(run_id)
         if manifest is None:
             raise no_such_run(run_id, uri)
-        if manifest.fingerprint != self.fingerprint():
-            raise different_graph(run_id, manifest.workflow)
+        # Checked here, early, with a clear error (the engine that drives the run checks
+        # again, and records the upgrade); the same graph and version cost one listing.
+        admitted = admit(self, manifest, store, drive=False)
         if dedicated is None:
             dedicated = (manifest.host or "").startswith("workflow/")
         if not dedicated:
             host = hosting.resume(self, manifest, uri, budget)
             return WorkflowRun(run_id, None, uri, host=host)
+        if admitted.changed and lookup(f"workflow/{run_id}") is not None:
+            raise UserError(
+                f"run {run_id!r} is held by its dedicated coordinator, with the graph it was "
+                "opened with: it cannot take another version while it lives",
+                hint="resume it hosted (dedicated=False), whose host takes it over, or once "
+                "its coordinator has exited (GECKO_WORKFLOW_LINGER after the run ends)",
+                run_id=run_id,
+            )
         return self._coordinator(run_id, uri, manifest.input, budget)
+
+    def migrate(
+        self,
+        run_id: str,
+        renames: Mapping[str, str],
+        *,
+        checkpoint: str | Path | None = None,
+    ) -> None:
+        """Let run ``run_id`` go on with this version of the workflow although nodes it
+        already ran were renamed: ``renames`` maps each old node name to its new one
+        (``{"review": "check"}``). The run's steps of ``review`` then count as ``check``'s
+        (not run again), and ``check`` finds what ``review`` journaled (``ctx.step``
+        results, tool calls, interrupt answers). Then call :meth:`resume`: migrate does not
+        drive the run, and needs no Ray (a deploy script can run it against the store).
+
+        The mapped run must be compatible with this version like any resume. A bad mapping
+        (an old name the run's graph lacks, a new name this graph lacks, two old names to
+        one, an old name this graph still has) or an incompatible graph is a UserError
+        (:class:`~gecko_actors.exceptions.IncompatibleVersion` for the latter) and nothing
+        is written. Migrate a run that is not being driven (waiting, failed, cancelled, or
+        whose cluster is gone). Blocking.
+
+        Example:
+            >>> wf_v3.migrate("report-1c9a2e", {"review": "check"}, checkpoint="s3://b/runs")
+            >>> wf_v3.resume("report-1c9a2e", checkpoint="s3://b/runs")
+        """
+        self.validate()
+        migrate_run(self, CheckpointStore(checkpoint_uri(checkpoint)), run_id, renames)
 
     def fork(
         self,
@@ -354,7 +432,8 @@ class Workflow(WorkflowGraph):
     ) -> WorkflowRun:
         """Start a new run (``run_id``, else ``<workflow>-<random>``) whose first ``at_step``
         steps are run ``parent``'s, and which goes on from there with this workflow (whose
-        node functions may have changed; its graph must be the same). The parent's steps are
+        node functions may have changed, or another version compatible with the parent's
+        first ``at_step`` steps: see :meth:`resume`). The parent's steps are
         read from its checkpoint, never copied, and the parent is never written to; a fork
         may be forked in turn.
 
@@ -371,6 +450,41 @@ class Workflow(WorkflowGraph):
             self, store, parent, at_step, state=state, input=input, node=node, run_id=run_id
         )
         return self.resume(made.run_id, checkpoint=uri, dedicated=dedicated, budget=budget)
+
+    def schedule(
+        self,
+        cron: str,
+        input: Any = None,
+        *,
+        name: str | None = None,
+        checkpoint: str | Path | None = None,
+        timezone: str = "UTC",
+        catch_up: str = "latest",
+    ) -> ScheduleHandle:
+        """Start a run with ``input`` at each tick of ``cron`` (five fields, or six with a
+        leading seconds field, in IANA time zone ``timezone``), durably: the schedule is
+        stored in the checkpoint store, and the cluster's scheduler actor (``gecko/scheduler``,
+        one for all schedules) starts each run on a workflow host.
+
+        Each tick's run id is ``<name>-<tick as UTC YYYYMMDDTHHMMSSZ>``, created only if
+        absent: no tick starts twice, whatever restarts or races. ``catch_up`` says what
+        fires after downtime: ``"latest"`` (the newest missed tick, once), ``"all"`` (every
+        missed tick, oldest first, at most 100) or ``"skip"`` (none). ``name`` defaults to
+        the workflow's; calling again with the same name updates the schedule (the same
+        arguments change nothing, and its missed ticks still fire), and brings the scheduler
+        back after the cluster was lost. A bad expression, time zone, name or input is a
+        UserError before anything is stored. Returns its :class:`ScheduleHandle`.
+        """
+        self.validate()
+        return schedule_workflow(
+            self._journaling(self.models_journaled()),
+            cron,
+            input,
+            name=name,
+            uri=checkpoint_uri(checkpoint),
+            timezone=timezone,
+            catch_up=catch_up,
+        )
 
     def _coordinator(
         self, run_id: str, uri: str, input: Any, budget: Budget | None = None

@@ -14,6 +14,8 @@ from gecko_actors.checkpoint import CheckpointStore, Manifest, StepRecord
 from gecko_actors.checkpoint.journal import Journal
 from gecko_actors.core.messages import AgentOutput, Usage
 from gecko_actors.workflow.spend import status_spend
+from gecko_actors.workflow.upgrading import latest
+from gecko_actors.workflow.versions import renamed_steps
 from gecko_actors.workflow.waiting import answerable
 
 
@@ -91,6 +93,7 @@ def run_status(
         "host": manifest.host,
         "nodes": nodes,
         "spend": spend,
+        "version": manifest.version,  # the workflow version the run follows now
     }
 
 
@@ -101,7 +104,8 @@ def status_from_checkpoint(store: CheckpointStore, run_id: str) -> dict[str, Any
     manifest = store.read_manifest(run_id)
     if manifest is None:
         return None
-    records = store.load_steps(run_id)
+    manifest, renames = latest(store, manifest)  # its current version; renamed nodes
+    records = renamed_steps(store.load_steps(run_id), renames)
     nodes = {r.node: entry_of(r) for r in records}
     spend = {"budget": manifest.budget, "spent": manifest.spent}
     tokens = sum(r.usage.total_tokens for r in records if r.usage is not None)
@@ -138,7 +142,7 @@ def format_status(status: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     end = status.get("finished_at") or time.time()
     lines.append(
-        f"run {status['run_id']} ({status['workflow']}): {status['status']}, "
+        f"run {status['run_id']} ({status['workflow']}{_version(status)}): {status['status']}, "
         f"{status['steps']} step(s), {status['tokens']} tokens, "
         f"{end - status['created_at']:.1f}s"
     )
@@ -158,6 +162,11 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("error"):
         lines.append(f"error: {status['error']}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _version(status: dict[str, Any]) -> str:
+    version = status.get("version")
+    return "" if version is None else f" version {version}"
 
 
 def _clip(text: str, width: int = 60) -> str:

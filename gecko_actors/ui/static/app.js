@@ -163,7 +163,8 @@ function drawRuns(data) {
     el("tr", { "data-run-id": run.run_id, "data-status": run.status },
       el("td", {}, el("a", { href: `#/run/${encodeURIComponent(run.run_id)}` }, run.run_id),
         run.forked_from ? el("span", { class: "muted" }, ` ⑂ ${run.forked_from}`) : null),
-      el("td", {}, run.workflow),
+      el("td", {}, run.workflow, run.version == null ? null
+        : el("span", { class: "muted version", title: "workflow version" }, ` v${run.version}`)),
       el("td", {}, badge(run.status)),
       el("td", { class: "num" }, number(run.steps)),
       el("td", { class: "num" }, number(run.tokens)),
@@ -206,7 +207,8 @@ function drawRun(data) {
   const run = data.run;
   $("run-title").replaceChildren(run.run_id, " ", badge(run.status));
   const facts = [
-    ["workflow", run.workflow], ["steps", number(run.steps)], ["tokens", number(run.tokens)],
+    ["workflow", run.workflow], ["version", run.version == null ? "–" : run.version],
+    ["steps", number(run.steps)], ["tokens", number(run.tokens)],
     ["cost", cost(run.usd)], ["duration", duration(run.duration)], ["created", clock(run.created_at)],
     ["finished", clock(run.finished_at)], ["host", run.host || "–"], ["input", run.input],
   ];
