@@ -69,3 +69,25 @@ def test_a_drained_host_hands_its_runs_over_and_their_handles_follow(tmp_path: P
 def test_draining_a_host_that_does_not_exist_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="no live workflow host is named"):
         gecko_actors.drain_workflow_host("workflows/host/nope/9")
+
+
+def test_a_deploy_lets_a_waiting_run_go_and_the_new_version_resumes_it(tmp_path: Path) -> None:
+    def ask(ctx: NodeContext) -> str:
+        return f"v1: {ctx.interrupt({'q': 'send?'})}"
+
+    def ask_again(ctx: NodeContext) -> str:  # version 2: the node's code changed
+        return f"v2: {ctx.interrupt({'q': 'send?'})}"
+
+    name = f"deploy-{uuid.uuid4().hex[:6]}"
+    old = Workflow(name, version=1).add_node("ask", ask)
+    run = old.start(None, checkpoint=tmp_path)
+    until(lambda: run.status()["status"] == "waiting", time.monotonic() + 120)
+
+    report = gecko_actors.drain_workflow_host(run.info()["host"], hand_over=False)
+    assert report["released"] == {run.run_id: None}
+    new = Workflow(name, version=2).add_node("ask", ask_again)
+    resumed = new.resume(run.run_id, checkpoint=tmp_path)
+    until(lambda: resumed.status()["status"] == "waiting", time.monotonic() + 120)
+    assert resumed.status()["version"] == "2"
+    resumed.respond("ask", "yes")
+    assert resumed.result(timeout=120) == "v2: yes"

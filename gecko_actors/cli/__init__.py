@@ -287,8 +287,10 @@ def cancel(run_id: str, address: str | None) -> None:
 @click.argument("host")
 @click.option("--timeout", default=60.0, show_default=True, metavar="SECONDS",
               help="Seconds its runs may take to end before they are handed over.")  # fmt: skip
+@click.option("--no-hand-over", "keep", is_flag=True,
+              help="Only let the runs go (a driver of the new code resumes them).")  # fmt: skip
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help=_ADDRESS_HELP)
-def drain(host: str, timeout: float, address: str | None) -> None:
+def drain(host: str, timeout: float, keep: bool, address: str | None) -> None:
     """Replace the workflow host HOST (workflows/host/<env>/<i>) without losing a run: it
     takes no new run, its runs get --timeout seconds to end, the others are handed over
     (through the checkpoint) to a host of the same pool, and it exits.
@@ -300,10 +302,10 @@ def drain(host: str, timeout: float, address: str | None) -> None:
     from gecko_actors.workflow.hosting import drain_workflow_host
 
     _connect(address)
-    report = drain_workflow_host(host, timeout=timeout)
+    report = drain_workflow_host(host, timeout=timeout, hand_over=not keep)
     click.echo(f"drained {host}: {len(report['ended'])} run(s) ended there")
     for run_id, successor in report["released"].items():
-        click.echo(f"  {run_id} -> {successor}")
+        click.echo(f"  {run_id} -> {successor or 'let go: resume it with the new code'}")
 
 
 @main.command()

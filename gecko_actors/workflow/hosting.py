@@ -145,13 +145,18 @@ def resume(graph: WorkflowGraph, manifest: Manifest, uri: str, budget: Budget | 
     return name
 
 
-def drain_workflow_host(name: str, *, timeout: float = 60.0) -> dict[str, Any]:
+def drain_workflow_host(
+    name: str, *, timeout: float = 60.0, hand_over: bool = True
+) -> dict[str, Any]:
     """Replace workflow host ``name`` without losing a run: it takes no new run, gives the
     runs it drives up to ``timeout`` seconds to end (or to wait for an answer or a timer),
     lets go of the others without recording anything, and exits; each run it let go is
     then resumed from its checkpoint by a host of the same pool (a fresh actor of that name
-    when the pool has one host), and its handles follow it there. Returns the runs that
-    ``ended`` on the host and where each ``released`` one went (run id -> host).
+    when the pool has one host), and its handles follow it there. With
+    ``hand_over=False`` the runs are only let go, intact in their checkpoints, for a driver
+    of the new code to resume (``wf.resume`` with the new version: a deploy). Returns the
+    runs that ``ended`` on the host and where each ``released`` one went (run id -> host,
+    or None).
 
     Example:
         >>> gecko_actors.drain_workflow_host("workflows/host/3f2a9c0d1e/0", timeout=120)
@@ -165,6 +170,10 @@ def drain_workflow_host(name: str, *, timeout: float = 60.0) -> dict[str, Any]:
             "workflows/host/<env>/<i>",
         )
     report = ray.get(host.drain.remote(timeout))
+    if not hand_over:
+        ray.kill(host, no_restart=True)
+        forget(name)
+        return {"ended": report["ended"], "released": dict.fromkeys(report["released"])}
     env = name.split("/")[2]
     # Each run is recorded for its successor before the host exits, so a handle that asks
     # meanwhile finds where it goes (and a successor of the same name resumes it by itself).
