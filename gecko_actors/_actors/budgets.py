@@ -19,13 +19,11 @@ from typing import Any
 
 import ray
 
-from gecko_actors._actors.common import create, unwrap
+from gecko_actors._actors.common import known_singleton, singleton, unwrap
 from gecko_actors.core.budget import Budget, BudgetBook
 from gecko_actors.core.messages import Usage
-from gecko_actors.runtime import ensure_initialized
 
 GOVERNOR = "gecko/budgets"
-_HANDLES: dict[str, Any] = {}
 
 
 class BudgetActor:
@@ -58,13 +56,7 @@ class BudgetActor:
 
 def governor() -> Any:
     """The governor's handle, made if it does not exist."""
-    ensure_initialized()
-    key = ray.get_runtime_context().gcs_address  # a new Ray in this process: a new governor
-    found = _HANDLES.get(key)
-    if found is None:
-        found = create(ray.remote(BudgetActor), GOVERNOR, (), get_if_exists=True)
-        _HANDLES[key] = found
-    return found
+    return singleton(BudgetActor, GOVERNOR)
 
 
 async def open_budget(key: str, budget: Budget, **options: Any) -> RemoteLedger:
@@ -91,7 +83,7 @@ def open_budget_blocking(key: str, budget: Budget, name: str) -> RemoteLedger:
 
 
 async def _call(method: str, *args: Any) -> Any:
-    handle = _HANDLES.get(ray.get_runtime_context().gcs_address)
+    handle = known_singleton(GOVERNOR)
     if handle is None:  # made (or looked up) once per process: not in the event loop
         handle = await asyncio.to_thread(governor)
     try:

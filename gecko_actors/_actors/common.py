@@ -75,6 +75,25 @@ def create(
         ) from None
 
 
+_SINGLETONS: dict[tuple[str, str], Any] = {}  # (cluster, actor name) -> handle, in this process
+
+
+def singleton(actor_cls: type, actor_name: str) -> Any:
+    """The handle of the cluster's one ``actor_name`` actor (``gecko/budgets``,
+    ``gecko/scheduler``), made if it does not exist; kept per Ray instance of this process."""
+    ensure_initialized()
+    key = (ray.get_runtime_context().gcs_address, actor_name)
+    found = _SINGLETONS.get(key)
+    if found is None:
+        found = _SINGLETONS[key] = create(ray.remote(actor_cls), actor_name, (), get_if_exists=True)
+    return found
+
+
+def known_singleton(actor_name: str) -> Any | None:
+    """The kept handle of ``actor_name`` in this Ray instance, if :func:`singleton` made it."""
+    return _SINGLETONS.get((ray.get_runtime_context().gcs_address, actor_name))
+
+
 def unwrap(exc: BaseException) -> BaseException:
     """Our own error inside (possibly nested) Ray task errors, so the caller sees a clean
     ``ModelError`` rather than remote tracebacks around it; anything else unchanged."""

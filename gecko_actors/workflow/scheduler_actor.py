@@ -27,11 +27,10 @@ import msgpack
 import ray
 from ray.experimental import internal_kv
 
-from gecko_actors._actors.common import create, lookup
+from gecko_actors._actors.common import lookup, singleton
 from gecko_actors.checkpoint.schedules import Schedule
 from gecko_actors.exceptions import WorkflowError
 from gecko_actors.logging import get_logger
-from gecko_actors.runtime import ensure_initialized
 from gecko_actors.workflow import hosting
 from gecko_actors.workflow.firing import Firer
 from gecko_actors.workflow.host import GraphRef
@@ -52,7 +51,6 @@ _log = get_logger("gecko_actors.workflow")
 SCHEDULER = "gecko/scheduler"
 #: Seconds between two readings of the watched stores (schedules made by other drivers).
 REFRESH_EVERY = 60.0
-_HANDLES: dict[str, Any] = {}
 _IDLE = 0.05  # the shortest sleep between rounds: a round that finds work sleeps no less
 
 
@@ -122,13 +120,7 @@ class SchedulerActor:
 
 def scheduler() -> Any:
     """The scheduler's handle, made if it does not exist."""
-    ensure_initialized()
-    key = ray.get_runtime_context().gcs_address  # a new Ray in this process: a new scheduler
-    found = _HANDLES.get(key)
-    if found is None:
-        found = create(ray.remote(SchedulerActor), SCHEDULER, (), get_if_exists=True)
-        _HANDLES[key] = found
-    return found
+    return singleton(SchedulerActor, SCHEDULER)
 
 
 def watch(uri: str) -> None:
