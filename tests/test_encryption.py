@@ -536,3 +536,22 @@ def test_a_sealed_record_opens_to_the_record_it_was(key: str) -> None:
     sealed = crypto.seal_record(copy.deepcopy(rec))
     assert sealed["output"]["__gecko__"] == "sealed" and sealed["output"]["key"] == id_of(key)
     assert crypto.open_record(msgpack.unpackb(msgpack.packb(sealed)), "here") == rec
+
+
+def test_a_schedule_s_input_is_sealed_and_listed_without_the_key(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from gecko_actors.checkpoint.schedules import Schedule, ScheduleBook
+    from gecko_actors.workflow.schedules import list_schedules
+
+    store, root = file_store(tmp_path)
+    key = new_key()
+    monkeypatch.setenv(KEY, key)
+    ScheduleBook(store).save(Schedule("daily", "0 6 * * *", "report", {"who": PERSONAL}))
+    assert not any(PERSONAL.encode() in data for data in stored_bytes(root))
+    assert ScheduleBook(store).load("daily")[0].input == {"who": PERSONAL}
+    monkeypatch.delenv(KEY)
+    with pytest.raises(CheckpointError, match=f"encrypted with key {id_of(key)}"):
+        ScheduleBook(store).load("daily")  # the firer needs the key to start its runs
+    [listed] = list_schedules(store.uri)  # the CLI lists it, its input marked
+    assert listed["name"] == "daily" and listed["input"] == crypto.marker(id_of(key))

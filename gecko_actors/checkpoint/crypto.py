@@ -189,10 +189,11 @@ def open_record(rec: dict[str, Any], where: str, *, mark: bool = False) -> dict[
         cipher = ring.ciphers.get(kid)
         if cipher is None:
             if not mark:
-                raise _no_key(kid, ring, where, rec["run_id"])
+                raise _no_key(kid, ring, where, rec.get("run_id"))
             holder[slot] = marker(kid)
             continue
-        holder[slot] = _decrypted(cipher, sealed, _aad(rec, place), where, rec["run_id"], kid)
+        aad = _aad(rec, place)
+        holder[slot] = _decrypted(cipher, sealed, aad, where, rec.get("run_id"), kid)
     return rec
 
 
@@ -230,6 +231,8 @@ def _slots(rec: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, tuple[Any
                     yield from _present(entry, "payload", ("waiting", node))
     elif kind == "journal":
         yield from _present(rec, "value", ("journal", rec.get("key")))
+    elif kind == "schedule":  # a schedule's input: what each of its runs starts with
+        yield from _present(rec, "input", ("schedule", rec.get("name")))
 
 
 def _present(
@@ -274,7 +277,7 @@ def _checked(sealed: dict[str, Any], where: str, rec: dict[str, Any]) -> str:
 
 
 def _decrypted(
-    cipher: Any, sealed: dict[str, Any], aad: bytes, where: str, run_id: str, kid: str
+    cipher: Any, sealed: dict[str, Any], aad: bytes, where: str, run_id: str | None, kid: str
 ) -> Any:
     from cryptography.exceptions import InvalidTag
 
@@ -299,11 +302,12 @@ def _refuse(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code}")
 
 
-def _no_key(kid: str, ring: Keyring, where: str, run_id: str) -> CheckpointError:
+def _no_key(kid: str, ring: Keyring, where: str, run_id: str | None) -> CheckpointError:
     held = ", ".join(sorted(ring.ciphers))
     held = f"it has key {held}" if held else f"{KEY_VARIABLE} is not set"
+    of_run = "" if run_id is None else f" of run {run_id!r}"
     return CheckpointError(
-        f"checkpoint object {where!r} of run {run_id!r} is encrypted with key {kid}, which "
+        f"checkpoint object {where!r}{of_run} is encrypted with key {kid}, which "
         f"this process does not have ({held})",
         hint=f"set {KEY_VARIABLE} to that key (or add it to {OLD_KEYS_VARIABLE} when a newer "
         "key encrypts) in the environment of this process and, on a cluster, of every node; "

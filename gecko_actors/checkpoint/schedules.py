@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from gecko_actors.checkpoint import crypto
 from gecko_actors.checkpoint.codec import check_plain, decode_value, encode_field
 from gecko_actors.checkpoint.records import pack, validate_run_id
 from gecko_actors.checkpoint.store import CheckpointStore
@@ -192,6 +193,7 @@ class ScheduleBook:
             "created_at": float(schedule.created_at),
             "updated_at": float(schedule.updated_at),
         }
+        data = crypto.seal_record(data)  # its input, with GECKO_CHECKPOINT_KEY (crypto.py)
         self.store._put(self._path(schedule.name, _SCHEDULE), pack(data), None)  # type: ignore[arg-type]
         return schedule
 
@@ -248,7 +250,8 @@ class ScheduleBook:
         raw_schedule, raw_fired = (self.store._get(path, None) for path in paths)
         if raw_schedule is None:  # deleted, or a cursor a racing firer wrote after that
             return None
-        schedule = _schedule(raw_schedule, self.store._where(paths[0]), name)
+        marking = self.store.encrypted == "mark"  # an input it cannot decrypt: a marker
+        schedule = _schedule(raw_schedule, self.store._where(paths[0]), name, marking)
         fired = None if raw_fired is None else _fired(raw_fired, self.store._where(paths[1]), name)
         return schedule, fired
 
@@ -301,10 +304,13 @@ def _unpack(raw: bytes, kind: str, where: str, name: str) -> dict[str, Any]:
     return rec
 
 
-def _schedule(raw: bytes, where: str, name: str) -> Schedule:
+def _schedule(raw: bytes, where: str, name: str, mark: bool = False) -> Schedule:
     rec = _unpack(raw, "schedule", where, name)
+    crypto.open_record(rec, where, mark=mark)
     try:
-        rec["input"] = decode_value(rec["input"])
+        rec["input"] = (
+            rec["input"] if crypto.is_marker(rec["input"]) else decode_value(rec["input"])
+        )
         fields = {f.name: rec[f.name] for f in dataclasses.fields(Schedule)}
         return check_schedule(Schedule(**fields))
     except (CheckpointError, UserError) as exc:

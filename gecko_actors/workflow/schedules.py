@@ -209,7 +209,7 @@ def describe_schedule(
 
 def list_schedules(checkpoint: str) -> list[dict[str, Any]]:
     """Every schedule of store ``checkpoint`` (a URI), described, by name."""
-    found = ScheduleBook(CheckpointStore(checkpoint)).load_all()
+    found = ScheduleBook(CheckpointStore(checkpoint).marking()).load_all()  # no key needed
     now = time.time()
     return [describe_schedule(schedule, fired, now) for schedule, fired in found.values()]
 
