@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
 import gecko_actors
 from gecko_actors.checkpoint import CheckpointStore
@@ -91,3 +92,25 @@ def test_a_deploy_lets_a_waiting_run_go_and_the_new_version_resumes_it(tmp_path:
     assert resumed.status()["version"] == "2"
     resumed.respond("ask", "yes")
     assert resumed.result(timeout=120) == "v2: yes"
+
+
+def test_a_handle_follows_its_run_when_the_host_was_killed_for_good(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+
+    async def slow(ctx: NodeContext) -> str:
+        while not go.exists():
+            await asyncio.sleep(0.05)
+        return "done"
+
+    run = (
+        Workflow(f"gone-{uuid.uuid4().hex[:6]}")
+        .add_node("slow", slow)
+        .start(None, checkpoint=tmp_path)
+    )
+    until(
+        lambda: run.status()["nodes"].get("slow", {}).get("state") == "running",
+        time.monotonic() + 120,
+    )
+    ray.kill(run.actor, no_restart=True)  # no Ray restart: the handle's next call makes it again
+    go.touch()
+    assert run.result(timeout=120) == "done"  # from the host made again, which resumed it
