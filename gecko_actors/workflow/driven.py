@@ -126,7 +126,7 @@ class DrivenRun:
 
     def _fire(self) -> None:
         self._alarm = None
-        _keep(asyncio.ensure_future(self._wake()))
+        keep_alive(asyncio.ensure_future(self._wake()))
 
     async def _wake(self) -> None:
         assert self.on_wake is not None
@@ -253,10 +253,11 @@ class DrivenRun:
         _log.info(kind, run_id=self.run_id, **{k: v for k, v in data.items() if k != "error"})
 
 
-_WAKES: set[asyncio.Future[Any]] = set()
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 
-def _keep(future: asyncio.Future[Any]) -> None:
-    """Hold a reference to a wake until it ends (the loop holds only a weak one)."""
-    _WAKES.add(future)
-    future.add_done_callback(_WAKES.discard)
+def keep_alive(future: asyncio.Future[Any]) -> None:
+    """Hold a reference to a background task until it ends (the loop holds only a weak
+    one): a run's drive, a timer's wake, an index flush."""
+    _BACKGROUND.add(future)
+    future.add_done_callback(_BACKGROUND.discard)

@@ -35,7 +35,7 @@ from gecko_actors.logging import get_logger
 from gecko_actors.settings import load_settings
 from gecko_actors.workflow import directory
 from gecko_actors.workflow.coordinator import RayExecutor, lent_output
-from gecko_actors.workflow.driven import DrivenRun, RunHandedOver, RunNotHosted
+from gecko_actors.workflow.driven import DrivenRun, RunHandedOver, RunNotHosted, keep_alive
 from gecko_actors.workflow.engine import RunEngine, already_exists
 from gecko_actors.workflow.graph import WorkflowGraph
 from gecko_actors.workflow.index_writer import IndexWriter
@@ -280,7 +280,7 @@ class WorkflowHost:
             await asyncio.to_thread(directory.forget_run, previous, run.run_id)
         self._index(run).add(run.index_entry("running"))
         self.live.add(run.run_id)
-        _keep(asyncio.create_task(run.drive()))
+        keep_alive(asyncio.create_task(run.drive()))
         self._count()
 
     async def _continue(self, run: DrivenRun, budget: Budget | None = None) -> None:
@@ -450,7 +450,6 @@ class WorkflowHost:
         }
 
 
-_TASKS: set[asyncio.Task[Any]] = set()
 # Threads of their own for the start path (the manifest, the directory entry): in the loop's
 # default pool they would queue behind the commits of every run the host drives.
 _START_IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gecko-start")
@@ -458,12 +457,6 @@ _START_IO = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gecko-start")
 
 async def _starting(fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_START_IO, fn, *args)
-
-
-def _keep(task: asyncio.Task[Any]) -> None:
-    """Hold a reference to a background task until it ends (the loop holds only a weak one)."""
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
 
 
 class GraphRef(NamedTuple):

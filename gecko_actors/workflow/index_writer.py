@@ -7,9 +7,9 @@ import asyncio
 from gecko_actors.checkpoint.index import IndexEntry, RunIndex
 from gecko_actors.logging import get_logger
 from gecko_actors.workflow import directory
+from gecko_actors.workflow.driven import keep_alive
 
 _log = get_logger("gecko_actors.workflow")
-_TASKS: set[asyncio.Task[None]] = set()
 
 
 def partition(host: str) -> str:
@@ -37,7 +37,7 @@ class IndexWriter:
             self.ended.append(entry.run_id)
         if self.next is None:
             self.next = asyncio.get_running_loop().create_future()
-            _keep(asyncio.create_task(self._flush(self.next)))
+            keep_alive(asyncio.create_task(self._flush(self.next)))
         return self.next
 
     async def _flush(self, done: asyncio.Future[None]) -> None:
@@ -61,9 +61,3 @@ class IndexWriter:
                 directory.forget_run(self.host, run_id)
             except Exception as exc:  # a restart would find it ended and let it go then
                 _log.warning("could not let an ended run go", run_id=run_id, error=str(exc))
-
-
-def _keep(task: asyncio.Task[None]) -> None:
-    """Hold a reference to a flush until it ends (the loop holds only a weak one)."""
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)

@@ -257,7 +257,7 @@ class WorkflowRun:
         new actor of the same name. The handle then calls that one."""
         deadline = time.monotonic() + wait
         while True:
-            host = directory.find_host(self.run_id) if self._host is not None else None
+            host = directory.find_host(self.run_id)  # only hosted handles ask
             if host is not None and (same or host != self._host):
                 hosting.forget(host)  # not the handle of an actor of that name that is gone
                 self._host = host
